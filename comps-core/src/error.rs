@@ -1,0 +1,141 @@
+//! One error type for every service, mapped once to an HTTP status and the OpenAI envelope
+//! `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+/// Every failure a comps service can answer with. Each variant has exactly one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The body is not valid JSON (or not the expected content type).
+    #[error("{0}")]
+    MalformedRequest(String),
+    /// A field has the wrong type or an out-of-range value.
+    #[error("{message}")]
+    InvalidField {
+        /// The offending field, dotted path when nested (`messages.0.role`).
+        field: Option<String>,
+        /// Human readable reason, naming the field.
+        message: String,
+    },
+    /// Missing or wrong API key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The route does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The body is larger than the configured limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Too many requests in flight; the caller should retry later.
+    #[error("{0}")]
+    Overloaded(String),
+    /// An upstream node answered with an error or unusable data.
+    #[error("{0}")]
+    Upstream(String),
+    /// An upstream node did not answer in time.
+    #[error("{0}")]
+    UpstreamTimeout(String),
+    /// The request took longer than this service allows.
+    #[error("{0}")]
+    Timeout(String),
+    /// The service is starting or shutting down.
+    #[error("{0}")]
+    NotReady(String),
+    /// A bug or an unexpected local failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// A 422 naming `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidField { field: Some(field.into()), message: message.into() }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI `error.type` string.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MalformedRequest(_) | Self::InvalidField { .. } => "invalid_request_error",
+            Self::Unauthorized(_) => "authentication_error",
+            Self::NotFound(_) => "not_found_error",
+            Self::PayloadTooLarge(_) => "invalid_request_error",
+            Self::Overloaded(_) => "rate_limit_error",
+            Self::Upstream(_) | Self::UpstreamTimeout(_) => "upstream_error",
+            Self::Timeout(_) => "timeout_error",
+            Self::NotReady(_) => "service_unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The envelope body for this error.
+    pub fn body(&self) -> ErrorResponse {
+        let param = match self {
+            Self::InvalidField { field, .. } => field.clone(),
+            _ => None,
+        };
+        ErrorResponse {
+            error: ErrorDetail {
+                message: self.to_string(),
+                r#type: self.kind().to_string(),
+                param,
+                code: Some(self.status().as_u16().to_string()),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
+        }
+        (status, Json(self.body())).into_response()
+    }
+}
+
+/// The OpenAI error envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// The error itself.
+    pub error: ErrorDetail,
+}
+
+/// The inside of the OpenAI error envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// What went wrong, naming the field when there is one.
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `upstream_error`, ...
+    #[serde(rename = "type")]
+    pub r#type: String,
+    /// The offending field.
+    pub param: Option<String>,
+    /// The HTTP status as a string, as vLLM and TGI send it.
+    pub code: Option<String>,
+}
+
+/// Result alias for handlers.
+pub type ServiceResult<T> = Result<T, ServiceError>;

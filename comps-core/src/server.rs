@@ -1,0 +1,576 @@
+//! HTTP scaffolding: from a [`MicroService`] plus routes, one call serves it with health,
+//! statistics, metrics, errors, limits, auth, request ids, logging and graceful shutdown.
+//!
+//! ```no_run
+//! use axum::routing::post;
+//! use comps_core::{MicroService, Server, ServerConfig, Json, TextDoc, ServiceResult};
+//!
+//! async fn echo(Json(doc): Json<TextDoc>) -> ServiceResult<Json<TextDoc>> {
+//!     Ok(Json(TextDoc::new(doc.text_str())))
+//! }
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let svc = MicroService::new("echo").host("127.0.0.1").port(0).endpoint("/v1/echo");
+//! Server::new(svc, ServerConfig::default()).route("/v1/echo", post(echo)).bind().await?.serve().await?;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use axum::serve::ListenerExt;
+use http_body::Frame;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::error::ServiceError;
+use crate::metrics::Metrics;
+use crate::service::MicroService;
+use crate::stats::StatisticsRegistry;
+
+/// Paths that never need the API key and never count against the concurrency limit, so
+/// liveness probes and scrapers keep working when a service is busy or locked.
+pub const OPEN_PATHS: &[&str] = &["/v1/health_check", "/v1/health", "/health", "/metrics"];
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags every binary shares; flatten into its clap struct with `#[command(flatten)]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Address to listen on.
+    #[arg(long, env = "COMPS_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on (each binary has its own default).
+    #[arg(long, env = "COMPS_PORT")]
+    pub port: Option<u16>,
+    /// Largest request body accepted, in bytes (413 above).
+    #[arg(long, env = "COMPS_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds a request may take until its response starts (408 after).
+    #[arg(long, env = "COMPS_REQUEST_TIMEOUT", default_value_t = 600)]
+    pub request_timeout_secs: u64,
+    /// Requests served at once; more are refused with 429 immediately.
+    #[arg(long, env = "COMPS_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+    /// Bearer key required on every route except health and metrics.
+    #[arg(long, env = "COMPS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Log format.
+    #[arg(long, env = "COMPS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Allowed CORS origins, comma separated; `*` allows any (OPEA's default).
+    #[arg(long, env = "COMPS_CORS_ALLOW_ORIGINS", value_delimiter = ',', default_value = "*")]
+    pub cors_allow_origins: Vec<String>,
+}
+
+impl CommonArgs {
+    /// The server settings these flags describe.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
+            max_concurrent_requests: self.max_concurrent_requests.max(1),
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
+            cors_allow_origins: self.cors_allow_origins.clone(),
+        }
+    }
+
+    /// Apply host and port (or `default_port`) to a service descriptor.
+    pub fn apply(&self, service: MicroService, default_port: u16) -> MicroService {
+        service.host(self.host.clone()).port(self.port.unwrap_or(default_port))
+    }
+}
+
+/// Server limits and policies.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest request body (413 above).
+    pub max_body_bytes: usize,
+    /// Time until the response starts (408 after).
+    pub request_timeout: Duration,
+    /// Concurrent requests (429 above).
+    pub max_concurrent_requests: usize,
+    /// Required bearer key.
+    pub api_key: Option<String>,
+    /// CORS origins (`*` = any).
+    pub cors_allow_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            request_timeout: Duration::from_secs(600),
+            max_concurrent_requests: 1024,
+            api_key: None,
+            cors_allow_origins: vec!["*".into()],
+        }
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The port is taken (OPEA raises at construction too).
+    #[error("cannot start '{service}': {addr} is already in use; stop the other process or choose another --port")]
+    AddrInUse {
+        /// Service name.
+        service: String,
+        /// host:port.
+        addr: String,
+    },
+    /// Any other bind failure.
+    #[error("cannot start '{service}': binding {addr} failed: {source}")]
+    Bind {
+        /// Service name.
+        service: String,
+        /// host:port.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone)]
+struct Shared {
+    service: Arc<MicroService>,
+    stats: StatisticsRegistry,
+    metrics: Arc<Metrics>,
+    limit: Arc<Semaphore>,
+    max_concurrent: usize,
+    api_key: Option<Arc<[u8]>>,
+    timeout: Duration,
+}
+
+/// A service being assembled: its descriptor, its routes and the built-in ones.
+pub struct Server {
+    shared: Shared,
+    config: ServerConfig,
+    router: Router,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("service", &self.shared.service.name).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server for `service`. Its statistic (named after the service) records every request
+    /// to `service.endpoint`.
+    pub fn new(service: MicroService, config: ServerConfig) -> Self {
+        let stats = StatisticsRegistry::new();
+        stats.register(&service.name);
+        let api_key = config.api_key.clone().or_else(|| service.api_key.clone()).map(|k| Arc::from(k.as_bytes()));
+        let shared = Shared {
+            service: Arc::new(service),
+            stats,
+            metrics: Arc::new(Metrics::new()),
+            limit: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            max_concurrent: config.max_concurrent_requests,
+            api_key,
+            timeout: config.request_timeout,
+        };
+        Self { shared, config, router: Router::new() }
+    }
+
+    /// Add a route (OPEA's `add_route`).
+    pub fn route(mut self, path: &str, method_router: MethodRouter) -> Self {
+        self.router = self.router.route(path, method_router);
+        self
+    }
+
+    /// Add a whole router (with its own state already applied).
+    pub fn merge(mut self, router: Router) -> Self {
+        self.router = self.router.merge(router);
+        self
+    }
+
+    /// The service descriptor.
+    pub fn service(&self) -> &MicroService {
+        &self.shared.service
+    }
+
+    /// The statistics served on `/v1/statistics`; register more names here.
+    pub fn statistics(&self) -> StatisticsRegistry {
+        self.shared.stats.clone()
+    }
+
+    /// The metrics served on `/metrics`; register a service's own collectors here.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// The complete application, for `oneshot` tests or embedding in another server.
+    pub fn into_router(self) -> Router {
+        let shared = self.shared;
+        let builtin = Router::new()
+            .route("/v1/health_check", get(health_check))
+            .route("/v1/health", get(health))
+            .route("/health", get(health))
+            .route("/v1/statistics", get(statistics))
+            .route("/metrics", get(metrics_text))
+            .with_state(shared.clone());
+        let cors = cors_layer(&self.config.cors_allow_origins);
+        self.router
+            .merge(builtin)
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            // Innermost first: limits and auth run after routing so the route is known.
+            .layer(middleware::from_fn_with_state(shared.clone(), guard))
+            .layer(DefaultBodyLimit::max(self.config.max_body_bytes))
+            .layer(cors)
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
+            }))
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+    }
+
+    /// Bind the listener (TCP_NODELAY on every connection). A taken port is a clear error.
+    pub async fn bind(self) -> Result<BoundServer, StartupError> {
+        let svc = self.shared.service.clone();
+        let addr = format!("{}:{}", svc.host, svc.port);
+        let listener = TcpListener::bind(&addr).await.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                StartupError::AddrInUse { service: svc.name.clone(), addr: addr.clone() }
+            } else {
+                StartupError::Bind { service: svc.name.clone(), addr: addr.clone(), source }
+            }
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            service: svc.name.clone(),
+            addr: addr.clone(),
+            source,
+        })?;
+        Ok(BoundServer { listener, router: self.into_router(), local_addr, name: svc.name.clone() })
+    }
+}
+
+/// A server with its port bound, ready to serve.
+pub struct BoundServer {
+    listener: TcpListener,
+    router: Router,
+    local_addr: SocketAddr,
+    name: String,
+}
+
+impl std::fmt::Debug for BoundServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundServer").field("addr", &self.local_addr).finish_non_exhaustive()
+    }
+}
+
+impl BoundServer {
+    /// The address actually bound (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serve until SIGTERM or ctrl-c, then finish in-flight requests.
+    pub async fn serve(self) -> std::io::Result<()> {
+        self.serve_until(shutdown_signal()).await
+    }
+
+    /// Serve until `signal` completes, then finish in-flight requests.
+    pub async fn serve_until(self, signal: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        tracing::info!(service = %self.name, addr = %self.local_addr, "listening");
+        let listener = self.listener.tap_io(|tcp| {
+            // Without it an SSE stream stalls ~40 ms per event (Nagle + delayed ACK).
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, self.router).with_graceful_shutdown(signal).await
+    }
+
+    /// Serve on a background task; the handle stops it.
+    pub fn spawn(self) -> ServerHandle {
+        let token = CancellationToken::new();
+        let addr = self.local_addr;
+        let stop = token.clone();
+        let task = tokio::spawn(async move { self.serve_until(async move { stop.cancelled().await }).await });
+        ServerHandle { addr, token, task }
+    }
+}
+
+/// A server running on a background task.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// Bound address.
+    pub addr: SocketAddr,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ServerHandle {
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop accepting, finish in-flight requests, and wait.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.token.cancel();
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// Initialise tracing once (later calls are ignored). `RUST_LOG` overrides the `info` default.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let any = origins.is_empty() || origins.iter().any(|o| o.trim() == "*");
+    let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any).expose_headers([REQUEST_ID]);
+    if any {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o.trim()).ok()).collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}
+
+async fn health_check(State(s): State<Shared>) -> impl IntoResponse {
+    axum::Json(json!({
+        "Service Title": s.service.name,
+        "Version": s.service.version,
+        "Service Description": s.service.description,
+    }))
+}
+
+async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn statistics(State(s): State<Shared>) -> impl IntoResponse {
+    axum::Json(s.stats.collect_all())
+}
+
+async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
+}
+
+async fn not_found(req: Request) -> ServiceError {
+    ServiceError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let err =
+        ServiceError::InvalidField { field: None, message: format!("method {} is not allowed here", req.method()) };
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(err.body())).into_response()
+}
+
+/// Auth, concurrency limit, timeout, metrics and statistics for every request.
+async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().clone();
+    let open = OPEN_PATHS.contains(&route.as_str()) || method == Method::OPTIONS;
+
+    let response = if open {
+        next.run(req).await
+    } else if let Err(e) = check_key(&s, &req) {
+        e.into_response()
+    } else {
+        match s.limit.clone().try_acquire_owned() {
+            Err(_) => ServiceError::Overloaded(format!(
+                "{} is serving its maximum of {} concurrent requests; retry later",
+                s.service.name, s.max_concurrent
+            ))
+            .into_response(),
+            Ok(permit) => match tokio::time::timeout(s.timeout, next.run(req)).await {
+                Ok(resp) => {
+                    // The permit lives until the body ends, so streams count while they run.
+                    return finish(s, route, method, start, resp, Some(permit));
+                }
+                Err(_) => {
+                    ServiceError::Timeout(format!("request did not complete within {} s", s.timeout.as_secs_f64()))
+                        .into_response()
+                }
+            },
+        }
+    };
+    finish(s, route, method, start, response, None)
+}
+
+fn check_key(s: &Shared, req: &Request) -> Result<(), ServiceError> {
+    use subtle::ConstantTimeEq;
+    let Some(expected) = &s.api_key else { return Ok(()) };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match presented {
+        None => Err(ServiceError::Unauthorized("missing API key: send 'Authorization: Bearer <key>'".into())),
+        Some(k) if bool::from(k.as_bytes().ct_eq(expected)) => Ok(()),
+        Some(_) => Err(ServiceError::Unauthorized("invalid API key".into())),
+    }
+}
+
+fn finish(
+    s: Shared,
+    route: String,
+    method: Method,
+    start: Instant,
+    resp: Response,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Response {
+    let status = resp.status().as_u16().to_string();
+    let streaming = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let stat = (route == s.service.endpoint && resp.status().is_success()).then(|| s.stats.register(&s.service.name));
+    s.metrics.in_flight.with_label_values(&[route.as_str()]).inc();
+    let (parts, body) = resp.into_parts();
+    let timed = TimedBody {
+        inner: body,
+        done: false,
+        first: None,
+        probe: Some(Probe { s, route, method: method.to_string(), status, start, streaming, stat, _permit: permit }),
+    };
+    Response::from_parts(parts, Body::new(timed))
+}
+
+struct Probe {
+    s: Shared,
+    route: String,
+    method: String,
+    status: String,
+    start: Instant,
+    streaming: bool,
+    stat: Option<Arc<crate::stats::BaseStatistics>>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Probe {
+    fn record(self, first: Option<Duration>) {
+        let total = self.start.elapsed();
+        let m = &self.s.metrics;
+        m.requests.with_label_values(&[&self.method, &self.route, &self.status]).inc();
+        m.duration.with_label_values(&[&self.method, &self.route, &self.status]).observe(total.as_secs_f64());
+        m.in_flight.with_label_values(&[self.route.as_str()]).dec();
+        if let Some(ft) = first {
+            m.first_byte.with_label_values(&[&self.method, &self.route]).observe(ft.as_secs_f64());
+        }
+        if let Some(stat) = self.stat {
+            stat.append_latency(total, if self.streaming { first } else { None });
+        }
+    }
+}
+
+/// A response body that records latency when its first chunk goes out and when it ends or is
+/// dropped (client gone), and holds the concurrency permit until then.
+struct TimedBody {
+    inner: Body,
+    done: bool,
+    first: Option<Duration>,
+    probe: Option<Probe>,
+}
+
+impl TimedBody {
+    fn complete(&mut self) {
+        if let Some(p) = self.probe.take() {
+            p.record(self.first);
+        }
+    }
+}
+
+impl http_body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.first.is_none() && frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                    this.first = this.probe.as_ref().map(|p| p.start.elapsed());
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                this.done = true;
+                this.complete();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        self.complete();
+    }
+}
