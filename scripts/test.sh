@@ -21,4 +21,14 @@ log "cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test"
-cargo test --workspace --locked
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo prints one per test binary, the last often a
+# doc-test binary with nothing in it).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\ncomps-rs: %d passed, %d failed\n", p, f }' "$out"
+exit "$status"

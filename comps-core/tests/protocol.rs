@@ -368,3 +368,45 @@ fn percentiles_follow_numpy() {
     assert_eq!(percentile(&[], 50.0), None);
     assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
 }
+
+#[test]
+fn base_statistics_match_opea() {
+    use comps_core::StatisticsRegistry;
+    use std::time::Duration;
+    let reg = StatisticsRegistry::new();
+    let s1 = reg.register("s1");
+    let empty = reg.collect_all();
+    for k in ["p50_latency", "p99_latency", "average_latency", "p50_latency_first_token"] {
+        assert_eq!(empty["s1"][k], Value::Null);
+    }
+    for (lat, ft) in [(1.0, Some(0.5)), (2.0, None), (3.0, Some(0.0)), (4.0, Some(1.5))] {
+        s1.append_latency(Duration::from_secs_f64(lat), ft.map(Duration::from_secs_f64));
+    }
+    let v = reg.collect_all();
+    assert_eq!(v["s1"]["p50_latency"], 2.5);
+    assert!((v["s1"]["p99_latency"].as_f64().unwrap() - 3.97).abs() < 1e-9);
+    assert_eq!(v["s1"]["average_latency"], 2.5);
+    // A zero first-token latency is skipped, as OPEA skips a falsy one.
+    assert_eq!(v["s1"]["p50_latency_first_token"], 1.0);
+    assert_eq!(v["s1"]["average_latency_first_token"], 1.0);
+    assert_eq!(v["s1"]["count"], 4);
+    // Two ~equal latencies give int(p50) == int(p99), as OPEA's test_base_statistics checks.
+    let s2 = reg.register("s2");
+    s2.append_latency(Duration::from_millis(1002), None);
+    s2.append_latency(Duration::from_millis(1005), None);
+    let v = reg.collect_all();
+    assert_eq!(v["s2"]["p50_latency"].as_f64().unwrap() as i64, v["s2"]["p99_latency"].as_f64().unwrap() as i64);
+}
+
+#[test]
+fn port_and_ip_utilities() {
+    use comps_core::utils::{check_ports_availability, get_internal_ip, is_port_free};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    assert!(!is_port_free("127.0.0.1", port));
+    assert!(!check_ports_availability(&["127.0.0.1"], &[port]));
+    drop(l);
+    assert!(is_port_free("127.0.0.1", port));
+    let ip = get_internal_ip();
+    assert!(ip.is_ipv4());
+}

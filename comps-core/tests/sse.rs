@@ -99,3 +99,15 @@ async fn sse_response_ends_a_failed_stream_with_an_error_event_and_done() {
     let body = axum::body::to_bytes(ok.into_body(), 1 << 20).await.unwrap();
     assert_eq!(&body[..], b"data: x\n\ndata: [DONE]\n\n");
 }
+
+#[tokio::test]
+async fn opea_framing_of_an_event_stream() {
+    let events: EventStream = futures::stream::iter(vec![
+        Ok(chunk_payload("id", "m", " OPEA")),
+        Ok(r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#.to_string()),
+        Ok(chunk_payload("id", "m", " it's é")),
+    ])
+    .boxed();
+    let body: Vec<u8> = frame_opea(events).map(|b| b.unwrap().to_vec()).concat().await;
+    assert_eq!(String::from_utf8(body).unwrap(), "data: b' OPEA'\n\ndata: b\" it's \\xc3\\xa9\"\n\ndata: [DONE]\n\n");
+}

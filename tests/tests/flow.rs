@@ -175,6 +175,12 @@ async fn flow_streams_standard_chunks() {
         assert_eq!(v["object"], "chat.completion.chunk");
     }
     assert!(body.ends_with("data: [DONE]\n\n"));
+    // The megaservice's statistics hold the request with its first-token latency.
+    let stats: Value =
+        client().get(format!("{}/v1/statistics", flow.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["flow"]["count"], 1);
+    assert!(stats["flow"]["p50_latency_first_token"].as_f64().is_some(), "{stats}");
+    assert!(stats["flow"]["p50_latency"].as_f64().is_some(), "{stats}");
     flow.shutdown().await.unwrap();
 }
 

@@ -247,7 +247,7 @@ struct Request {
 /// The DAG engine of a megaservice.
 pub struct ServiceOrchestrator {
     graph: Dag,
-    nodes: HashMap<String, Arc<Node>>,
+    nodes: Arc<HashMap<String, Arc<Node>>>,
     hooks: Arc<dyn Hooks>,
     metrics: OrchestratorMetrics,
     default_policy: NodePolicy,
@@ -276,7 +276,7 @@ impl ServiceOrchestrator {
     pub fn new() -> Self {
         Self {
             graph: Dag::new(),
-            nodes: HashMap::new(),
+            nodes: Arc::new(HashMap::new()),
             hooks: Arc::new(IdentityHooks),
             metrics: OrchestratorMetrics::new(),
             default_policy: NodePolicy::default(),
@@ -310,7 +310,7 @@ impl ServiceOrchestrator {
     pub fn add_with_policy(&mut self, service: MicroService, policy: NodePolicy) -> Result<&mut Self, GraphError> {
         let id = service.node_id();
         self.graph.add_node(&id)?;
-        self.nodes.insert(id, Arc::new(Node { service, policy }));
+        Arc::make_mut(&mut self.nodes).insert(id, Arc::new(Node { service, policy }));
         Ok(self)
     }
 
@@ -446,7 +446,7 @@ impl ServiceOrchestrator {
         pending: Arc<Pending>,
     ) -> impl Future<Output = Result<(String, NodeOutput), ServiceError>> + Send + 'static {
         let node = self.nodes.get(&node_id).cloned();
-        let nodes: HashMap<String, Arc<Node>> = self.nodes.clone();
+        let nodes = self.nodes.clone();
         let hooks = self.hooks.clone();
         let metrics = self.metrics.clone();
         async move {
