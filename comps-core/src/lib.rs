@@ -35,6 +35,8 @@
 pub mod error;
 pub mod extract;
 pub mod metrics;
+#[cfg(feature = "models")]
+pub mod models;
 pub mod orchestrator;
 pub mod protocol;
 pub mod server;

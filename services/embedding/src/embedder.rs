@@ -1,0 +1,295 @@
+//! The `Embedder` trait and its two implementations: a local candle model behind the batcher,
+//! and a proxy to a remote TEI or OpenAI-compatible server.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use comps_core::models::embed::EmbeddingInfo;
+use comps_core::models::encoder::normalize;
+use comps_core::models::{BatchConfig, Batcher, EmbeddingModel, Pooling, TextTokenizer};
+use comps_core::orchestrator::NodePolicy;
+use comps_core::orchestrator::remote::{Target, call_json};
+use comps_core::{ServiceError, ServiceResult};
+use serde_json::{Value, json};
+
+/// What to embed.
+#[derive(Debug, Clone)]
+pub enum EmbedInput {
+    /// Texts.
+    Texts(Vec<String>),
+    /// Pre-tokenized inputs (OpenAI token-id input).
+    Tokens(Vec<Vec<u32>>),
+}
+
+impl EmbedInput {
+    /// Number of inputs.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Texts(t) => t.len(),
+            Self::Tokens(t) => t.len(),
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How to embed.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbedOptions {
+    /// L2-normalise the vectors.
+    pub normalize: bool,
+    /// Cut over-long inputs instead of refusing them.
+    pub truncate: bool,
+    /// The request field holding the inputs (for error messages).
+    pub field: &'static str,
+}
+
+/// Vectors and the tokens they cost.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    /// One vector per input.
+    pub vectors: Vec<Vec<f32>>,
+    /// Input tokens used (0 when a remote does not say).
+    pub prompt_tokens: usize,
+}
+
+/// What an embedder is, for `/info` and health.
+#[derive(Debug, Clone)]
+pub struct EmbedderInfo {
+    /// Model name.
+    pub model_id: String,
+    /// Vector size, when known.
+    pub dim: Option<usize>,
+    /// Longest input, when known.
+    pub max_input_tokens: Option<usize>,
+    /// Pooling, when known.
+    pub pooling: Option<String>,
+    /// Largest vocabulary id + 1, when known (to check token-id inputs).
+    pub vocab_size: Option<usize>,
+    /// `local` or `remote`.
+    pub backend: &'static str,
+}
+
+/// Turns inputs into vectors.
+#[async_trait]
+pub trait Embedder: Send + Sync {
+    /// Description.
+    fn info(&self) -> &EmbedderInfo;
+    /// Embed `input`.
+    async fn embed(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Embedded>;
+}
+
+/// A candle model in this process.
+pub struct LocalEmbedder {
+    tokenizer: Arc<TextTokenizer>,
+    batcher: Batcher<Vec<f32>>,
+    info: EmbedderInfo,
+}
+
+impl LocalEmbedder {
+    /// Load `dir` and start its batcher thread.
+    pub fn load(dir: &Path, pooling: Option<Pooling>, batch: BatchConfig) -> anyhow::Result<Self> {
+        let (model, tokenizer, info): (EmbeddingModel, TextTokenizer, EmbeddingInfo) =
+            EmbeddingModel::load(dir, pooling)?;
+        let vocab = comps_core::models::ModelDir::open(dir)?.encoder_config()?.vocab_size;
+        let batcher = Batcher::start("embedding", model, batch);
+        Ok(Self {
+            tokenizer: Arc::new(tokenizer),
+            batcher,
+            info: EmbedderInfo {
+                model_id: info.model_id,
+                dim: Some(info.dim),
+                max_input_tokens: Some(info.max_input_tokens),
+                pooling: Some(info.pooling.name().to_string()),
+                vocab_size: Some(vocab),
+                backend: "local",
+            },
+        })
+    }
+
+    /// The batcher's counters.
+    pub fn batch_stats(&self) -> &comps_core::models::batcher::BatchStats {
+        self.batcher.stats()
+    }
+}
+
+#[async_trait]
+impl Embedder for LocalEmbedder {
+    fn info(&self) -> &EmbedderInfo {
+        &self.info
+    }
+
+    async fn embed(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Embedded> {
+        let max = self.tokenizer.max_tokens();
+        let ids = match input {
+            EmbedInput::Texts(texts) => {
+                // Tokenizing a large request is real CPU work: keep it off the async runtime.
+                let tok = self.tokenizer.clone();
+                let truncate = opts.truncate;
+                let encoded = tokio::task::spawn_blocking(move || tok.encode(&texts, truncate))
+                    .await
+                    .map_err(|e| ServiceError::Internal(format!("tokenizer task failed: {e}")))?
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                encoded.map_err(|too_long| {
+                    ServiceError::invalid(
+                        opts.field,
+                        format!("{} {}", opts.field, too_long.to_string().trim_start_matches("input ")),
+                    )
+                })?
+            }
+            EmbedInput::Tokens(mut seqs) => {
+                let vocab = self.info.vocab_size.unwrap_or(usize::MAX);
+                for (i, s) in seqs.iter_mut().enumerate() {
+                    if s.is_empty() {
+                        return Err(ServiceError::invalid(opts.field, format!("{} {i} has no tokens", opts.field)));
+                    }
+                    if let Some(bad) = s.iter().find(|&&t| t as usize >= vocab) {
+                        return Err(ServiceError::invalid(
+                            opts.field,
+                            format!("{} {i} has token id {bad}, outside the vocabulary of {vocab}", opts.field),
+                        ));
+                    }
+                    if s.len() > max {
+                        if !opts.truncate {
+                            return Err(ServiceError::invalid(
+                                opts.field,
+                                format!(
+                                    "{} {i} has {} tokens, more than the model maximum of {max}",
+                                    opts.field,
+                                    s.len()
+                                ),
+                            ));
+                        }
+                        s.truncate(max);
+                    }
+                }
+                seqs
+            }
+        };
+        let prompt_tokens = ids.iter().map(Vec::len).sum();
+        let mut vectors = self.batcher.submit(ids).await?;
+        if opts.normalize {
+            vectors.iter_mut().for_each(|v| normalize(v));
+        }
+        Ok(Embedded { vectors, prompt_tokens })
+    }
+}
+
+/// Which API the remote speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RemoteKind {
+    Tei,
+    OpenAi,
+}
+
+/// A remote TEI `/embed` or OpenAI-compatible `/v1/embeddings`.
+pub struct RemoteEmbedder {
+    url: String,
+    kind: RemoteKind,
+    api_key: Option<String>,
+    model: Option<String>,
+    policy: NodePolicy,
+    info: EmbedderInfo,
+}
+
+impl RemoteEmbedder {
+    /// A proxy to `url`: TEI when the path ends in `/embed`, else OpenAI.
+    pub fn new(url: &str, api_key: Option<String>, model: Option<String>, timeout: Duration) -> anyhow::Result<Self> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("--remote-url '{url}': {e}"))?;
+        let kind =
+            if parsed.path().trim_end_matches('/').ends_with("/embed") { RemoteKind::Tei } else { RemoteKind::OpenAi };
+        Ok(Self {
+            url: url.to_string(),
+            kind,
+            api_key: api_key.filter(|k| !k.is_empty()),
+            info: EmbedderInfo {
+                model_id: model.clone().unwrap_or_else(|| url.to_string()),
+                dim: None,
+                max_input_tokens: None,
+                pooling: None,
+                vocab_size: None,
+                backend: "remote",
+            },
+            model,
+            policy: NodePolicy { timeout, stream_idle_timeout: timeout, ..NodePolicy::default() },
+        })
+    }
+}
+
+fn floats(v: &Value) -> Option<Vec<f32>> {
+    v.as_array()?.iter().map(|x| x.as_f64().map(|f| f as f32)).collect()
+}
+
+#[async_trait]
+impl Embedder for RemoteEmbedder {
+    fn info(&self) -> &EmbedderInfo {
+        &self.info
+    }
+
+    async fn embed(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Embedded> {
+        let n = input.len();
+        let target =
+            Target { node: "remote embedding", url: &self.url, api_key: self.api_key.as_deref(), policy: &self.policy };
+        let bad = |what: &str| ServiceError::Upstream(format!("remote embedding at {} answered {what}", self.url));
+        let (mut vectors, prompt_tokens) = match self.kind {
+            RemoteKind::Tei => {
+                let EmbedInput::Texts(texts) = input else {
+                    return Err(ServiceError::invalid(opts.field, "token-id input is not supported by a TEI remote"));
+                };
+                let body = json!({"inputs": texts, "normalize": opts.normalize, "truncate": opts.truncate});
+                let v = call_json(&target, &body).await?;
+                let vecs: Option<Vec<Vec<f32>>> = v.as_array().map(|a| a.iter().map(floats).collect()).unwrap_or(None);
+                (vecs.ok_or_else(|| bad("something other than a list of vectors"))?, 0)
+            }
+            RemoteKind::OpenAi => {
+                let inputs = match input {
+                    EmbedInput::Texts(t) => json!(t),
+                    EmbedInput::Tokens(t) => json!(t),
+                };
+                let mut body = json!({"input": inputs, "encoding_format": "float"});
+                if let Some(m) = &self.model {
+                    body["model"] = json!(m);
+                }
+                let v = call_json(&target, &body).await?;
+                let mut data: Vec<(usize, Vec<f32>)> = v
+                    .get("data")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| bad("no 'data' list"))?
+                    .iter()
+                    .map(|d| {
+                        let i = d.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+                        d.get("embedding").and_then(floats).map(|e| (i, e))
+                    })
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| bad("an entry without a float 'embedding'"))?;
+                data.sort_by_key(|(i, _)| *i);
+                let tokens =
+                    v.get("usage").and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64).unwrap_or(0) as usize;
+                let vecs = data.into_iter().map(|(_, e)| e).collect::<Vec<_>>();
+                let vecs = if opts.normalize {
+                    vecs.into_iter()
+                        .map(|mut e| {
+                            normalize(&mut e);
+                            e
+                        })
+                        .collect()
+                } else {
+                    vecs
+                };
+                (vecs, tokens)
+            }
+        };
+        if vectors.len() != n {
+            return Err(bad(&format!("{} vectors for {n} inputs", vectors.len())));
+        }
+        if self.kind == RemoteKind::Tei && opts.normalize {
+            vectors.iter_mut().for_each(|v| normalize(v));
+        }
+        Ok(Embedded { vectors, prompt_tokens })
+    }
+}

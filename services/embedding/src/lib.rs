@@ -1,0 +1,159 @@
+//! # comps-embedding
+//!
+//! An embedding microservice a TEI user can switch to: sentence-embedding models run
+//! in-process with candle on CPU behind a dynamic batcher, or requests are proxied to a remote
+//! TEI (`/embed`) or OpenAI-compatible (`/v1/embeddings`) server. It speaks OpenAI
+//! (`POST /v1/embeddings`), OPEA (`TextDoc` → `EmbedDoc` on the same route) and TEI
+//! (`POST /embed`, `GET /info`).
+//!
+//! ```text
+//! scripts/fetch-models.sh
+//! comps-embedding --model models/all-MiniLM-L6-v2 --port 6006
+//! curl localhost:6006/v1/embeddings -d '{"input": ["hello", "world"]}'
+//! curl localhost:6006/embed -d '{"inputs": "hello"}'
+//! curl localhost:6006/v1/embeddings -d '{"text": "hello"}'      # OPEA EmbedDoc
+//! ```
+
+pub mod embedder;
+pub mod routes;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use comps_core::models::{BatchConfig, Pooling};
+use comps_core::{CommonArgs, MicroService, Server, ServiceType};
+
+pub use embedder::{EmbedInput, EmbedOptions, Embedded, Embedder, EmbedderInfo, LocalEmbedder, RemoteEmbedder};
+
+/// Default port (OPEA's compose).
+pub const DEFAULT_PORT: u16 = 6006;
+
+/// Command-line flags.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(version, about = "Embedding microservice (OpenAI, OPEA and TEI APIs)")]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Model directory (config.json, model.safetensors, tokenizer.json), or a hub id found in
+    /// the local Hugging Face cache ($HF_HOME/hub).
+    #[arg(long, env = "EMBEDDING_MODEL", default_value = "models/all-MiniLM-L6-v2")]
+    pub model: String,
+    /// Pooling override: mean, cls or last_token (default: the model's 1_Pooling/config.json).
+    #[arg(long, env = "EMBEDDING_POOLING")]
+    pub pooling: Option<String>,
+    /// Proxy to this TEI `/embed` or OpenAI `/v1/embeddings` URL instead of running a model.
+    #[arg(long, env = "EMBEDDING_REMOTE_URL")]
+    pub remote_url: Option<String>,
+    /// Bearer key for the remote endpoint.
+    #[arg(long, env = "EMBEDDING_REMOTE_API_KEY", hide_env_values = true)]
+    pub remote_api_key: Option<String>,
+    /// `model` sent to an OpenAI-compatible remote.
+    #[arg(long, env = "EMBEDDING_REMOTE_MODEL")]
+    pub remote_model: Option<String>,
+    /// Seconds to wait for the remote endpoint.
+    #[arg(long, env = "EMBEDDING_REMOTE_TIMEOUT", default_value_t = 60)]
+    pub remote_timeout_secs: u64,
+    /// Padded tokens per forward pass.
+    #[arg(long, env = "MAX_BATCH_TOKENS", default_value_t = 16_384)]
+    pub max_batch_tokens: usize,
+    /// Inputs per forward pass.
+    #[arg(long, env = "MAX_BATCH_REQUESTS", default_value_t = 64)]
+    pub max_batch_requests: usize,
+    /// Microseconds the batcher waits for more work before running a batch.
+    #[arg(long, env = "BATCH_WAIT_MICROS", default_value_t = 2_000)]
+    pub batch_wait_micros: u64,
+    /// Most inputs in one request (422 above).
+    #[arg(long, env = "MAX_CLIENT_BATCH_SIZE", default_value_t = 32)]
+    pub max_client_batch_size: usize,
+    /// Truncate over-long inputs when a request does not say (TEI's --auto-truncate).
+    #[arg(long, env = "AUTO_TRUNCATE", default_value_t = false)]
+    pub auto_truncate: bool,
+}
+
+/// Shared state of the routes.
+#[derive(Clone)]
+pub struct AppState {
+    /// The compute.
+    pub embedder: Arc<dyn Embedder>,
+    /// Most inputs per request.
+    pub max_client_batch_size: usize,
+    /// Default for `truncate`.
+    pub auto_truncate: bool,
+}
+
+/// Resolve `--model`: a directory, or a hub id in the local Hugging Face cache.
+pub fn resolve_model(model: &str) -> anyhow::Result<PathBuf> {
+    let p = PathBuf::from(model);
+    if p.is_dir() {
+        return Ok(p);
+    }
+    let home = std::env::var_os("HF_HUB_CACHE").map(PathBuf::from).or_else(|| {
+        std::env::var_os("HF_HOME")
+            .map(|h| PathBuf::from(h).join("hub"))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")))
+    });
+    if let (Some(hub), Some((org, name))) = (home, model.split_once('/')) {
+        let repo = hub.join(format!("models--{org}--{name}"));
+        if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
+            let snap = repo.join("snapshots").join(rev.trim());
+            if snap.is_dir() {
+                return Ok(snap);
+            }
+        }
+    }
+    anyhow::bail!(
+        "model '{model}' is neither a directory nor a hub id in the local Hugging Face cache; \
+         run scripts/fetch-models.sh or pass --model DIR"
+    )
+}
+
+/// Build the embedder the flags describe.
+pub fn build_embedder(args: &Args) -> anyhow::Result<Arc<dyn Embedder>> {
+    if let Some(url) = &args.remote_url {
+        return Ok(Arc::new(RemoteEmbedder::new(
+            url,
+            args.remote_api_key.clone(),
+            args.remote_model.clone(),
+            Duration::from_secs(args.remote_timeout_secs.max(1)),
+        )?));
+    }
+    let dir = resolve_model(&args.model)?;
+    let pooling = match &args.pooling {
+        Some(p) => Some(Pooling::parse(p).ok_or_else(|| anyhow::anyhow!("--pooling must be mean, cls or last_token"))?),
+        None => None,
+    };
+    let batch = BatchConfig {
+        max_batch_tokens: args.max_batch_tokens.max(1),
+        max_batch_requests: args.max_batch_requests.max(1),
+        max_wait: Duration::from_micros(args.batch_wait_micros),
+        queue_capacity: args.common.max_concurrent_requests.max(1),
+    };
+    Ok(Arc::new(LocalEmbedder::load(&dir, pooling, batch)?))
+}
+
+/// The server for an embedder (tests use this with port 0).
+pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server {
+    let info = state.embedder.info().clone();
+    let svc = common
+        .apply(MicroService::new("embedding"), default_port)
+        .endpoint("/v1/embeddings")
+        .service_type(ServiceType::Embedding)
+        .datatypes("TextDoc", "EmbedDoc")
+        .description(format!("Embedding service ({})", info.model_id))
+        .version(env!("CARGO_PKG_VERSION"));
+    Server::new(svc, common.server_config()).merge(routes::router(state))
+}
+
+/// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let embedder = build_embedder(&args)?;
+    tracing::info!(info = ?embedder.info(), "embedder ready");
+    let state = AppState {
+        embedder,
+        max_client_batch_size: args.max_client_batch_size.max(1),
+        auto_truncate: args.auto_truncate,
+    };
+    server(state, &args.common, DEFAULT_PORT).bind().await?.serve().await?;
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! HTTP routes: OpenAI and OPEA on `/v1/embeddings`, TEI on `/embed` and `/info`, and
+//! `/v1/models`.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use comps_core::extract::parse_json;
+use comps_core::protocol::{
+    EmbedDoc, Embedding, EmbeddingData, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingResponseData,
+    TextDoc, TextOrList, UsageInfo, Validate,
+};
+use comps_core::{ServiceError, ServiceResult};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::embedder::{EmbedInput, EmbedOptions};
+
+/// The service's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/embed", post(tei_embed))
+        .route("/info", get(info))
+        .route("/v1/models", get(models))
+        .with_state(state)
+}
+
+fn check_count(field: &'static str, n: usize, max: usize) -> ServiceResult<()> {
+    if n == 0 {
+        return Err(ServiceError::invalid(field, format!("{field} must not be empty")));
+    }
+    if n > max {
+        return Err(ServiceError::invalid(
+            field,
+            format!("{field} has {n} items, more than the maximum client batch size of {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// OpenAI `{"input": ...}` or OPEA `{"text": ...}` (TextDoc → EmbedDoc), told apart by their keys.
+async fn embeddings(State(s): State<AppState>, body: Bytes) -> Response {
+    let shape: Value = match parse_json(&body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let result = if shape.get("input").is_some() || shape.get("text").is_none() {
+        openai(&s, &body).await
+    } else {
+        opea(&s, &body).await
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn openai(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
+    let req: EmbeddingRequest = parse_json(body)?;
+    req.validate()?;
+    let input = match req.input {
+        EmbeddingInput::Text(t) => EmbedInput::Texts(vec![t]),
+        EmbeddingInput::Texts(t) => EmbedInput::Texts(t),
+        EmbeddingInput::Tokens(t) => EmbedInput::Tokens(vec![t]),
+        EmbeddingInput::TokenBatches(t) => EmbedInput::Tokens(t),
+    };
+    check_count("input", input.len(), s.max_client_batch_size)?;
+    let dim = s.embedder.info().dim;
+    if let (Some(d), Some(dim)) = (req.dimensions, dim)
+        && d as usize > dim
+    {
+        return Err(ServiceError::invalid("dimensions", format!("dimensions {d} is larger than the model's {dim}")));
+    }
+    let opts = EmbedOptions { normalize: true, truncate: s.auto_truncate, field: "input" };
+    let out = s.embedder.embed(input, opts).await?;
+    let base64 = req.encoding_format.as_deref() == Some("base64");
+    let data = out
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut v)| {
+            if let Some(d) = req.dimensions {
+                v.truncate(d as usize);
+                comps_core::models::encoder::normalize(&mut v);
+            }
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                EmbeddingData::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                EmbeddingData::Float(v)
+            };
+            EmbeddingResponseData { index: i as u32, object: "embedding".into(), embedding }
+        })
+        .collect();
+    let tokens = out.prompt_tokens as u32;
+    let resp = EmbeddingResponse {
+        object: "list".into(),
+        model: Some(req.model.unwrap_or_else(|| s.embedder.info().model_id.clone())),
+        data,
+        usage: Some(UsageInfo { prompt_tokens: tokens, total_tokens: tokens, completion_tokens: None }),
+    };
+    Ok(axum::Json(resp).into_response())
+}
+
+async fn opea(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
+    let doc: TextDoc = parse_json(body)?;
+    let (texts, single) = match doc.text.clone() {
+        Some(TextOrList::Text(t)) => (vec![t], true),
+        Some(TextOrList::List(l)) => (l, false),
+        None => return Err(ServiceError::invalid("text", "text must not be null")),
+    };
+    check_count("text", texts.len(), s.max_client_batch_size)?;
+    let opts = EmbedOptions { normalize: true, truncate: true, field: "text" };
+    let out = s.embedder.embed(EmbedInput::Texts(texts.clone()), opts).await?;
+    let embedding = if single {
+        Embedding::Single(out.vectors.into_iter().next().unwrap_or_default())
+    } else {
+        Embedding::Batch(out.vectors)
+    };
+    let text =
+        if single { TextOrList::Text(texts.into_iter().next().unwrap_or_default()) } else { TextOrList::List(texts) };
+    let mut ed: EmbedDoc = serde_json::from_value(json!({"text": "", "embedding": []}))
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    ed.id = doc.id;
+    ed.text = text;
+    ed.embedding = embedding;
+    Ok(axum::Json(ed).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct TeiEmbedRequest {
+    inputs: TextOrList,
+    #[serde(default = "yes")]
+    normalize: bool,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    truncation_direction: Option<String>,
+    #[serde(default)]
+    dimensions: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Validate for TeiEmbedRequest {
+    fn validate(&self) -> Result<(), ServiceError> {
+        if let Some(d) = self.truncation_direction.as_deref()
+            && !d.eq_ignore_ascii_case("right")
+        {
+            return Err(ServiceError::invalid("truncation_direction", "only 'right' truncation is supported"));
+        }
+        if self.dimensions == Some(0) {
+            return Err(ServiceError::invalid("dimensions", "dimensions must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// TEI `POST /embed` → `[[f32]]`.
+async fn tei_embed(State(s): State<AppState>, comps_core::Json(req): comps_core::Json<TeiEmbedRequest>) -> Response {
+    let texts = req.inputs.to_vec();
+    let run = async {
+        check_count("inputs", texts.len(), s.max_client_batch_size)?;
+        let opts = EmbedOptions {
+            normalize: req.normalize,
+            truncate: req.truncate.unwrap_or(s.auto_truncate),
+            field: "inputs",
+        };
+        let out = s.embedder.embed(EmbedInput::Texts(texts), opts).await?;
+        let mut vectors = out.vectors;
+        if let Some(d) = req.dimensions {
+            for v in &mut vectors {
+                v.truncate(d as usize);
+                if req.normalize {
+                    comps_core::models::encoder::normalize(v);
+                }
+            }
+        }
+        Ok::<_, ServiceError>(axum::Json(vectors).into_response())
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// TEI-like `GET /info`.
+async fn info(State(s): State<AppState>) -> impl IntoResponse {
+    let i = s.embedder.info();
+    axum::Json(json!({
+        "model_id": i.model_id,
+        "model_sha": null,
+        "model_dtype": "float32",
+        "model_type": {"embedding": {"pooling": i.pooling}},
+        "max_input_length": i.max_input_tokens,
+        "max_client_batch_size": s.max_client_batch_size,
+        "auto_truncate": s.auto_truncate,
+        "embedding_dimension": i.dim,
+        "backend": i.backend,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+/// OpenAI `GET /v1/models`.
+async fn models(State(s): State<AppState>) -> impl IntoResponse {
+    axum::Json(json!({
+        "object": "list",
+        "data": [{"id": s.embedder.info().model_id, "object": "model", "created": 0, "owned_by": "comps-rs"}],
+    }))
+}

@@ -1,0 +1,267 @@
+//! The embedding service with the real all-MiniLM-L6-v2 weights (fetched by
+//! `scripts/fetch-models.sh`, which the test command runs), against a committed
+//! sentence-transformers reference, over real HTTP on 127.0.0.1:0.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use base64::Engine;
+use comps_core::models::BatchConfig;
+use comps_core::models::encoder::cosine;
+use comps_core::testing::{MockConfig, spawn_mock};
+use comps_core::{CommonArgs, ErrorResponse, ServerHandle};
+use comps_embedding::{AppState, EmbedInput, EmbedOptions, Embedder, LocalEmbedder, RemoteEmbedder};
+use serde_json::{Value, json};
+
+fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("EMBEDDING_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2"));
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} has no model: run scripts/fetch-models.sh (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+fn embedder() -> Arc<LocalEmbedder> {
+    static E: OnceLock<Arc<LocalEmbedder>> = OnceLock::new();
+    E.get_or_init(|| Arc::new(LocalEmbedder::load(&model_dir(), None, BatchConfig::default()).expect("model loads")))
+        .clone()
+}
+
+fn opts(truncate: bool) -> EmbedOptions {
+    EmbedOptions { normalize: true, truncate, field: "input" }
+}
+
+fn common(max_concurrent: usize) -> CommonArgs {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct A {
+        #[command(flatten)]
+        c: CommonArgs,
+    }
+    A::parse_from(["e", "--host", "127.0.0.1", "--port", "0", "--max-concurrent-requests", &max_concurrent.to_string()])
+        .c
+}
+
+async fn serve(embedder: Arc<dyn Embedder>, max_concurrent: usize) -> ServerHandle {
+    let state = AppState { embedder, max_client_batch_size: 32, auto_truncate: false };
+    comps_embedding::server(state, &common(max_concurrent), 0).bind().await.unwrap().spawn()
+}
+
+fn client() -> reqwest::Client {
+    comps_core::http_client().clone()
+}
+
+async fn post(h: &ServerHandle, path: &str, body: Value) -> (u16, Value) {
+    let r = client().post(format!("{}{path}", h.url())).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn matches_sentence_transformers_reference() {
+    let fixture: Value = serde_json::from_str(include_str!("fixtures/minilm_reference.json")).expect("fixture is JSON");
+    let items = fixture["items"].as_array().unwrap();
+    assert!(items.len() >= 20, "fixture has {} items", items.len());
+    let texts: Vec<String> = items.iter().map(|i| i["text"].as_str().unwrap().to_string()).collect();
+    let e = embedder();
+    let out = e.embed(EmbedInput::Texts(texts.clone()), opts(true)).await.unwrap();
+    let mut worst = 1.0f32;
+    for (i, item) in items.iter().enumerate() {
+        let reference: Vec<f32> =
+            item["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let c = cosine(&out.vectors[i], &reference);
+        worst = worst.min(c);
+        assert!(c >= 0.9999, "item {i} ({:?}): cosine {c}", texts[i]);
+        // Token counts agree with the reference tokenizer, truncation included.
+        let one = e.embed(EmbedInput::Texts(vec![texts[i].clone()]), opts(true)).await.unwrap();
+        assert_eq!(one.prompt_tokens as u64, item["tokens"].as_u64().unwrap(), "item {i} tokens");
+    }
+    eprintln!("worst cosine against sentence-transformers: {worst}");
+}
+
+#[tokio::test]
+async fn same_vector_alone_and_in_a_padded_batch() {
+    let e = embedder();
+    let text = "The quick brown fox jumps over the lazy dog.".to_string();
+    let alone = e.embed(EmbedInput::Texts(vec![text.clone()]), opts(true)).await.unwrap().vectors.remove(0);
+    let long = "A much longer passage that forces padding of the short one. ".repeat(12);
+    let batch =
+        e.embed(EmbedInput::Texts(vec![long, text, "medium length text here".into()]), opts(true)).await.unwrap();
+    let in_batch = &batch.vectors[1];
+    let max_diff = alone.iter().zip(in_batch).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max_diff < 1e-5, "max abs difference {max_diff}");
+    assert!(cosine(&alone, in_batch) > 0.99999);
+}
+
+#[tokio::test]
+async fn openai_tei_and_opea_shapes() {
+    let h = serve(embedder(), 64).await;
+    let (status, v) = post(&h, "/v1/embeddings", json!({"input": ["hello world", "good morning"], "model": "m"})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], "m");
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    for (i, d) in v["data"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(d["object"], "embedding");
+        assert_eq!(d["index"], i);
+        let emb = d["embedding"].as_array().unwrap();
+        assert_eq!(emb.len(), 384);
+        let norm: f64 = emb.iter().map(|x| x.as_f64().unwrap().powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+    // [CLS] hello world [SEP] + [CLS] good morning [SEP]
+    assert_eq!(v["usage"]["prompt_tokens"], 8, "{}", v["usage"]);
+    assert_eq!(v["usage"]["total_tokens"], 8);
+    let float0: Vec<f32> =
+        v["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+
+    let (_, b) = post(&h, "/v1/embeddings", json!({"input": "hello world", "encoding_format": "base64"})).await;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let decoded: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    assert_eq!(decoded, float0);
+
+    let (_, d) = post(&h, "/v1/embeddings", json!({"input": "hello world", "dimensions": 128})).await;
+    let emb = d["data"][0]["embedding"].as_array().unwrap();
+    assert_eq!(emb.len(), 128);
+    let norm: f64 = emb.iter().map(|x| x.as_f64().unwrap().powi(2)).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4);
+
+    let (status, t) = post(&h, "/v1/embeddings", json!({"input": [[101, 7592, 2088, 102]]})).await;
+    assert_eq!(status, 200, "{t}");
+    let from_ids: Vec<f32> =
+        t["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    assert!(cosine(&from_ids, &float0) > 0.99999, "token ids of 'hello world' embed the same");
+
+    let (status, tei) = post(&h, "/embed", json!({"inputs": "hello world"})).await;
+    assert_eq!(status, 200);
+    let tei0: Vec<f32> = tei[0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    assert!(cosine(&tei0, &float0) > 0.99999);
+    let (_, raw) = post(&h, "/embed", json!({"inputs": ["hello world"], "normalize": false})).await;
+    let norm: f64 = raw[0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap().powi(2)).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() > 1e-3, "normalize=false leaves the pooled norm ({norm})");
+
+    let (status, doc) =
+        post(&h, "/v1/embeddings", json!({"text": "hello world", "id": "0123456789abcdef0123456789abcdef"})).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["id"], "0123456789abcdef0123456789abcdef");
+    assert_eq!(doc["text"], "hello world");
+    assert_eq!(doc["embedding"].as_array().unwrap().len(), 384);
+    assert_eq!(
+        (doc["search_type"].as_str(), doc["k"].as_u64(), doc["fetch_k"].as_u64()),
+        (Some("similarity"), Some(4), Some(20))
+    );
+    let (_, docs) = post(&h, "/v1/embeddings", json!({"text": ["a", "b"]})).await;
+    assert_eq!(docs["embedding"].as_array().unwrap().len(), 2);
+
+    let info: Value = client().get(format!("{}/info", h.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["model_id"], "all-MiniLM-L6-v2");
+    assert_eq!(info["max_input_length"], 256);
+    assert_eq!(info["embedding_dimension"], 384);
+    assert_eq!(info["model_type"]["embedding"]["pooling"], "mean");
+    let health: Value =
+        client().get(format!("{}/v1/health_check", h.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["Service Title"], "embedding");
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_names_the_problem() {
+    let h = serve(embedder(), 64).await;
+    let long = "word ".repeat(400);
+    let cases = [
+        ("/v1/embeddings", json!({"input": []}), 422, "input"),
+        ("/v1/embeddings", json!({"input": 5}), 422, "input"),
+        ("/v1/embeddings", json!({"input": vec!["x"; 33]}), 422, "input"),
+        ("/v1/embeddings", json!({"input": "x", "encoding_format": "hex"}), 422, "encoding_format"),
+        ("/v1/embeddings", json!({"input": "x", "dimensions": 1000}), 422, "dimensions"),
+        ("/v1/embeddings", json!({"input": [[1, 99999]]}), 422, "input"),
+        ("/v1/embeddings", json!({"input": long.clone()}), 422, "input"),
+        ("/embed", json!({"inputs": long.clone(), "truncate": false}), 422, "inputs"),
+        ("/embed", json!({"inputs": []}), 422, "inputs"),
+        ("/embed", json!({"inputs": {"a": 1}}), 422, "inputs"),
+        ("/embed", json!({"text": "x"}), 422, "inputs"),
+        ("/v1/embeddings", json!({"text": null}), 422, "text"),
+    ];
+    for (path, body, status, field) in cases {
+        let (got, v) = post(&h, path, body.clone()).await;
+        assert_eq!(got, status, "{path} {body}: {v}");
+        let e: ErrorResponse = serde_json::from_value(v).unwrap();
+        assert_eq!(e.error.param.as_deref(), Some(field), "{path} {body}: {}", e.error.message);
+    }
+    let (_, v) = post(&h, "/embed", json!({"inputs": long.clone()})).await;
+    let msg = v["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("256") && msg.contains("truncate"), "{msg}");
+    // Too long, but allowed to truncate.
+    let (status, _) = post(&h, "/embed", json!({"inputs": long, "truncate": true})).await;
+    assert_eq!(status, 200);
+    let r = client().post(format!("{}/v1/embeddings", h.url())).body("{\"input\": ").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn overload_is_refused_with_429() {
+    let h = serve(embedder(), 1).await;
+    let long: Vec<String> = (0..32).map(|i| format!("{i} {}", "long text for a slow batch ".repeat(30))).collect();
+    let url = format!("{}/v1/embeddings", h.url());
+    let slow = tokio::spawn({
+        let url = url.clone();
+        let body = json!({"input": long});
+        async move { client().post(url).json(&body).send().await.unwrap().status().as_u16() }
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let r = client().post(&url).json(&json!({"input": "quick"})).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(slow.await.unwrap(), 200);
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn remote_mode_proxies_tei_and_openai_and_maps_failures() {
+    let (addr, stats) = spawn_mock(MockConfig { embed_dim: 8, ..MockConfig::default() }).await.unwrap();
+    let tei = RemoteEmbedder::new(&format!("http://{addr}/embed"), None, None, Duration::from_secs(5)).unwrap();
+    let h = serve(Arc::new(tei), 64).await;
+    let (status, v) = post(&h, "/v1/embeddings", json!({"input": ["a", "b"]})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"][1]["embedding"].as_array().unwrap().len(), 8);
+    let (status, v) = post(&h, "/embed", json!({"inputs": "a"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(v[0].as_array().unwrap().len(), 8);
+    assert_eq!(stats.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    h.shutdown().await.unwrap();
+
+    let oai = RemoteEmbedder::new(
+        &format!("http://{addr}/v1/embeddings"),
+        Some("k".into()),
+        Some("remote-m".into()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let h = serve(Arc::new(oai), 64).await;
+    let (status, v) = post(&h, "/v1/embeddings", json!({"input": "hello there"})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 8);
+    assert_eq!(v["usage"]["prompt_tokens"], 2, "usage passed through from the remote");
+    h.shutdown().await.unwrap();
+
+    let (bad, _) =
+        spawn_mock(MockConfig { fail_first: 100, error_status: 500, ..MockConfig::default() }).await.unwrap();
+    let failing = RemoteEmbedder::new(&format!("http://{bad}/embed"), None, None, Duration::from_secs(5)).unwrap();
+    let h = serve(Arc::new(failing), 64).await;
+    let (status, v) = post(&h, "/v1/embeddings", json!({"input": "a"})).await;
+    assert_eq!(status, 502);
+    assert!(v["error"]["message"].as_str().unwrap().contains("remote embedding"), "{v}");
+    h.shutdown().await.unwrap();
+
+    let (slow, _) = spawn_mock(MockConfig { latency_ms: 5_000, ..MockConfig::default() }).await.unwrap();
+    let hung = RemoteEmbedder::new(&format!("http://{slow}/embed"), None, None, Duration::from_millis(300)).unwrap();
+    let h = serve(Arc::new(hung), 64).await;
+    let (status, _) = post(&h, "/embed", json!({"inputs": "a"})).await;
+    assert_eq!(status, 504);
+    h.shutdown().await.unwrap();
+}
