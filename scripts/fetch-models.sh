@@ -59,7 +59,7 @@ fetch_pypi_wheel() {
     -d "$WHEEL_CACHE" "$name==$version" >&2; then
     die "pip download $name==$version failed (is PyPI reachable? see pip's message above)"
   fi
-  [[ -f "$wheel" ]] || die "pip download did not produce $wheel (files there: $(ls "$WHEEL_CACHE" | tr '\n' ' '))"
+  [[ -f "$wheel" ]] || die "pip download did not produce $wheel (files there: $(find "$WHEEL_CACHE" -mindepth 1 -maxdepth 1 -printf '%f ')"
   got="$(sha256_of "$wheel")"
   if [[ "$got" != "$want" ]]; then
     rm -f "$wheel"

@@ -124,8 +124,8 @@ def main():
     if not os.path.isfile(os.path.join(args.model, "modules.json")):
         sys.exit(f"{args.model} is not a sentence-transformers model directory; run scripts/fetch-models.sh first")
 
-    import torch
     import sentence_transformers
+    import torch
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(1)

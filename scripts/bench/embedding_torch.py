@@ -90,8 +90,8 @@ def main():
     if not os.path.isfile(os.path.join(args.model, "modules.json")):
         sys.exit(f"{args.model} is not a sentence-transformers model directory; run scripts/fetch-models.sh first")
 
-    import torch
     import sentence_transformers
+    import torch
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(args.threads)
@@ -111,7 +111,7 @@ def main():
             for bs in BATCHES:
                 batch = texts[:bs]
 
-                def run():
+                def run(batch=batch, bs=bs):
                     model.encode(batch, batch_size=bs, normalize_embeddings=True,
                                  convert_to_numpy=True, show_progress_bar=False)
 

@@ -57,9 +57,8 @@ impl EmbeddingModel {
 
     /// Pooled (not normalized) vectors for a batch of token sequences.
     pub fn embed(&self, items: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let ids: Vec<Vec<u32>> = items.iter().map(|s| s.to_vec()).collect();
-        let (states, lengths) = self.encoder.forward(&ids, None)?;
-        self.pooling.pool(&states, &lengths)
+        let hidden = self.encoder.forward(items, None)?;
+        Ok(self.pooling.pool(&hidden))
     }
 }
 

@@ -6,11 +6,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::ModelError;
+use super::kernels::{self, View};
 
 /// Which encoder family a checkpoint is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,33 +88,58 @@ impl EncoderConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Act {
-    GeluErf,
-    GeluTanh,
-    Relu,
+/// Hidden states of a batch, packed without padding: the rows of sequence `i` are
+/// `offsets[i]..offsets[i + 1]`, each `hidden` wide.
+#[derive(Debug, Clone)]
+pub struct Hidden {
+    /// Row-major `(total tokens, hidden)`.
+    pub data: Vec<f32>,
+    /// Row offsets of each sequence (`len = batch + 1`).
+    pub offsets: Vec<usize>,
+    /// Width.
+    pub hidden: usize,
+}
+
+impl Hidden {
+    /// The rows of sequence `i`.
+    pub fn sequence(&self, i: usize) -> &[f32] {
+        &self.data[self.offsets[i] * self.hidden..self.offsets[i + 1] * self.hidden]
+    }
+
+    /// Number of sequences.
+    pub fn batch(&self) -> usize {
+        self.offsets.len() - 1
+    }
 }
 
 struct Layer {
-    qkv: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    ffn_in: Linear,
-    ffn_out: Linear,
-    ffn_norm: LayerNorm,
+    qkv_w: Vec<f32>,
+    qkv_b: Vec<f32>,
+    o_w: Vec<f32>,
+    o_b: Vec<f32>,
+    ln1_g: Vec<f32>,
+    ln1_b: Vec<f32>,
+    i_w: Vec<f32>,
+    i_b: Vec<f32>,
+    out_w: Vec<f32>,
+    out_b: Vec<f32>,
+    ln2_g: Vec<f32>,
+    ln2_b: Vec<f32>,
 }
 
-/// A loaded encoder.
+/// A loaded encoder. Weights live as plain `f32` rows; the forward pass packs the batch
+/// without padding, runs every projection as one large matrix multiply, and attention per
+/// sequence over its real tokens only.
 pub struct Encoder {
     arch: Arch,
     cfg: EncoderConfig,
-    word: Embedding,
-    position: Embedding,
-    token_type: Option<Embedding>,
-    norm: LayerNorm,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Option<Vec<f32>>,
+    norm_g: Vec<f32>,
+    norm_b: Vec<f32>,
     layers: Vec<Layer>,
-    act: Act,
-    device: Device,
+    act: kernels::Activation,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -135,25 +161,46 @@ pub fn encoder_prefix(tensors: &HashMap<String, Tensor>) -> Option<String> {
     prefixes.into_iter().next()
 }
 
-fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize, name: &str) -> Result<Linear, ModelError> {
-    candle_nn::linear(in_dim, out_dim, vb.pp(name)).map_err(|e| ModelError::Load(format!("{name}: {e}")))
+/// A tensor of the given shape as plain f32s.
+pub fn get_vec(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Vec<f32>, ModelError> {
+    let t = vb.get(shape, name).map_err(|e| ModelError::Load(format!("{}.{name}: {e}", vb.prefix())))?;
+    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
 }
 
-fn norm(vb: &VarBuilder, dim: usize, eps: f64, name: &str) -> Result<LayerNorm, ModelError> {
+fn norm_pair(vb: &VarBuilder, dim: usize) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
     // Older BERT checkpoints call the parameters gamma/beta.
-    let vb = vb.pp(name);
-    let (w, b) = match (vb.get(dim, "weight"), vb.get(dim, "bias")) {
-        (Ok(w), Ok(b)) => (w, b),
-        _ => (
-            vb.get(dim, "gamma").map_err(|e| ModelError::Load(format!("{name}: {e}")))?,
-            vb.get(dim, "beta").map_err(|e| ModelError::Load(format!("{name}: {e}")))?,
-        ),
-    };
-    Ok(LayerNorm::new(w, b, eps))
+    match (get_vec(vb, &[dim], "weight"), get_vec(vb, &[dim], "bias")) {
+        (Ok(w), Ok(b)) => Ok((w, b)),
+        _ => Ok((get_vec(vb, &[dim], "gamma")?, get_vec(vb, &[dim], "beta")?)),
+    }
 }
 
-fn embedding(vb: &VarBuilder, n: usize, dim: usize, name: &str) -> Result<Embedding, ModelError> {
-    candle_nn::embedding(n, dim, vb.pp(name)).map_err(|e| ModelError::Load(format!("{name}: {e}")))
+/// A linear layer's weight transposed to `(in, out)` row-major (the layout the multiply packs
+/// fastest) and its bias.
+fn dense(vb: &VarBuilder, out_dim: usize, in_dim: usize) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+    let w = vb
+        .get(&[out_dim, in_dim][..], "weight")
+        .map_err(|e| ModelError::Load(format!("{}.weight: {e}", vb.prefix())))?;
+    let wt = w.to_dtype(DType::F32)?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+    Ok((wt, get_vec(vb, &[out_dim], "bias")?))
+}
+
+/// Columns side by side: `(in, a)`, `(in, b)`, `(in, c)` → `(in, a + b + c)`.
+fn concat_cols(parts: &[&[f32]], rows: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for r in 0..rows {
+        for p in parts {
+            let w = p.len() / rows;
+            out.extend_from_slice(&p[r * w..(r + 1) * w]);
+        }
+    }
+    out
+}
+
+/// Rows per parallel task for row-wise kernels: enough work to beat the fork cost.
+fn rows_per_task(rows: usize, width: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    (rows.div_ceil(threads)).max(16_384 / width.max(1)).max(1)
 }
 
 impl Encoder {
@@ -169,41 +216,44 @@ impl Encoder {
             )));
         }
         let act = match cfg.hidden_act.as_str() {
-            "gelu" => Act::GeluErf,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Act::GeluTanh,
-            "relu" => Act::Relu,
+            "gelu" => kernels::Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => kernels::Activation::GeluTanh,
+            "relu" => kernels::Activation::Relu,
             other => return Err(ModelError::Unsupported(format!("hidden_act '{other}'"))),
         };
         let e = vb.pp("embeddings");
-        let word = embedding(&e, cfg.vocab_size, h, "word_embeddings")?;
-        let position = embedding(&e, cfg.max_position_embeddings, h, "position_embeddings")?;
-        let token_type = embedding(&e, cfg.type_vocab_size, h, "token_type_embeddings").ok();
-        let emb_norm = norm(&e, h, cfg.layer_norm_eps, "LayerNorm")?;
+        let word = get_vec(&e.pp("word_embeddings"), &[cfg.vocab_size, h], "weight")?;
+        let position = get_vec(&e.pp("position_embeddings"), &[cfg.max_position_embeddings, h], "weight")?;
+        let token_type = get_vec(&e.pp("token_type_embeddings"), &[cfg.type_vocab_size, h], "weight").ok();
+        let (norm_g, norm_b) = norm_pair(&e.pp("LayerNorm"), h)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let l = vb.pp(format!("encoder.layer.{i}"));
             let a = l.pp("attention");
-            let q = linear(&a.pp("self"), h, h, "query")?;
-            let k = linear(&a.pp("self"), h, h, "key")?;
-            let v = linear(&a.pp("self"), h, h, "value")?;
-            let cat = |f: fn(&Linear) -> Option<&Tensor>| -> Result<Option<Tensor>, ModelError> {
-                match (f(&q), f(&k), f(&v)) {
-                    (Some(a), Some(b), Some(c)) => Tensor::cat(&[a, b, c], 0).map(Some).map_err(ModelError::from),
-                    _ => Ok(None),
-                }
-            };
-            let w = Tensor::cat(&[q.weight(), k.weight(), v.weight()], 0)?;
-            let qkv = Linear::new(w, cat(Linear::bias)?);
+            let (q_w, q_b) = dense(&a.pp("self").pp("query"), h, h)?;
+            let (k_w, k_b) = dense(&a.pp("self").pp("key"), h, h)?;
+            let (v_w, v_b) = dense(&a.pp("self").pp("value"), h, h)?;
+            let (o_w, o_b) = dense(&a.pp("output").pp("dense"), h, h)?;
+            let (ln1_g, ln1_b) = norm_pair(&a.pp("output").pp("LayerNorm"), h)?;
+            let (i_w, i_b) = dense(&l.pp("intermediate").pp("dense"), cfg.intermediate_size, h)?;
+            let (out_w, out_b) = dense(&l.pp("output").pp("dense"), h, cfg.intermediate_size)?;
+            let (ln2_g, ln2_b) = norm_pair(&l.pp("output").pp("LayerNorm"), h)?;
             layers.push(Layer {
-                qkv,
-                attn_out: linear(&a.pp("output"), h, h, "dense")?,
-                attn_norm: norm(&a.pp("output"), h, cfg.layer_norm_eps, "LayerNorm")?,
-                ffn_in: linear(&l.pp("intermediate"), h, cfg.intermediate_size, "dense")?,
-                ffn_out: linear(&l.pp("output"), cfg.intermediate_size, h, "dense")?,
-                ffn_norm: norm(&l.pp("output"), h, cfg.layer_norm_eps, "LayerNorm")?,
+                qkv_w: concat_cols(&[&q_w, &k_w, &v_w], h),
+                qkv_b: [q_b, k_b, v_b].concat(),
+                o_w,
+                o_b,
+                ln1_g,
+                ln1_b,
+                i_w,
+                i_b,
+                out_w,
+                out_b,
+                ln2_g,
+                ln2_b,
             });
         }
-        Ok(Self { arch, device: vb.device().clone(), cfg, word, position, token_type, norm: emb_norm, layers, act })
+        Ok(Self { arch, cfg, word, position, token_type, norm_g, norm_b, layers, act })
     }
 
     /// The config.
@@ -211,69 +261,151 @@ impl Encoder {
         &self.cfg
     }
 
-    /// The device.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// Hidden states `(batch, tokens, hidden)` for right-padded ids; `lengths[i]` real tokens
-    /// of row `i`, the rest masked out. `type_ids` defaults to zeros.
-    pub fn forward(&self, ids: &[Vec<u32>], type_ids: Option<&[Vec<u32>]>) -> Result<(Tensor, Vec<usize>), ModelError> {
-        let b = ids.len();
-        let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
-        let t = lengths.iter().copied().max().unwrap_or(0).max(1);
+    /// Hidden states of each sequence (ids with special tokens; `type_ids` default to zeros).
+    pub fn forward(&self, ids: &[&[u32]], type_ids: Option<&[&[u32]]>) -> Result<Hidden, ModelError> {
+        use rayon::prelude::*;
         let h = self.cfg.hidden_size;
-        let pad = self.cfg.pad_token_id;
-        let mut flat_ids = Vec::with_capacity(b * t);
-        let mut flat_pos = Vec::with_capacity(b * t);
-        let mut flat_types = Vec::with_capacity(b * t);
-        let mut mask = Vec::with_capacity(b * t);
-        for (row, seq) in ids.iter().enumerate() {
-            for j in 0..t {
-                let real = j < seq.len();
-                flat_ids.push(if real { seq[j] } else { pad });
-                let p = match self.arch {
-                    Arch::Bert => j as u32,
-                    Arch::XlmRoberta if real => pad + 1 + j as u32,
-                    Arch::XlmRoberta => pad,
+        let mut offsets = Vec::with_capacity(ids.len() + 1);
+        offsets.push(0usize);
+        for s in ids {
+            if s.len() > self.cfg.max_input_tokens() {
+                return Err(ModelError::Unsupported(format!(
+                    "sequence of {} tokens is longer than the model's {}",
+                    s.len(),
+                    self.cfg.max_input_tokens()
+                )));
+            }
+            offsets.push(offsets.last().copied().unwrap_or(0) + s.len());
+        }
+        let n = *offsets.last().unwrap_or(&0);
+        let pad = self.cfg.pad_token_id as usize;
+        // Embeddings: word + position + token type, then LayerNorm.
+        let mut x = vec![0f32; n * h];
+        for (si, seq) in ids.iter().enumerate() {
+            for (j, &tok) in seq.iter().enumerate() {
+                let tok = tok as usize;
+                if tok >= self.cfg.vocab_size {
+                    return Err(ModelError::Unsupported(format!("token id {tok} is outside the vocabulary")));
+                }
+                let pos = match self.arch {
+                    Arch::Bert => j,
+                    Arch::XlmRoberta => pad + 1 + j,
                 };
-                flat_pos.push(p);
-                flat_types.push(type_ids.and_then(|ty| ty.get(row)).and_then(|r| r.get(j)).copied().unwrap_or(0));
-                mask.push(if real { 0f32 } else { -1e9f32 });
+                let ty = type_ids.and_then(|t| t.get(si)).and_then(|r| r.get(j)).copied().unwrap_or(0) as usize;
+                let row = &mut x[(offsets[si] + j) * h..(offsets[si] + j + 1) * h];
+                let w = &self.word[tok * h..(tok + 1) * h];
+                let p = &self.position[pos * h..(pos + 1) * h];
+                for ((r, a), b) in row.iter_mut().zip(w).zip(p) {
+                    *r = a + b;
+                }
+                if let Some(tt) = &self.token_type {
+                    let ty = ty.min(self.cfg.type_vocab_size - 1);
+                    for (r, t) in row.iter_mut().zip(&tt[ty * h..(ty + 1) * h]) {
+                        *r += t;
+                    }
+                }
             }
         }
-        let dev = &self.device;
-        let ids_t = Tensor::from_vec(flat_ids, b * t, dev)?;
-        let pos_t = Tensor::from_vec(flat_pos, b * t, dev)?;
-        let mut x = (self.word.forward(&ids_t)? + self.position.forward(&pos_t)?)?;
-        if let Some(tt) = &self.token_type {
-            let types_t = Tensor::from_vec(flat_types, b * t, dev)?;
-            x = (x + tt.forward(&types_t)?)?;
-        }
-        let mut x = self.norm.forward(&x)?; // (b*t, h)
-        let mask = Tensor::from_vec(mask, (b, 1, 1, t), dev)?;
+        let eps = self.cfg.layer_norm_eps as f32;
+        let chunk = rows_per_task(n, h) * h;
+        x.par_chunks_mut(chunk).for_each(|c| kernels::layer_norm(c, &self.norm_g, &self.norm_b, eps));
+
+        let threads = rayon::current_num_threads();
         let heads = self.cfg.num_attention_heads;
         let hd = h / heads;
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let inter = self.cfg.intermediate_size;
+        let mut qkv = vec![0f32; n * 3 * h];
+        let mut ctx = vec![0f32; n * h];
+        let mut attn = vec![0f32; n * h];
+        let mut mid = vec![0f32; n * inter];
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?; // (b*t, 3h)
-            let qkv = qkv.reshape((b, t, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?; // (3, b, heads, t, hd)
-            let q = (qkv.get(0)? * scale)?.contiguous()?;
-            let k = qkv.get(1)?.contiguous()?;
-            let v = qkv.get(2)?.contiguous()?;
-            let scores = q.matmul(&k.t()?)?.broadcast_add(&mask)?; // (b, heads, t, t)
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * t, h))?;
-            let attn = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
-            let inner = layer.ffn_in.forward(&attn)?;
-            let inner = match self.act {
-                Act::GeluErf => inner.gelu_erf()?,
-                Act::GeluTanh => inner.gelu()?,
-                Act::Relu => inner.relu()?,
-            };
-            x = layer.ffn_norm.forward(&(layer.ffn_out.forward(&inner)? + &attn)?)?;
+            // Q, K and V in one multiply: (n, h) · (3h, h)ᵀ.
+            kernels::matmul(
+                &mut qkv,
+                View::rows(0, n, 3 * h, 3 * h),
+                &x,
+                View::rows(0, n, h, h),
+                &layer.qkv_w,
+                View::rows(0, h, 3 * h, 3 * h),
+                threads,
+            );
+            let c3 = rows_per_task(n, 3 * h) * 3 * h;
+            qkv.par_chunks_mut(c3).for_each(|c| kernels::bias_act(c, &layer.qkv_b, kernels::Activation::Identity));
+            // Attention, one task per sequence, over its real tokens only.
+            let mut parts: Vec<(usize, &mut [f32])> = Vec::with_capacity(ids.len());
+            let mut rest: &mut [f32] = &mut ctx;
+            for si in 0..ids.len() {
+                let len = offsets[si + 1] - offsets[si];
+                let (head, tail) = rest.split_at_mut(len * h);
+                parts.push((si, head));
+                rest = tail;
+            }
+            let qkv_ref = &qkv;
+            parts.into_par_iter().for_each(|(si, out)| {
+                let len = offsets[si + 1] - offsets[si];
+                if len == 0 {
+                    return;
+                }
+                let base = offsets[si] * 3 * h;
+                let mut scores = vec![0f32; len * len];
+                for hi in 0..heads {
+                    let q = View { offset: base + hi * hd, rows: len, cols: hd, rs: 3 * h, cs: 1 };
+                    let k = View { offset: base + h + hi * hd, rows: len, cols: hd, rs: 3 * h, cs: 1 };
+                    let v = View { offset: base + 2 * h + hi * hd, rows: len, cols: hd, rs: 3 * h, cs: 1 };
+                    kernels::matmul(&mut scores, View::rows(0, len, len, len), qkv_ref, q, qkv_ref, k.t(), 1);
+                    kernels::softmax_rows(&mut scores, len, len, scale);
+                    kernels::matmul(
+                        out,
+                        View { offset: hi * hd, rows: len, cols: hd, rs: h, cs: 1 },
+                        &scores,
+                        View::rows(0, len, len, len),
+                        qkv_ref,
+                        v,
+                        1,
+                    );
+                }
+            });
+            // Output projection + residual + LayerNorm.
+            kernels::matmul(
+                &mut attn,
+                View::rows(0, n, h, h),
+                &ctx,
+                View::rows(0, n, h, h),
+                &layer.o_w,
+                View::rows(0, h, h, h),
+                threads,
+            );
+            attn.par_chunks_mut(chunk)
+                .zip(x.par_chunks(chunk))
+                .for_each(|(a, r)| kernels::bias_residual_norm(a, &layer.o_b, r, &layer.ln1_g, &layer.ln1_b, eps));
+            // Feed-forward.
+            kernels::matmul(
+                &mut mid,
+                View::rows(0, n, inter, inter),
+                &attn,
+                View::rows(0, n, h, h),
+                &layer.i_w,
+                View::rows(0, h, inter, inter),
+                threads,
+            );
+            let ci = rows_per_task(n, inter) * inter;
+            let act = self.act;
+            mid.par_chunks_mut(ci).for_each(|c| kernels::bias_act(c, &layer.i_b, act));
+            kernels::matmul(
+                &mut x,
+                View::rows(0, n, h, h),
+                &mid,
+                View::rows(0, n, inter, inter),
+                &layer.out_w,
+                View::rows(0, inter, h, h),
+                threads,
+            );
+            x.par_chunks_mut(chunk)
+                .zip(attn.par_chunks(chunk))
+                .for_each(|(o, r)| kernels::bias_residual_norm(o, &layer.out_b, r, &layer.ln2_g, &layer.ln2_b, eps));
         }
-        Ok((x.reshape((b, t, h))?, lengths))
+        Ok(Hidden { data: x, offsets, hidden: h })
     }
 }
 
@@ -333,30 +465,29 @@ impl Pooling {
         }
     }
 
-    /// Pool `(batch, tokens, hidden)` states into one vector per row.
-    pub fn pool(self, states: &Tensor, lengths: &[usize]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let (b, t, _) = states.dims3()?;
-        match self {
-            Self::Cls => Ok(states.narrow(1, 0, 1)?.squeeze(1)?.to_vec2()?),
-            Self::LastToken => {
-                let mut out = Vec::with_capacity(b);
-                for (i, len) in lengths.iter().enumerate() {
-                    out.push(states.get(i)?.get(len.saturating_sub(1))?.to_vec1()?);
+    /// One vector per sequence.
+    pub fn pool(self, hidden: &Hidden) -> Vec<Vec<f32>> {
+        let h = hidden.hidden;
+        (0..hidden.batch())
+            .map(|i| {
+                let rows = hidden.sequence(i);
+                let len = rows.len() / h;
+                match self {
+                    _ if len == 0 => vec![0.0; h],
+                    Self::Cls => rows[..h].to_vec(),
+                    Self::LastToken => rows[(len - 1) * h..].to_vec(),
+                    Self::Mean => {
+                        let mut acc = vec![0f32; h];
+                        for row in rows.chunks_exact(h) {
+                            acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                        }
+                        let inv = 1.0 / len as f32;
+                        acc.iter_mut().for_each(|a| *a *= inv);
+                        acc
+                    }
                 }
-                Ok(out)
-            }
-            Self::Mean => {
-                let mut m = Vec::with_capacity(b * t);
-                for len in lengths {
-                    m.extend((0..t).map(|j| if j < *len { 1f32 } else { 0f32 }));
-                }
-                let mask = Tensor::from_vec(m, (b, t, 1), states.device())?;
-                let summed = states.broadcast_mul(&mask)?.sum(1)?; // (b, h)
-                let counts: Vec<f32> = lengths.iter().map(|l| (*l).max(1) as f32).collect();
-                let counts = Tensor::from_vec(counts, (b, 1), states.device())?;
-                Ok(summed.broadcast_div(&counts)?.to_vec2()?)
-            }
-        }
+            })
+            .collect()
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod batcher;
 pub mod embed;
 pub mod encoder;
+pub mod kernels;
 pub mod tokenize;
 
 pub use batcher::{BatchConfig, BatchModel, Batcher};
