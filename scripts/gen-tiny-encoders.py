@@ -44,7 +44,7 @@ import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"  # serial Unigram training: reproducible
+os.environ["TOKENIZERS_PARALLELISM"] = "false"  # single-threaded tokenizers (see xlmr_tokenizer for the rest)
 
 import numpy as np  # noqa: E402
 import tokenizers  # noqa: E402
@@ -245,13 +245,25 @@ def xlmr_tokenizer():
         max_piece_length=12,
     )
     tok.train_from_iterator(xlmr_corpus(), trainer=trainer)
-    # The trainer is not reproducible bit for bit: its scores wobble in the last bits from run to
-    # run, and pieces with equal scores come out in hash-map order. Round the scores and order the
-    # pieces by (score descending, piece) after the special tokens, so reruns write the same file.
+    # The trainer is not reproducible bit for bit: (1) its scores wobble in the last bits from run
+    # to run; (2) pieces with equal scores come out in hash-map order; (3) it appends the
+    # characters it must keep but pruned as a tail scored base, base - 1e-4, base - 2e-4, ... in
+    # hash-set order. So: give that tail the base score, round every score, and order the pieces
+    # by (score descending, piece) after the special tokens. Reruns then write the same file.
     trained = json.loads(tok.to_str())["model"]
     n_special = len(XLMR_SPECIALS)
     specials = [(piece, 0.0) for piece, _ in trained["vocab"][:n_special]]
-    pieces = sorted(((piece, round(score, 6)) for piece, score in trained["vocab"][n_special:]), key=lambda p: (-p[1], p[0]))
+    learnt = [[piece, score] for piece, score in trained["vocab"][n_special:]]
+    start = len(learnt) - 1
+    while (
+        start > 0
+        and len(learnt[start - 1][0]) == 1
+        and abs(learnt[start - 1][1] - learnt[start][1] - 1e-4) < 1e-7
+    ):
+        start -= 1
+    for entry in learnt[start:]:
+        entry[1] = learnt[start][1]
+    pieces = sorted(((piece, round(score, 6)) for piece, score in learnt), key=lambda p: (-p[1], p[0]))
     tok.model = models.Unigram(specials + pieces, unk_id=XLMR_SPECIALS.index("<unk>"), byte_fallback=False)
     assert [tok.token_to_id(t) for t in XLMR_SPECIALS] == [0, 1, 2, 3, 4], [tok.token_to_id(t) for t in XLMR_SPECIALS]
     tok.post_processor = processors.TemplateProcessing(
@@ -426,6 +438,8 @@ def save_dir(path, model, tok, tok_kwargs):
         p = os.path.join(path, extra)
         if os.path.exists(p):
             os.remove(p)
+    for f in os.listdir(path):
+        os.chmod(os.path.join(path, f), 0o644)  # save_pretrained writes the weights 0600
 
 
 BERT_TOK_KWARGS = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")

@@ -37,16 +37,37 @@ impl Default for BatchConfig {
     }
 }
 
-/// The model side of a batcher: runs one padded batch of token sequences.
+/// One unit of work: a token sequence, or a sequence with its token types.
+pub trait BatchItem: Send + 'static {
+    /// Its length in tokens (its cost in a batch).
+    fn tokens(&self) -> usize;
+}
+
+impl BatchItem for Vec<u32> {
+    fn tokens(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Ids with token type ids (a cross-encoder's pair).
+impl BatchItem for (Vec<u32>, Vec<u32>) {
+    fn tokens(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// The model side of a batcher: runs one batch.
 pub trait BatchModel: Send + 'static {
+    /// What one item is.
+    type Input: BatchItem;
     /// What one item produces.
     type Output: Send + 'static;
     /// Run `items` (sorted by length, longest last) in one forward pass.
-    fn run(&mut self, items: &[&[u32]]) -> Result<Vec<Self::Output>, String>;
+    fn run(&mut self, items: &[&Self::Input]) -> Result<Vec<Self::Output>, String>;
 }
 
-struct Job<O> {
-    items: Vec<Vec<u32>>,
+struct Job<I, O> {
+    items: Vec<I>,
     reply: oneshot::Sender<Result<Vec<O>, ServiceError>>,
 }
 
@@ -62,28 +83,28 @@ pub struct BatchStats {
 }
 
 /// Handle to submit work; cheap to clone.
-pub struct Batcher<O> {
-    tx: SyncSender<Job<O>>,
+pub struct Batcher<I, O> {
+    tx: SyncSender<Job<I, O>>,
     stats: Arc<BatchStats>,
     name: Arc<str>,
 }
 
-impl<O> Clone for Batcher<O> {
+impl<I, O> Clone for Batcher<I, O> {
     fn clone(&self) -> Self {
         Self { tx: self.tx.clone(), stats: self.stats.clone(), name: self.name.clone() }
     }
 }
 
-impl<O> std::fmt::Debug for Batcher<O> {
+impl<I, O> std::fmt::Debug for Batcher<I, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batcher").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
-impl<O: Send + 'static> Batcher<O> {
+impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
     /// Start the worker thread for `model`.
-    pub fn start<M: BatchModel<Output = O>>(name: &str, model: M, cfg: BatchConfig) -> Self {
-        let (tx, rx) = sync_channel::<Job<O>>(cfg.queue_capacity.max(1));
+    pub fn start<M: BatchModel<Input = I, Output = O>>(name: &str, model: M, cfg: BatchConfig) -> Self {
+        let (tx, rx) = sync_channel::<Job<I, O>>(cfg.queue_capacity.max(1));
         let stats = Arc::new(BatchStats::default());
         let worker_stats = stats.clone();
         std::thread::Builder::new()
@@ -99,7 +120,7 @@ impl<O: Send + 'static> Batcher<O> {
     }
 
     /// Run one request's items; answers in input order.
-    pub async fn submit(&self, items: Vec<Vec<u32>>) -> Result<Vec<O>, ServiceError> {
+    pub async fn submit(&self, items: Vec<I>) -> Result<Vec<O>, ServiceError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -117,8 +138,10 @@ impl<O: Send + 'static> Batcher<O> {
     }
 }
 
-fn worker<M: BatchModel>(mut model: M, rx: Receiver<Job<M::Output>>, cfg: BatchConfig, stats: Arc<BatchStats>) {
-    let mut carry: Option<Job<M::Output>> = None;
+type JobOf<M> = Job<<M as BatchModel>::Input, <M as BatchModel>::Output>;
+
+fn worker<M: BatchModel>(mut model: M, rx: Receiver<JobOf<M>>, cfg: BatchConfig, stats: Arc<BatchStats>) {
+    let mut carry: Option<JobOf<M>> = None;
     loop {
         let first = match carry.take() {
             Some(j) => j,
@@ -129,7 +152,7 @@ fn worker<M: BatchModel>(mut model: M, rx: Receiver<Job<M::Output>>, cfg: BatchC
         };
         let mut jobs = vec![first];
         let mut items: usize = jobs[0].items.len();
-        let mut longest: usize = jobs[0].items.iter().map(Vec::len).max().unwrap_or(0);
+        let mut longest: usize = jobs[0].items.iter().map(BatchItem::tokens).max().unwrap_or(0);
         let deadline = Instant::now() + cfg.max_wait;
         // Take what is queued (and what arrives before the deadline) while it fits.
         loop {
@@ -152,7 +175,7 @@ fn worker<M: BatchModel>(mut model: M, rx: Receiver<Job<M::Output>>, cfg: BatchC
                 }
             };
             let Some(j) = next else { break };
-            let l = j.items.iter().map(Vec::len).max().unwrap_or(0);
+            let l = j.items.iter().map(BatchItem::tokens).max().unwrap_or(0);
             let n = items + j.items.len();
             if n > cfg.max_batch_requests || longest.max(l) * n > cfg.max_batch_tokens {
                 carry = Some(j);
@@ -176,11 +199,11 @@ fn worker<M: BatchModel>(mut model: M, rx: Receiver<Job<M::Output>>, cfg: BatchC
     }
 }
 
-fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<Job<M::Output>>, cfg: &BatchConfig, stats: &BatchStats) {
+fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig, stats: &BatchStats) {
     // (job, item) pairs sorted by length so each sub-batch pads little.
     let mut order: Vec<(usize, usize)> =
         jobs.iter().enumerate().flat_map(|(j, job)| (0..job.items.len()).map(move |i| (j, i))).collect();
-    order.sort_by_key(|&(j, i)| jobs[j].items[i].len());
+    order.sort_by_key(|&(j, i)| jobs[j].items[i].tokens());
     let mut outputs: Vec<Vec<Option<M::Output>>> =
         jobs.iter().map(|j| (0..j.items.len()).map(|_| None).collect()).collect();
     let mut failed: Option<String> = None;
@@ -190,14 +213,14 @@ fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<Job<M::Output>>, cfg: &Batch
         let mut end = start + 1;
         while end < order.len() {
             let (j, i) = order[end];
-            let len = jobs[j].items[i].len();
+            let len = jobs[j].items[i].tokens();
             let n = end - start + 1;
             if n > cfg.max_batch_requests || len * n > cfg.max_batch_tokens {
                 break;
             }
             end += 1;
         }
-        let slice: Vec<&[u32]> = order[start..end].iter().map(|&(j, i)| jobs[j].items[i].as_slice()).collect();
+        let slice: Vec<&M::Input> = order[start..end].iter().map(|&(j, i)| &jobs[j].items[i]).collect();
         match model.run(&slice) {
             Ok(outs) if outs.len() == slice.len() => {
                 for (k, out) in outs.into_iter().enumerate() {

@@ -63,9 +63,11 @@ impl EmbeddingModel {
 }
 
 impl BatchModel for EmbeddingModel {
+    type Input = Vec<u32>;
     type Output = Vec<f32>;
 
-    fn run(&mut self, items: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
-        self.embed(items).map_err(|e| e.to_string())
+    fn run(&mut self, items: &[&Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
+        let seqs: Vec<&[u32]> = items.iter().map(|v| v.as_slice()).collect();
+        self.embed(&seqs).map_err(|e| e.to_string())
     }
 }

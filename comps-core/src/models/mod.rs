@@ -3,12 +3,15 @@
 //! dynamic batcher ([`batcher`]). Megaservices never compile this.
 
 pub mod batcher;
+pub mod classifier;
 pub mod embed;
 pub mod encoder;
+pub mod hub;
 pub mod kernels;
 pub mod tokenize;
 
-pub use batcher::{BatchConfig, BatchModel, Batcher};
+pub use batcher::{BatchConfig, BatchItem, BatchModel, Batcher};
+pub use classifier::SequenceClassifier;
 pub use embed::EmbeddingModel;
 pub use encoder::{Encoder, EncoderConfig, ModelDir, Pooling};
 pub use tokenize::TextTokenizer;

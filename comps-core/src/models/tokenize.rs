@@ -76,6 +76,28 @@ impl TextTokenizer {
         Ok((e.get_ids().to_vec(), e.get_type_ids().to_vec()))
     }
 
+    /// Pairs of `query` with each text; over-long pairs are cut when `truncate`, else refused
+    /// naming the first.
+    #[allow(clippy::type_complexity)]
+    pub fn encode_pairs(
+        &self,
+        query: &str,
+        texts: &[String],
+        truncate: bool,
+    ) -> Result<Result<Vec<(Vec<u32>, Vec<u32>)>, TooLong>, ModelError> {
+        let tok = if truncate { &self.truncating } else { &self.full };
+        let inputs: Vec<(String, String)> = texts.iter().map(|t| (query.to_string(), t.clone())).collect();
+        let encs = tok.encode_batch(inputs, true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let out: Vec<(Vec<u32>, Vec<u32>)> =
+            encs.into_iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect();
+        if !truncate
+            && let Some((index, (ids, _))) = out.iter().enumerate().find(|(_, (ids, _))| ids.len() > self.max_tokens)
+        {
+            return Ok(Err(TooLong { index, tokens: ids.len(), max: self.max_tokens }));
+        }
+        Ok(Ok(out))
+    }
+
     /// Text back from ids (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
         self.full.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))

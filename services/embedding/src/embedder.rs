@@ -87,7 +87,7 @@ pub trait Embedder: Send + Sync {
 /// A candle model in this process.
 pub struct LocalEmbedder {
     tokenizer: Arc<TextTokenizer>,
-    batcher: Batcher<Vec<f32>>,
+    batcher: Batcher<Vec<u32>, Vec<f32>>,
     info: EmbedderInfo,
 }
 

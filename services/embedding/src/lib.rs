@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use comps_core::models::hub::{self, HubConfig};
 use comps_core::models::{BatchConfig, Pooling};
 use comps_core::{CommonArgs, MicroService, Server, ServiceType};
 
@@ -35,8 +36,8 @@ pub const DEFAULT_PORT: u16 = 6006;
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Model directory (config.json, model.safetensors, tokenizer.json), or a hub id found in
-    /// the local Hugging Face cache ($HF_HOME/hub).
+    /// Model directory (config.json, model.safetensors, tokenizer.json), or a Hugging Face Hub
+    /// id (read from the HF cache; downloaded unless HF_HUB_OFFLINE=1; HF_ENDPOINT, HF_TOKEN).
     #[arg(long, env = "EMBEDDING_MODEL", default_value = "models/all-MiniLM-L6-v2")]
     pub model: String,
     /// Pooling override: mean, cls or last_token (default: the model's 1_Pooling/config.json).
@@ -82,34 +83,16 @@ pub struct AppState {
     pub auto_truncate: bool,
 }
 
-/// Resolve `--model`: a directory, or a hub id in the local Hugging Face cache.
-pub fn resolve_model(model: &str) -> anyhow::Result<PathBuf> {
-    let p = PathBuf::from(model);
-    if p.is_dir() {
-        return Ok(p);
-    }
-    let home = std::env::var_os("HF_HUB_CACHE").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HF_HOME")
-            .map(|h| PathBuf::from(h).join("hub"))
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")))
-    });
-    if let (Some(hub), Some((org, name))) = (home, model.split_once('/')) {
-        let repo = hub.join(format!("models--{org}--{name}"));
-        if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
-            let snap = repo.join("snapshots").join(rev.trim());
-            if snap.is_dir() {
-                return Ok(snap);
-            }
-        }
-    }
-    anyhow::bail!(
-        "model '{model}' is neither a directory nor a hub id in the local Hugging Face cache; \
-         run scripts/fetch-models.sh or pass --model DIR"
-    )
+/// Resolve `--model`: a directory, or a Hugging Face Hub id (cached, or downloaded unless
+/// `HF_HUB_OFFLINE` is set).
+pub async fn resolve_model(model: &str, hub: &HubConfig) -> anyhow::Result<PathBuf> {
+    hub::resolve(model, hub::ENCODER_FILES, hub::SENTENCE_FILES, hub)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (for a local model run scripts/fetch-models.sh or pass --model DIR)"))
 }
 
 /// Build the embedder the flags describe.
-pub fn build_embedder(args: &Args) -> anyhow::Result<Arc<dyn Embedder>> {
+pub async fn build_embedder(args: &Args) -> anyhow::Result<Arc<dyn Embedder>> {
     if let Some(url) = &args.remote_url {
         return Ok(Arc::new(RemoteEmbedder::new(
             url,
@@ -118,7 +101,7 @@ pub fn build_embedder(args: &Args) -> anyhow::Result<Arc<dyn Embedder>> {
             Duration::from_secs(args.remote_timeout_secs.max(1)),
         )?));
     }
-    let dir = resolve_model(&args.model)?;
+    let dir = resolve_model(&args.model, &HubConfig::from_env()).await?;
     let pooling = match &args.pooling {
         Some(p) => Some(Pooling::parse(p).ok_or_else(|| anyhow::anyhow!("--pooling must be mean, cls or last_token"))?),
         None => None,
@@ -147,7 +130,7 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
 
 /// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let embedder = build_embedder(&args)?;
+    let embedder = build_embedder(&args).await?;
     tracing::info!(info = ?embedder.info(), "embedder ready");
     let state = AppState {
         embedder,

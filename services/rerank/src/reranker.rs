@@ -1,0 +1,266 @@
+//! The `Reranker` trait and its implementations: a cross-encoder (BERT / XLM-RoBERTa sequence
+//! classification) and a bi-encoder (cosine of sentence embeddings, in-process or from an
+//! embedding service) run locally, and a proxy to a remote TEI `/rerank`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use comps_core::models::encoder::{cosine, normalize};
+use comps_core::models::{BatchConfig, Batcher, EmbeddingModel, SequenceClassifier, TextTokenizer};
+use comps_core::orchestrator::NodePolicy;
+use comps_core::orchestrator::remote::{Target, call_json};
+use comps_core::{ServiceError, ServiceResult};
+use serde_json::{Value, json};
+
+/// How to score.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreOptions {
+    /// Logits (cross-encoder) instead of probabilities.
+    pub raw_scores: bool,
+    /// Cut over-long pairs instead of refusing them.
+    pub truncate: bool,
+}
+
+/// What a reranker is.
+#[derive(Debug, Clone)]
+pub struct RerankerInfo {
+    /// Model name.
+    pub model_id: String,
+    /// `cross-encoder`, `bi-encoder` or `remote`.
+    pub kind: &'static str,
+    /// Longest input in tokens, when known.
+    pub max_input_tokens: Option<usize>,
+}
+
+/// Scores texts against a query.
+#[async_trait]
+pub trait Reranker: Send + Sync {
+    /// Description.
+    fn info(&self) -> &RerankerInfo;
+    /// One score per text, in input order (higher is more relevant).
+    async fn score(&self, query: &str, texts: &[String], opts: ScoreOptions) -> ServiceResult<Vec<f32>>;
+}
+
+fn too_long(e: comps_core::models::tokenize::TooLong) -> ServiceError {
+    ServiceError::invalid(
+        "texts",
+        format!(
+            "text {} with the query has {} tokens, more than the model maximum of {}; shorten it or set truncate to true",
+            e.index, e.tokens, e.max
+        ),
+    )
+}
+
+/// A sequence-classification cross-encoder behind the batcher.
+pub struct CrossEncoder {
+    tokenizer: Arc<TextTokenizer>,
+    batcher: Batcher<(Vec<u32>, Vec<u32>), Vec<f32>>,
+    info: RerankerInfo,
+}
+
+impl CrossEncoder {
+    /// Load a `*ForSequenceClassification` directory.
+    pub fn load(dir: &Path, batch: BatchConfig) -> anyhow::Result<Self> {
+        let (model, tokenizer) = SequenceClassifier::load(dir)?;
+        let info = RerankerInfo {
+            model_id: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            kind: "cross-encoder",
+            max_input_tokens: Some(tokenizer.max_tokens()),
+        };
+        Ok(Self { tokenizer: Arc::new(tokenizer), batcher: Batcher::start("rerank", model, batch), info })
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+#[async_trait]
+impl Reranker for CrossEncoder {
+    fn info(&self) -> &RerankerInfo {
+        &self.info
+    }
+
+    async fn score(&self, query: &str, texts: &[String], opts: ScoreOptions) -> ServiceResult<Vec<f32>> {
+        let tok = self.tokenizer.clone();
+        let (q, t) = (query.to_string(), texts.to_vec());
+        let pairs = tokio::task::spawn_blocking(move || tok.encode_pairs(&q, &t, opts.truncate))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("tokenizer task failed: {e}")))?
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(too_long)?;
+        let logits = self.batcher.submit(pairs).await?;
+        Ok(logits
+            .into_iter()
+            .map(|l| match l.as_slice() {
+                [one] if opts.raw_scores => *one,
+                [one] => sigmoid(*one),
+                // Several labels: the last is "relevant"; its softmax probability (or logit).
+                many => {
+                    let last = many[many.len() - 1];
+                    if opts.raw_scores {
+                        last
+                    } else {
+                        let m = many.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let z: f32 = many.iter().map(|v| (v - m).exp()).sum();
+                        (last - m).exp() / z
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+/// Where a bi-encoder gets its vectors.
+enum Vectors {
+    Local { tokenizer: Arc<TextTokenizer>, batcher: Batcher<Vec<u32>, Vec<f32>> },
+    Service { url: String, policy: NodePolicy },
+}
+
+/// Cosine similarity of query and text embeddings.
+pub struct BiEncoder {
+    vectors: Vectors,
+    info: RerankerInfo,
+}
+
+impl BiEncoder {
+    /// A sentence-embedding model in this process.
+    pub fn load(dir: &Path, batch: BatchConfig) -> anyhow::Result<Self> {
+        let (model, tokenizer, info) = EmbeddingModel::load(dir, None)?;
+        Ok(Self {
+            info: RerankerInfo {
+                model_id: info.model_id,
+                kind: "bi-encoder",
+                max_input_tokens: Some(info.max_input_tokens),
+            },
+            vectors: Vectors::Local {
+                tokenizer: Arc::new(tokenizer),
+                batcher: Batcher::start("rerank-embedding", model, batch),
+            },
+        })
+    }
+
+    /// An embedding service's OpenAI `/v1/embeddings` URL.
+    pub fn remote(url: &str, timeout: Duration) -> Self {
+        Self {
+            info: RerankerInfo { model_id: url.to_string(), kind: "bi-encoder", max_input_tokens: None },
+            vectors: Vectors::Service {
+                url: url.to_string(),
+                policy: NodePolicy { timeout, stream_idle_timeout: timeout, ..NodePolicy::default() },
+            },
+        }
+    }
+
+    async fn embed(&self, texts: Vec<String>, truncate: bool) -> ServiceResult<Vec<Vec<f32>>> {
+        match &self.vectors {
+            Vectors::Local { tokenizer, batcher } => {
+                let tok = tokenizer.clone();
+                let ids = tokio::task::spawn_blocking(move || tok.encode(&texts, truncate))
+                    .await
+                    .map_err(|e| ServiceError::Internal(format!("tokenizer task failed: {e}")))?
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?
+                    .map_err(|e| {
+                        ServiceError::invalid(
+                            "texts",
+                            format!(
+                                "input {} has {} tokens, more than the model maximum of {}; set truncate to true",
+                                e.index, e.tokens, e.max
+                            ),
+                        )
+                    })?;
+                batcher.submit(ids).await
+            }
+            Vectors::Service { url, policy } => {
+                let target = Target { node: "embedding service", url, api_key: None, policy };
+                let v = call_json(&target, &json!({"input": texts})).await?;
+                let mut data: Vec<(u64, Vec<f32>)> = v
+                    .get("data")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|d| {
+                                let i = d.get("index")?.as_u64()?;
+                                let e = d.get("embedding")?.as_array()?;
+                                Some((i, e.iter().filter_map(|x| x.as_f64().map(|f| f as f32)).collect()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                data.sort_by_key(|(i, _)| *i);
+                Ok(data.into_iter().map(|(_, e)| e).collect())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Reranker for BiEncoder {
+    fn info(&self) -> &RerankerInfo {
+        &self.info
+    }
+
+    async fn score(&self, query: &str, texts: &[String], opts: ScoreOptions) -> ServiceResult<Vec<f32>> {
+        let mut all = Vec::with_capacity(texts.len() + 1);
+        all.push(query.to_string());
+        all.extend(texts.iter().cloned());
+        let mut vecs = self.embed(all, opts.truncate).await?;
+        if vecs.len() != texts.len() + 1 {
+            return Err(ServiceError::Upstream(format!(
+                "embedding answered {} vectors for {} inputs",
+                vecs.len(),
+                texts.len() + 1
+            )));
+        }
+        vecs.iter_mut().for_each(|v| normalize(v));
+        let q = vecs.remove(0);
+        Ok(vecs.iter().map(|v| cosine(&q, v)).collect())
+    }
+}
+
+/// A remote TEI `/rerank`.
+pub struct RemoteReranker {
+    url: String,
+    api_key: Option<String>,
+    policy: NodePolicy,
+    info: RerankerInfo,
+}
+
+impl RemoteReranker {
+    /// A proxy to a TEI `/rerank` URL.
+    pub fn new(url: &str, api_key: Option<String>, timeout: Duration) -> anyhow::Result<Self> {
+        reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("--remote-url '{url}': {e}"))?;
+        Ok(Self {
+            url: url.to_string(),
+            api_key: api_key.filter(|k| !k.is_empty()),
+            policy: NodePolicy { timeout, stream_idle_timeout: timeout, ..NodePolicy::default() },
+            info: RerankerInfo { model_id: url.to_string(), kind: "remote", max_input_tokens: None },
+        })
+    }
+}
+
+#[async_trait]
+impl Reranker for RemoteReranker {
+    fn info(&self) -> &RerankerInfo {
+        &self.info
+    }
+
+    async fn score(&self, query: &str, texts: &[String], opts: ScoreOptions) -> ServiceResult<Vec<f32>> {
+        let target =
+            Target { node: "remote rerank", url: &self.url, api_key: self.api_key.as_deref(), policy: &self.policy };
+        let body = json!({"query": query, "texts": texts, "raw_scores": opts.raw_scores, "truncate": opts.truncate});
+        let v = call_json(&target, &body).await?;
+        let bad = || ServiceError::Upstream(format!("remote rerank at {} answered {v}", self.url));
+        let mut scores = vec![f32::NAN; texts.len()];
+        for r in v.as_array().ok_or_else(bad)? {
+            let i = r.get("index").and_then(Value::as_u64).ok_or_else(bad)? as usize;
+            let s = r.get("score").and_then(Value::as_f64).ok_or_else(bad)? as f32;
+            *scores.get_mut(i).ok_or_else(bad)? = s;
+        }
+        if scores.iter().any(|s| s.is_nan()) {
+            return Err(bad());
+        }
+        Ok(scores)
+    }
+}
