@@ -87,6 +87,13 @@ PAIRS = [
         "A cross encoder reads the query and the passage together and outputs one relevance score.",
     ),
     ("irrelevant", "best pizza in town", "The weather tomorrow will be cold and rainy in the north."),
+    ("question_answer", "who wrote the book?", "The book was written by a teacher from the north."),
+    ("numbers", "how many legs does a spider have?", "A spider has 8 legs and most insects have 6."),
+    ("short_passage", "red planet", "Mars."),
+    ("long_query", "what is the best way to store the documents we found for the language model to use later?", "Store them in a small collection."),
+    ("same_text", "the quick brown fox", "the quick brown fox"),
+    ("unknown_pair", "Straße 東京?", "naïve zebras 🙂"),
+    ("punctuation_pair", "don't they?", "Yes, they do: 3 of them!"),
 ]
 
 # ---------------------------------------------------------------------------------------------
