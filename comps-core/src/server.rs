@@ -89,6 +89,20 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// The defaults, listening on a free loopback port (for tests and embedding).
+    pub fn local() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: Some(0),
+            max_body_bytes: 16 * 1024 * 1024,
+            request_timeout_secs: 600,
+            max_concurrent_requests: 1024,
+            api_key: None,
+            log_format: LogFormat::Text,
+            cors_allow_origins: vec!["*".into()],
+        }
+    }
+
     /// The server settings these flags describe.
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {

@@ -22,13 +22,7 @@ async fn add_project(Json(d): Json<TextDoc>) -> ServiceResult<Json<Value>> {
 }
 
 fn common() -> CommonArgs {
-    use clap::Parser;
-    #[derive(clap::Parser)]
-    struct A {
-        #[command(flatten)]
-        c: CommonArgs,
-    }
-    A::parse_from(["flow", "--host", "127.0.0.1", "--port", "0"]).c
+    CommonArgs::local()
 }
 
 async fn serve_flow(yaml: &str) -> ServerHandle {

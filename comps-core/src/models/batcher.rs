@@ -37,6 +37,32 @@ impl Default for BatchConfig {
     }
 }
 
+/// Batching flags every model service shares; flatten into its clap struct.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatchArgs {
+    /// Padded tokens per forward pass.
+    #[arg(long, env = "MAX_BATCH_TOKENS", default_value_t = 16_384)]
+    pub max_batch_tokens: usize,
+    /// Inputs per forward pass.
+    #[arg(long, env = "MAX_BATCH_REQUESTS", default_value_t = 64)]
+    pub max_batch_requests: usize,
+    /// Microseconds the batcher waits for more work before running a batch.
+    #[arg(long, env = "BATCH_WAIT_MICROS", default_value_t = 2_000)]
+    pub batch_wait_micros: u64,
+}
+
+impl BatchArgs {
+    /// The batcher settings, with room for `queue_capacity` waiting requests.
+    pub fn config(&self, queue_capacity: usize) -> BatchConfig {
+        BatchConfig {
+            max_batch_tokens: self.max_batch_tokens.max(1),
+            max_batch_requests: self.max_batch_requests.max(1),
+            max_wait: Duration::from_micros(self.batch_wait_micros),
+            queue_capacity: queue_capacity.max(1),
+        }
+    }
+}
+
 /// One unit of work: a token sequence, or a sequence with its token types.
 pub trait BatchItem: Send + 'static {
     /// Its length in tokens (its cost in a batch).

@@ -10,7 +10,7 @@ pub mod hub;
 pub mod kernels;
 pub mod tokenize;
 
-pub use batcher::{BatchConfig, BatchItem, BatchModel, Batcher};
+pub use batcher::{BatchArgs, BatchConfig, BatchItem, BatchModel, Batcher};
 pub use classifier::SequenceClassifier;
 pub use embed::EmbeddingModel;
 pub use encoder::{Encoder, EncoderConfig, ModelDir, Pooling};

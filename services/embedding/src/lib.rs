@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use comps_core::models::hub::{self, HubConfig};
-use comps_core::models::{BatchConfig, Pooling};
+use comps_core::models::{BatchArgs, Pooling};
 use comps_core::{CommonArgs, MicroService, Server, ServiceType};
 
 pub use embedder::{EmbedInput, EmbedOptions, Embedded, Embedder, EmbedderInfo, LocalEmbedder, RemoteEmbedder};
@@ -55,15 +55,8 @@ pub struct Args {
     /// Seconds to wait for the remote endpoint.
     #[arg(long, env = "EMBEDDING_REMOTE_TIMEOUT", default_value_t = 60)]
     pub remote_timeout_secs: u64,
-    /// Padded tokens per forward pass.
-    #[arg(long, env = "MAX_BATCH_TOKENS", default_value_t = 16_384)]
-    pub max_batch_tokens: usize,
-    /// Inputs per forward pass.
-    #[arg(long, env = "MAX_BATCH_REQUESTS", default_value_t = 64)]
-    pub max_batch_requests: usize,
-    /// Microseconds the batcher waits for more work before running a batch.
-    #[arg(long, env = "BATCH_WAIT_MICROS", default_value_t = 2_000)]
-    pub batch_wait_micros: u64,
+    #[command(flatten)]
+    pub batch: BatchArgs,
     /// Most inputs in one request (422 above).
     #[arg(long, env = "MAX_CLIENT_BATCH_SIZE", default_value_t = 32)]
     pub max_client_batch_size: usize,
@@ -106,12 +99,7 @@ pub async fn build_embedder(args: &Args) -> anyhow::Result<Arc<dyn Embedder>> {
         Some(p) => Some(Pooling::parse(p).ok_or_else(|| anyhow::anyhow!("--pooling must be mean, cls or last_token"))?),
         None => None,
     };
-    let batch = BatchConfig {
-        max_batch_tokens: args.max_batch_tokens.max(1),
-        max_batch_requests: args.max_batch_requests.max(1),
-        max_wait: Duration::from_micros(args.batch_wait_micros),
-        queue_capacity: args.common.max_concurrent_requests.max(1),
-    };
+    let batch = args.batch.config(args.common.max_concurrent_requests);
     Ok(Arc::new(LocalEmbedder::load(&dir, pooling, batch)?))
 }
 

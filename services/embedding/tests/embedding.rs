@@ -37,14 +37,7 @@ fn opts(truncate: bool) -> EmbedOptions {
 }
 
 fn common(max_concurrent: usize) -> CommonArgs {
-    use clap::Parser;
-    #[derive(clap::Parser)]
-    struct A {
-        #[command(flatten)]
-        c: CommonArgs,
-    }
-    A::parse_from(["e", "--host", "127.0.0.1", "--port", "0", "--max-concurrent-requests", &max_concurrent.to_string()])
-        .c
+    CommonArgs { max_concurrent_requests: max_concurrent, ..CommonArgs::local() }
 }
 
 async fn serve(embedder: Arc<dyn Embedder>, max_concurrent: usize) -> ServerHandle {

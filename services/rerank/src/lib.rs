@@ -17,7 +17,7 @@ pub mod routes;
 use std::sync::Arc;
 use std::time::Duration;
 
-use comps_core::models::BatchConfig;
+use comps_core::models::BatchArgs;
 use comps_core::models::hub::{self, HubConfig};
 use comps_core::{CommonArgs, MicroService, Server, ServiceType};
 
@@ -59,15 +59,8 @@ pub struct Args {
     /// Seconds to wait for a remote endpoint.
     #[arg(long, env = "RERANK_REMOTE_TIMEOUT", default_value_t = 60)]
     pub remote_timeout_secs: u64,
-    /// Padded tokens per forward pass.
-    #[arg(long, env = "MAX_BATCH_TOKENS", default_value_t = 16_384)]
-    pub max_batch_tokens: usize,
-    /// Pairs per forward pass.
-    #[arg(long, env = "MAX_BATCH_REQUESTS", default_value_t = 64)]
-    pub max_batch_requests: usize,
-    /// Microseconds the batcher waits for more work.
-    #[arg(long, env = "BATCH_WAIT_MICROS", default_value_t = 2_000)]
-    pub batch_wait_micros: u64,
+    #[command(flatten)]
+    pub batch: BatchArgs,
     /// Most texts in one request (422 above).
     #[arg(long, env = "MAX_CLIENT_BATCH_SIZE", default_value_t = 128)]
     pub max_client_batch_size: usize,
@@ -91,12 +84,7 @@ pub async fn build_reranker(args: &Args) -> anyhow::Result<Arc<dyn Reranker>> {
     if let (Mode::BiEncoder, Some(url)) = (args.mode, &args.embedding_url) {
         return Ok(Arc::new(BiEncoder::remote(url, timeout)));
     }
-    let batch = BatchConfig {
-        max_batch_tokens: args.max_batch_tokens.max(1),
-        max_batch_requests: args.max_batch_requests.max(1),
-        max_wait: Duration::from_micros(args.batch_wait_micros),
-        queue_capacity: args.common.max_concurrent_requests.max(1),
-    };
+    let batch = args.batch.config(args.common.max_concurrent_requests);
     let optional: &[&str] = match args.mode {
         Mode::BiEncoder => hub::SENTENCE_FILES,
         Mode::CrossEncoder => &["tokenizer_config.json"],

@@ -33,13 +33,7 @@ fn tiny(name: &str) -> (Arc<dyn Reranker>, Value) {
 }
 
 fn common() -> CommonArgs {
-    use clap::Parser;
-    #[derive(clap::Parser)]
-    struct A {
-        #[command(flatten)]
-        c: CommonArgs,
-    }
-    A::parse_from(["r", "--host", "127.0.0.1", "--port", "0"]).c
+    CommonArgs::local()
 }
 
 async fn serve(reranker: Arc<dyn Reranker>) -> ServerHandle {
