@@ -1,0 +1,360 @@
+//! The guards. Each reports the policy names a text violates and may rewrite it (redaction).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use comps_core::models::encoder::{cosine, normalize};
+use comps_core::models::{BatchConfig, Batcher, EmbeddingModel, SequenceClassifier, TextTokenizer};
+use comps_core::orchestrator::NodePolicy;
+use comps_core::orchestrator::remote::{Target, call_json};
+use comps_core::{ServiceError, ServiceResult};
+use regex::Regex;
+use serde_json::{Value, json};
+
+use crate::pii::{PiiKind, scan};
+
+/// What a guard found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Verdict {
+    /// Policies violated (empty: pass).
+    pub violations: Vec<String>,
+    /// The text to pass on instead (redaction), when changed.
+    pub rewritten: Option<String>,
+}
+
+/// One check in the pipeline.
+#[async_trait]
+pub trait Guard: Send + Sync {
+    /// Name, for logs.
+    fn name(&self) -> &str;
+    /// Check `text`.
+    async fn check(&self, text: &str) -> ServiceResult<Verdict>;
+}
+
+/// What to do with personal data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PiiAction {
+    /// Refuse the text.
+    Block,
+    /// Replace it with placeholders and pass the text on.
+    Redact,
+    /// Do not look.
+    Off,
+}
+
+/// Personal data.
+pub struct PiiGuard {
+    /// Block or redact.
+    pub action: PiiAction,
+}
+
+#[async_trait]
+impl Guard for PiiGuard {
+    fn name(&self) -> &str {
+        "pii"
+    }
+
+    async fn check(&self, text: &str) -> ServiceResult<Verdict> {
+        let (found, redacted) = scan(text, &PiiKind::ALL);
+        Ok(match self.action {
+            PiiAction::Off => Verdict::default(),
+            PiiAction::Block => {
+                Verdict { violations: found.iter().map(|k| k.policy().to_string()).collect(), rewritten: None }
+            }
+            PiiAction::Redact if found.is_empty() => Verdict::default(),
+            PiiAction::Redact => Verdict { violations: Vec::new(), rewritten: Some(redacted) },
+        })
+    }
+}
+
+/// Words and regexes that must not appear.
+pub struct DenyGuard {
+    words: Option<Regex>,
+    patterns: Vec<Regex>,
+}
+
+impl DenyGuard {
+    /// Words match whole words, case-insensitively; patterns are regexes.
+    pub fn new(words: &[String], patterns: &[String]) -> anyhow::Result<Self> {
+        let words: Vec<String> = words.iter().map(|w| w.trim()).filter(|w| !w.is_empty()).map(regex::escape).collect();
+        let words =
+            if words.is_empty() { None } else { Some(Regex::new(&format!(r"(?i)\b(?:{})\b", words.join("|")))?) };
+        let patterns = patterns
+            .iter()
+            .map(|p| Regex::new(p).map_err(|e| anyhow::anyhow!("deny regex '{p}': {e}")))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { words, patterns })
+    }
+}
+
+#[async_trait]
+impl Guard for DenyGuard {
+    fn name(&self) -> &str {
+        "deny_list"
+    }
+
+    async fn check(&self, text: &str) -> ServiceResult<Verdict> {
+        let mut v = Verdict::default();
+        if self.words.as_ref().is_some_and(|w| w.is_match(text)) {
+            v.violations.push("deny_list".into());
+        }
+        if self.patterns.iter().any(|p| p.is_match(text)) {
+            v.violations.push("deny_regex".into());
+        }
+        Ok(v)
+    }
+}
+
+/// Pieces of a text to compare: the whole text, then each line and sentence with at least
+/// three words (an injection hidden inside a longer text is found on its own).
+pub fn pieces(text: &str) -> Vec<String> {
+    let mut out = vec![text.to_string()];
+    for line in text.lines() {
+        for s in line.split_inclusive(['.', '!', '?', '。']) {
+            let s = s.trim();
+            if s.split_whitespace().count() >= 3 && s != text.trim() {
+                out.push(s.to_string());
+            }
+        }
+    }
+    out.truncate(64);
+    out
+}
+
+/// Prompt injection and jailbreaks by similarity to known attacks (sentence embeddings).
+pub struct SimilarityGuard {
+    tokenizer: Arc<TextTokenizer>,
+    batcher: Batcher<Vec<u32>, Vec<f32>>,
+    exemplars: Vec<Vec<f32>>,
+    threshold: f32,
+}
+
+impl SimilarityGuard {
+    /// Load the embedding model and embed the exemplars (JSON lines with a `text` field).
+    pub async fn load(model: &Path, exemplars_jsonl: &str, threshold: f32, batch: BatchConfig) -> anyhow::Result<Self> {
+        let (m, tokenizer, _) = EmbeddingModel::load(model, None)?;
+        let texts: Vec<String> = exemplars_jsonl
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str::<Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("text").and_then(Value::as_str).map(str::to_string))
+                    .ok_or_else(|| anyhow::anyhow!("exemplar line is not JSON with a text field: {l}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        anyhow::ensure!(!texts.is_empty(), "no injection exemplars");
+        let mut g = Self {
+            tokenizer: Arc::new(tokenizer),
+            batcher: Batcher::start("guard-embedding", m, batch),
+            exemplars: Vec::new(),
+            threshold,
+        };
+        g.exemplars = g.embed(texts).await?;
+        Ok(g)
+    }
+
+    async fn embed(&self, texts: Vec<String>) -> ServiceResult<Vec<Vec<f32>>> {
+        let tok = self.tokenizer.clone();
+        let ids = tokio::task::spawn_blocking(move || tok.encode(&texts, true))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let mut v = self.batcher.submit(ids).await?;
+        v.iter_mut().for_each(|x| normalize(x));
+        Ok(v)
+    }
+
+    /// The highest similarity of any piece of `text` to any exemplar.
+    pub async fn score(&self, text: &str) -> ServiceResult<f32> {
+        let vecs = self.embed(pieces(text)).await?;
+        Ok(vecs.iter().flat_map(|v| self.exemplars.iter().map(move |e| cosine(v, e))).fold(f32::NEG_INFINITY, f32::max))
+    }
+}
+
+#[async_trait]
+impl Guard for SimilarityGuard {
+    fn name(&self) -> &str {
+        "prompt_injection_similarity"
+    }
+
+    async fn check(&self, text: &str) -> ServiceResult<Verdict> {
+        let s = self.score(text).await?;
+        Ok(if s >= self.threshold {
+            Verdict { violations: vec!["prompt_injection".into()], rewritten: None }
+        } else {
+            Verdict::default()
+        })
+    }
+}
+
+/// A sequence-classification model (BERT / XLM-R), e.g. a prompt-injection classifier.
+pub struct ClassifierGuard {
+    tokenizer: Arc<TextTokenizer>,
+    batcher: Batcher<(Vec<u32>, Vec<u32>), Vec<f32>>,
+    labels: Vec<String>,
+    flagged: Vec<String>,
+    threshold: f32,
+}
+
+impl ClassifierGuard {
+    /// Load the model; `flagged` labels (case-insensitive) above `threshold` are violations.
+    pub fn load(dir: &Path, flagged: Vec<String>, threshold: f32, batch: BatchConfig) -> anyhow::Result<Self> {
+        let (model, tokenizer) = SequenceClassifier::load(dir)?;
+        let labels = model.labels().to_vec();
+        Ok(Self {
+            tokenizer: Arc::new(tokenizer),
+            batcher: Batcher::start("guard-classifier", model, batch),
+            labels,
+            flagged,
+            threshold,
+        })
+    }
+}
+
+#[async_trait]
+impl Guard for ClassifierGuard {
+    fn name(&self) -> &str {
+        "classifier"
+    }
+
+    async fn check(&self, text: &str) -> ServiceResult<Verdict> {
+        let tok = self.tokenizer.clone();
+        let t = vec![text.to_string()];
+        let ids = tokio::task::spawn_blocking(move || tok.encode(&t, true))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let item: Vec<(Vec<u32>, Vec<u32>)> = ids
+            .into_iter()
+            .map(|i| {
+                let n = i.len();
+                (i, vec![0; n])
+            })
+            .collect();
+        let logits = self.batcher.submit(item).await?.remove(0);
+        let probs: Vec<f32> = if logits.len() == 1 {
+            vec![1.0 / (1.0 + (-logits[0]).exp())]
+        } else {
+            let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = logits.iter().map(|l| (l - m).exp()).sum();
+            logits.iter().map(|l| (l - m).exp() / z).collect()
+        };
+        let mut v = Verdict::default();
+        for (label, p) in self.labels.iter().zip(&probs) {
+            if *p >= self.threshold && self.flagged.iter().any(|f| f.eq_ignore_ascii_case(label)) {
+                v.violations.push(label.to_lowercase());
+            }
+        }
+        Ok(v)
+    }
+}
+
+/// Llama Guard 3's hazard categories, by code.
+pub const LLAMA_GUARD_CATEGORIES: [(&str, &str); 14] = [
+    ("S1", "violent_crimes"),
+    ("S2", "non_violent_crimes"),
+    ("S3", "sex_related_crimes"),
+    ("S4", "child_sexual_exploitation"),
+    ("S5", "defamation"),
+    ("S6", "specialized_advice"),
+    ("S7", "privacy"),
+    ("S8", "intellectual_property"),
+    ("S9", "indiscriminate_weapons"),
+    ("S10", "hate"),
+    ("S11", "suicide_and_self_harm"),
+    ("S12", "sexual_content"),
+    ("S13", "elections"),
+    ("S14", "code_interpreter_abuse"),
+];
+
+/// Parse a Llama Guard answer (`safe`, or `unsafe` then a line of codes) into policy names.
+/// Anything else is an error: a judge that cannot be understood must not pass text silently.
+pub fn parse_verdict(answer: &str) -> Result<Vec<String>, String> {
+    let mut lines = answer.trim().lines().map(str::trim).filter(|l| !l.is_empty());
+    match lines.next().map(str::to_ascii_lowercase).as_deref() {
+        Some("safe") => Ok(Vec::new()),
+        Some("unsafe") => {
+            let codes: Vec<String> = lines
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .map(|c| c.trim().to_ascii_uppercase())
+                .filter(|c| !c.is_empty())
+                .collect();
+            if codes.is_empty() {
+                return Ok(vec!["unsafe".into()]);
+            }
+            Ok(codes
+                .iter()
+                .map(|c| {
+                    LLAMA_GUARD_CATEGORIES
+                        .iter()
+                        .find(|(k, _)| k == c)
+                        .map(|(_, n)| n.to_string())
+                        .unwrap_or_else(|| c.to_lowercase())
+                })
+                .collect())
+        }
+        _ => Err(format!(
+            "judge answered neither 'safe' nor 'unsafe': {:?}",
+            answer.chars().take(200).collect::<String>()
+        )),
+    }
+}
+
+/// An LLM judge behind any OpenAI-compatible endpoint, prompted as Llama Guard.
+pub struct JudgeGuard {
+    url: String,
+    model: Option<String>,
+    api_key: Option<String>,
+    policy: NodePolicy,
+}
+
+impl JudgeGuard {
+    /// A judge at `url` (`.../v1/chat/completions`).
+    pub fn new(url: &str, model: Option<String>, api_key: Option<String>, timeout: Duration) -> Self {
+        Self {
+            url: url.into(),
+            model,
+            api_key: api_key.filter(|k| !k.is_empty()),
+            policy: NodePolicy { timeout, stream_idle_timeout: timeout, ..NodePolicy::default() },
+        }
+    }
+
+    fn prompt(text: &str) -> String {
+        let cats: Vec<String> =
+            LLAMA_GUARD_CATEGORIES.iter().map(|(c, n)| format!("{c}: {}.", n.replace('_', " "))).collect();
+        format!(
+            "Task: Check if there is unsafe content in 'User' messages in conversations according to our safety policy with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\n{}\n<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\nUser: {text}\n\n<END CONVERSATION>\n\nProvide your safety assessment for ONLY THE LAST User message in the above conversation:\n- First line must read 'safe' or 'unsafe'.\n- If unsafe, a second line must include a comma-separated list of violated categories.",
+            cats.join("\n")
+        )
+    }
+}
+
+#[async_trait]
+impl Guard for JudgeGuard {
+    fn name(&self) -> &str {
+        "llm_judge"
+    }
+
+    async fn check(&self, text: &str) -> ServiceResult<Verdict> {
+        let target =
+            Target { node: "guard judge", url: &self.url, api_key: self.api_key.as_deref(), policy: &self.policy };
+        let mut body = json!({"messages": [{"role": "user", "content": Self::prompt(text)}], "temperature": 0, "max_tokens": 20, "stream": false});
+        if let Some(m) = &self.model {
+            body["model"] = json!(m);
+        }
+        let v = call_json(&target, &body).await?;
+        let answer = v.pointer("/choices/0/message/content").and_then(Value::as_str).ok_or_else(|| {
+            ServiceError::Upstream(format!("guard judge at {} answered without choices[0].message.content", self.url))
+        })?;
+        let violations = parse_verdict(answer).map_err(ServiceError::Upstream)?;
+        Ok(Verdict { violations, rewritten: None })
+    }
+}
