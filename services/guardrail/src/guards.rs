@@ -124,40 +124,107 @@ pub fn pieces(text: &str) -> Vec<String> {
     out
 }
 
-/// Prompt injection and jailbreaks by similarity to known attacks (sentence embeddings).
+/// Prompt injection and jailbreaks by nearest neighbours in sentence-embedding space: a text
+/// (or any sentence of it) scores the mean similarity of its `k` nearest injection exemplars
+/// minus that of its `k` nearest benign exemplars. The threshold is calibrated at load by
+/// leave-one-out on the exemplars themselves (never on evaluation data) for a target
+/// false-positive rate, unless one is given.
 pub struct SimilarityGuard {
     tokenizer: Arc<TextTokenizer>,
     batcher: Batcher<Vec<u32>, Vec<f32>>,
-    exemplars: Vec<Vec<f32>>,
+    injections: Vec<Vec<f32>>,
+    benign: Vec<Vec<f32>>,
+    k: usize,
     threshold: f32,
 }
 
+/// Neighbours averaged per class.
+pub const NEIGHBOURS: usize = 3;
+/// False-positive rate the automatic threshold aims at on the benign exemplars.
+pub const TARGET_FPR: f32 = 0.05;
+
+fn jsonl_texts(jsonl: &str, what: &str) -> anyhow::Result<Vec<String>> {
+    jsonl
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v.get("text").and_then(Value::as_str).map(str::to_string))
+                .ok_or_else(|| anyhow::anyhow!("{what} line is not JSON with a text field: {l}"))
+        })
+        .collect()
+}
+
+fn top_k_mean(v: &[f32], set: &[Vec<f32>], k: usize, skip: Option<usize>) -> f32 {
+    if set.is_empty() {
+        return 0.0;
+    }
+    let mut sims: Vec<f32> =
+        set.iter().enumerate().filter(|(i, _)| Some(*i) != skip).map(|(_, e)| cosine(v, e)).collect();
+    sims.sort_by(|a, b| b.total_cmp(a));
+    let n = k.min(sims.len()).max(1);
+    sims[..n].iter().sum::<f32>() / n as f32
+}
+
 impl SimilarityGuard {
-    /// Load the embedding model and embed the exemplars (JSON lines with a `text` field).
-    pub async fn load(model: &Path, exemplars_jsonl: &str, threshold: f32, batch: BatchConfig) -> anyhow::Result<Self> {
+    /// Load the embedding model and embed both exemplar sets (JSON lines with a `text` field).
+    /// `threshold: None` calibrates it for [`TARGET_FPR`].
+    pub async fn load(
+        model: &Path,
+        injections_jsonl: &str,
+        benign_jsonl: &str,
+        threshold: Option<f32>,
+        batch: BatchConfig,
+    ) -> anyhow::Result<Self> {
         let (m, tokenizer, _) = EmbeddingModel::load(model, None)?;
-        let texts: Vec<String> = exemplars_jsonl
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str::<Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("text").and_then(Value::as_str).map(str::to_string))
-                    .ok_or_else(|| anyhow::anyhow!("exemplar line is not JSON with a text field: {l}"))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        anyhow::ensure!(!texts.is_empty(), "no injection exemplars");
+        let inj = jsonl_texts(injections_jsonl, "injection exemplar")?;
+        let ben = jsonl_texts(benign_jsonl, "benign exemplar")?;
+        anyhow::ensure!(!inj.is_empty(), "no injection exemplars");
         let mut g = Self {
             tokenizer: Arc::new(tokenizer),
             batcher: Batcher::start("guard-embedding", m, batch),
-            exemplars: Vec::new(),
-            threshold,
+            injections: Vec::new(),
+            benign: Vec::new(),
+            k: NEIGHBOURS,
+            threshold: 0.0,
         };
-        g.exemplars = g.embed(texts).await?;
+        g.injections = g.embed(inj).await?;
+        g.benign = g.embed(ben).await?;
+        g.threshold = match threshold {
+            Some(t) => t,
+            None => g.calibrate(TARGET_FPR),
+        };
+        tracing::info!(threshold = g.threshold, "injection detector ready");
         Ok(g)
     }
 
+    /// The threshold in use.
+    pub fn threshold(&self) -> f32 {
+        self.threshold
+    }
+
+    /// Leave-one-out margins of the benign exemplars; the threshold lets through all but
+    /// `target_fpr` of them.
+    fn calibrate(&self, target_fpr: f32) -> f32 {
+        let mut margins: Vec<f32> = self
+            .benign
+            .iter()
+            .enumerate()
+            .map(|(i, v)| top_k_mean(v, &self.injections, self.k, None) - top_k_mean(v, &self.benign, self.k, Some(i)))
+            .collect();
+        if margins.is_empty() {
+            return 0.0;
+        }
+        margins.sort_by(|a, b| b.total_cmp(a));
+        let allowed = ((margins.len() as f32) * target_fpr).floor() as usize;
+        margins[allowed.min(margins.len() - 1)] + 1e-4
+    }
+
     async fn embed(&self, texts: Vec<String>) -> ServiceResult<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
         let tok = self.tokenizer.clone();
         let ids = tokio::task::spawn_blocking(move || tok.encode(&texts, true))
             .await
@@ -169,10 +236,13 @@ impl SimilarityGuard {
         Ok(v)
     }
 
-    /// The highest similarity of any piece of `text` to any exemplar.
+    /// The highest margin of any piece of `text` (injection-like minus benign-like).
     pub async fn score(&self, text: &str) -> ServiceResult<f32> {
         let vecs = self.embed(pieces(text)).await?;
-        Ok(vecs.iter().flat_map(|v| self.exemplars.iter().map(move |e| cosine(v, e))).fold(f32::NEG_INFINITY, f32::max))
+        Ok(vecs
+            .iter()
+            .map(|v| top_k_mean(v, &self.injections, self.k, None) - top_k_mean(v, &self.benign, self.k, None))
+            .fold(f32::NEG_INFINITY, f32::max))
     }
 }
 

@@ -37,6 +37,8 @@ pub const DEFAULT_PORT: u16 = 9090;
 
 /// The injection / jailbreak exemplars shipped with the service (see `data/SOURCES.md`).
 pub const BUILTIN_EXEMPLARS: &str = include_str!("../data/injection_exemplars.jsonl");
+/// The benign exemplars shipped with the service (hard negatives included).
+pub const BUILTIN_BENIGN: &str = include_str!("../data/benign_exemplars.jsonl");
 
 /// Command-line flags (a `--config` file sets the same things; flags win).
 #[derive(Debug, Clone, clap::Parser)]
@@ -64,7 +66,11 @@ pub struct Args {
     /// Exemplar prompts (JSON lines with `text`) instead of the built-in set.
     #[arg(long, env = "GUARDRAIL_INJECTION_EXEMPLARS")]
     pub injection_exemplars: Option<PathBuf>,
-    /// Cosine similarity at which a text counts as an injection.
+    /// Benign exemplar prompts (JSON lines with `text`) instead of the built-in set.
+    #[arg(long, env = "GUARDRAIL_BENIGN_EXEMPLARS")]
+    pub benign_exemplars: Option<PathBuf>,
+    /// Margin (injection-likeness minus benign-likeness) at which a text counts as an
+    /// injection; calibrated on the exemplars when not given.
     #[arg(long, env = "GUARDRAIL_INJECTION_THRESHOLD")]
     pub injection_threshold: Option<f32>,
     /// A sequence-classification model (dir or hub id) flagging injections.
@@ -102,6 +108,8 @@ pub struct FileConfig {
     #[serde(default)]
     injection_exemplars: Option<PathBuf>,
     #[serde(default)]
+    benign_exemplars: Option<PathBuf>,
+    #[serde(default)]
     injection_threshold: Option<f32>,
     #[serde(default)]
     classifier_model: Option<String>,
@@ -114,9 +122,6 @@ pub struct FileConfig {
     #[serde(default)]
     judge_model: Option<String>,
 }
-
-/// Default similarity threshold for the built-in exemplars and MiniLM.
-pub const DEFAULT_INJECTION_THRESHOLD: f32 = 0.7;
 
 /// Build the guard pipeline the flags and config describe.
 pub async fn build_guards(args: &Args) -> anyhow::Result<Vec<Arc<dyn Guard>>> {
@@ -145,9 +150,13 @@ pub async fn build_guards(args: &Args) -> anyhow::Result<Vec<Arc<dyn Guard>>> {
             Some(p) => std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
             None => BUILTIN_EXEMPLARS.to_string(),
         };
+        let benign = match args.benign_exemplars.clone().or(file.benign_exemplars) {
+            Some(p) => std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+            None => BUILTIN_BENIGN.to_string(),
+        };
         let dir = hub::resolve(&model, hub::ENCODER_FILES, hub::SENTENCE_FILES, &HubConfig::from_env()).await?;
-        let threshold = args.injection_threshold.or(file.injection_threshold).unwrap_or(DEFAULT_INJECTION_THRESHOLD);
-        guards.push(Arc::new(SimilarityGuard::load(&dir, &exemplars, threshold, batch.clone()).await?));
+        let threshold = args.injection_threshold.or(file.injection_threshold);
+        guards.push(Arc::new(SimilarityGuard::load(&dir, &exemplars, &benign, threshold, batch.clone()).await?));
     }
     if let Some(m) = args.classifier_model.clone().or(file.classifier_model) {
         let dir = hub::resolve(&m, hub::ENCODER_FILES, &["tokenizer_config.json"], &HubConfig::from_env()).await?;
