@@ -2,10 +2,12 @@
 //! model's maximum, or none when the caller wants an over-long input refused.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::ModelError;
+use crate::error::ServiceError;
 
 /// An input longer than the model takes, with `truncate` off.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +98,30 @@ impl TextTokenizer {
             return Ok(Err(TooLong { index, tokens: ids.len(), max: self.max_tokens }));
         }
         Ok(Ok(out))
+    }
+
+    /// [`Self::encode`] on the blocking pool (tokenizing a large request is real CPU work that
+    /// must stay off the async runtime), an over-long input refused as a 422 naming `field`.
+    pub async fn encode_off_runtime(
+        self: &Arc<Self>,
+        texts: Vec<String>,
+        truncate: bool,
+        field: &str,
+    ) -> Result<Vec<Vec<u32>>, ServiceError> {
+        let tok = self.clone();
+        tokio::task::spawn_blocking(move || tok.encode(&texts, truncate))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("tokenizer task failed: {e}")))?
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|e| {
+                ServiceError::invalid(
+                    field,
+                    format!(
+                        "{field} {} has {} tokens, more than the model maximum of {}; shorten it or set truncate to true",
+                        e.index, e.tokens, e.max
+                    ),
+                )
+            })
     }
 
     /// Text back from ids (special tokens skipped).

@@ -127,21 +127,7 @@ impl Embedder for LocalEmbedder {
     async fn embed(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Embedded> {
         let max = self.tokenizer.max_tokens();
         let ids = match input {
-            EmbedInput::Texts(texts) => {
-                // Tokenizing a large request is real CPU work: keep it off the async runtime.
-                let tok = self.tokenizer.clone();
-                let truncate = opts.truncate;
-                let encoded = tokio::task::spawn_blocking(move || tok.encode(&texts, truncate))
-                    .await
-                    .map_err(|e| ServiceError::Internal(format!("tokenizer task failed: {e}")))?
-                    .map_err(|e| ServiceError::Internal(e.to_string()))?;
-                encoded.map_err(|too_long| {
-                    ServiceError::invalid(
-                        opts.field,
-                        format!("{} {}", opts.field, too_long.to_string().trim_start_matches("input ")),
-                    )
-                })?
-            }
+            EmbedInput::Texts(texts) => self.tokenizer.encode_off_runtime(texts, opts.truncate, opts.field).await?,
             EmbedInput::Tokens(mut seqs) => {
                 let vocab = self.info.vocab_size.unwrap_or(usize::MAX);
                 for (i, s) in seqs.iter_mut().enumerate() {

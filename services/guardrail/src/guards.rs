@@ -225,12 +225,7 @@ impl SimilarityGuard {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let tok = self.tokenizer.clone();
-        let ids = tokio::task::spawn_blocking(move || tok.encode(&texts, true))
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let ids = self.tokenizer.encode_off_runtime(texts, true, "text").await?;
         let mut v = self.batcher.submit(ids).await?;
         v.iter_mut().for_each(|x| normalize(x));
         Ok(v)
@@ -293,13 +288,7 @@ impl Guard for ClassifierGuard {
     }
 
     async fn check(&self, text: &str) -> ServiceResult<Verdict> {
-        let tok = self.tokenizer.clone();
-        let t = vec![text.to_string()];
-        let ids = tokio::task::spawn_blocking(move || tok.encode(&t, true))
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let ids = self.tokenizer.encode_off_runtime(vec![text.to_string()], true, "text").await?;
         let item: Vec<(Vec<u32>, Vec<u32>)> = ids
             .into_iter()
             .map(|i| {

@@ -156,20 +156,7 @@ impl BiEncoder {
     async fn embed(&self, texts: Vec<String>, truncate: bool) -> ServiceResult<Vec<Vec<f32>>> {
         match &self.vectors {
             Vectors::Local { tokenizer, batcher } => {
-                let tok = tokenizer.clone();
-                let ids = tokio::task::spawn_blocking(move || tok.encode(&texts, truncate))
-                    .await
-                    .map_err(|e| ServiceError::Internal(format!("tokenizer task failed: {e}")))?
-                    .map_err(|e| ServiceError::Internal(e.to_string()))?
-                    .map_err(|e| {
-                        ServiceError::invalid(
-                            "texts",
-                            format!(
-                                "input {} has {} tokens, more than the model maximum of {}; set truncate to true",
-                                e.index, e.tokens, e.max
-                            ),
-                        )
-                    })?;
+                let ids = tokenizer.encode_off_runtime(texts, truncate, "texts").await?;
                 batcher.submit(ids).await
             }
             Vectors::Service { url, policy } => {
