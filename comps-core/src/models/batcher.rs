@@ -269,3 +269,61 @@ fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig
         let _ = job.reply.send(result);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Echoes lengths; the first batch waits until the test lets it go.
+    struct Gate {
+        release: Option<mpsc::Receiver<()>>,
+        seen: Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl BatchModel for Gate {
+        type Input = Vec<u32>;
+        type Output = usize;
+        fn run(&mut self, items: &[&Vec<u32>]) -> Result<Vec<usize>, String> {
+            if let Some(rx) = self.release.take() {
+                rx.recv().map_err(|e| e.to_string())?;
+            }
+            self.seen.lock().unwrap().extend(items.iter().map(|i| i.len()));
+            Ok(items.iter().map(|i| i.len()).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_in_order_skips_gone_clients_and_refuses_when_full() {
+        let (go, release) = mpsc::channel();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let cfg = BatchConfig { max_wait: Duration::ZERO, queue_capacity: 2, ..BatchConfig::default() };
+        let b = Batcher::start("test", Gate { release: Some(release), seen: seen.clone() }, cfg);
+        // The first request occupies the worker (held at the gate).
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.submit(vec![vec![1, 2, 3], vec![1]]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A second request whose client leaves before the worker reaches it.
+        let gone = tokio::spawn({
+            let b = b.clone();
+            async move { b.submit(vec![vec![9; 5]]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gone.abort();
+        let _ = gone.await;
+        // A third fills the queue; a fourth is refused at once.
+        let third = tokio::spawn({
+            let b = b.clone();
+            async move { b.submit(vec![vec![7; 2]]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(matches!(b.submit(vec![vec![1]]).await, Err(ServiceError::Overloaded(_))));
+        go.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), vec![3, 1], "answers in input order");
+        assert_eq!(third.await.unwrap().unwrap(), vec![2]);
+        assert_eq!(b.stats().skipped.load(Ordering::Relaxed), 1);
+        assert!(!seen.lock().unwrap().contains(&5), "the gone client's work never ran");
+    }
+}
