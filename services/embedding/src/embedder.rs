@@ -257,23 +257,15 @@ impl Embedder for RemoteEmbedder {
                 let tokens =
                     v.get("usage").and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64).unwrap_or(0) as usize;
                 let vecs = data.into_iter().map(|(_, e)| e).collect::<Vec<_>>();
-                let vecs = if opts.normalize {
-                    vecs.into_iter()
-                        .map(|mut e| {
-                            normalize(&mut e);
-                            e
-                        })
-                        .collect()
-                } else {
-                    vecs
-                };
                 (vecs, tokens)
             }
         };
         if vectors.len() != n {
             return Err(bad(&format!("{} vectors for {n} inputs", vectors.len())));
         }
-        if self.kind == RemoteKind::Tei && opts.normalize {
+        // OpenAI-compatible servers do not take a normalize flag, and a TEI may have been started
+        // without it: normalize once here (a no-op on unit vectors).
+        if opts.normalize {
             vectors.iter_mut().for_each(|v| normalize(v));
         }
         Ok(Embedded { vectors, prompt_tokens })
