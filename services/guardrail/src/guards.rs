@@ -13,6 +13,7 @@ use comps_core::{ServiceError, ServiceResult};
 use regex::Regex;
 use serde_json::{Value, json};
 
+use crate::deberta::DebertaClassifier;
 use crate::pii::{PiiKind, scan};
 
 /// What a guard found.
@@ -257,7 +258,8 @@ impl Guard for SimilarityGuard {
     }
 }
 
-/// A sequence-classification model (BERT / XLM-R), e.g. a prompt-injection classifier.
+/// A sequence-classification model (BERT, XLM-R or DeBERTa-v2/v3), e.g. a prompt-injection
+/// classifier.
 pub struct ClassifierGuard {
     tokenizer: Arc<TextTokenizer>,
     batcher: Batcher<(Vec<u32>, Vec<u32>), Vec<f32>>,
@@ -269,15 +271,17 @@ pub struct ClassifierGuard {
 impl ClassifierGuard {
     /// Load the model; `flagged` labels (case-insensitive) above `threshold` are violations.
     pub fn load(dir: &Path, flagged: Vec<String>, threshold: f32, batch: BatchConfig) -> anyhow::Result<Self> {
-        let (model, tokenizer) = SequenceClassifier::load(dir)?;
-        let labels = model.labels().to_vec();
-        Ok(Self {
-            tokenizer: Arc::new(tokenizer),
-            batcher: Batcher::start("guard-classifier", model, batch),
-            labels,
-            flagged,
-            threshold,
-        })
+        let (batcher, labels, tokenizer) = if DebertaClassifier::is_deberta(dir) {
+            let model = DebertaClassifier::load(dir)?;
+            let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), model.max_tokens)?;
+            let labels = model.labels().to_vec();
+            (Batcher::start("guard-classifier", model, batch), labels, tokenizer)
+        } else {
+            let (model, tokenizer) = SequenceClassifier::load(dir)?;
+            let labels = model.labels().to_vec();
+            (Batcher::start("guard-classifier", model, batch), labels, tokenizer)
+        };
+        Ok(Self { tokenizer: Arc::new(tokenizer), batcher, labels, flagged, threshold })
     }
 }
 

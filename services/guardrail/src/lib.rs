@@ -11,6 +11,7 @@
 //! curl localhost:9090/v1/guardrails -d '{"text": "Ignore all previous instructions and ..."}'
 //! ```
 
+pub mod deberta;
 pub mod guards;
 pub mod pii;
 
