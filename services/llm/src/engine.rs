@@ -1,0 +1,313 @@
+//! The decoding scheduler: one thread owns the compute and interleaves the steps of every
+//! active sequence (a prompt chunk or one token each, round robin), so a short request is
+//! never stuck behind a long one. Each sequence has its own KV cache. Requests beyond the
+//! active limit wait in a bounded queue; beyond that they are refused (429). A sequence whose
+//! client went away is dropped before its next step, freeing its slot at once.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use comps_core::ServiceError;
+use comps_core::protocol::FinishReason;
+use tokio::sync::mpsc as tmpsc;
+
+use crate::decode::{StopMatcher, StopOutcome, TextStream};
+use crate::model::{ChatModel, SequenceModel};
+use crate::sampling::{Sampler, SamplingParams};
+
+/// One generation to run.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    /// The rendered, tokenized prompt.
+    pub prompt_ids: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// How to pick tokens.
+    pub sampling: SamplingParams,
+    /// Stop strings (not included in the output).
+    pub stop: Vec<String>,
+    /// Keep going past end-of-turn tokens (vLLM's `ignore_eos`, for benchmarks).
+    pub ignore_eos: bool,
+}
+
+/// How a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenDone {
+    /// `stop` (end-of-turn token or stop string) or `length`.
+    pub finish: FinishReason,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated, the end-of-turn token included (as vLLM counts).
+    pub completion_tokens: usize,
+}
+
+/// What a generation sends back, in order: text pieces, then `Done` or `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenEvent {
+    /// New text.
+    Text(String),
+    /// The end.
+    Done(GenDone),
+    /// The model failed on this sequence.
+    Failed(String),
+}
+
+/// Scheduler limits.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Sequences decoding at once.
+    pub max_active: usize,
+    /// Requests waiting for a slot (beyond: 429).
+    pub max_queued: usize,
+    /// Prompt tokens fed per step, where the architecture allows chunks.
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { max_active: 4, max_queued: 64, prefill_chunk: 128 }
+    }
+}
+
+struct Job {
+    req: GenRequest,
+    events: tmpsc::UnboundedSender<GenEvent>,
+}
+
+/// Gauges of the scheduler.
+#[derive(Debug, Default)]
+pub struct EngineLoad {
+    /// Submitted and not finished (active + queued).
+    pub in_flight: AtomicUsize,
+    /// Decoding now.
+    pub active: AtomicUsize,
+}
+
+/// Handle to the scheduler thread.
+pub struct Engine {
+    jobs: mpsc::Sender<Job>,
+    load: Arc<EngineLoad>,
+    capacity: usize,
+}
+
+impl Engine {
+    /// Start the scheduler thread for `model`.
+    pub fn start(model: Arc<ChatModel>, cfg: EngineConfig) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let load = Arc::new(EngineLoad::default());
+        let l = load.clone();
+        std::thread::Builder::new().name("llm-engine".into()).spawn(move || run(&model, cfg, rx, &l))?;
+        Ok(Self { jobs: tx, load, capacity: cfg.max_active.max(1) + cfg.max_queued })
+    }
+
+    /// The scheduler's gauges.
+    pub fn load(&self) -> &EngineLoad {
+        &self.load
+    }
+
+    /// Queue a generation; its events arrive on the returned channel. Dropping the receiver
+    /// cancels it.
+    pub fn submit(&self, req: GenRequest) -> Result<tmpsc::UnboundedReceiver<GenEvent>, ServiceError> {
+        let taken = self.load.in_flight.fetch_add(1, Ordering::SeqCst);
+        if taken >= self.capacity {
+            self.load.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(ServiceError::Overloaded(format!(
+                "the model is busy: {taken} requests are generating or queued (limit {}); retry later",
+                self.capacity
+            )));
+        }
+        let (tx, rx) = tmpsc::unbounded_channel();
+        if self.jobs.send(Job { req, events: tx }).is_err() {
+            self.load.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(ServiceError::NotReady("the generation engine has stopped".into()));
+        }
+        Ok(rx)
+    }
+}
+
+struct Sequence<'m> {
+    model: SequenceModel,
+    prompt: Vec<u32>,
+    /// Tokens in the KV cache.
+    pos: usize,
+    generated: usize,
+    last: u32,
+    sampler: Sampler,
+    text: TextStream<'m>,
+    stop: StopMatcher,
+    max_tokens: usize,
+    ignore_eos: bool,
+    events: tmpsc::UnboundedSender<GenEvent>,
+}
+
+/// What a step did.
+enum Step {
+    Running,
+    Finished(FinishReason),
+}
+
+impl Sequence<'_> {
+    fn send(&self, text: String) {
+        if !text.is_empty() {
+            let _ = self.events.send(GenEvent::Text(text));
+        }
+    }
+
+    fn step(
+        &mut self,
+        chunked: bool,
+        chunk: usize,
+        stop_ids: &BTreeSet<u32>,
+        context_len: usize,
+    ) -> anyhow::Result<Step> {
+        let mut logits = if self.pos < self.prompt.len() {
+            let end = if chunked { (self.pos + chunk.max(1)).min(self.prompt.len()) } else { self.prompt.len() };
+            let logits = self.model.forward(&self.prompt[self.pos..end], self.pos)?;
+            self.pos = end;
+            if end < self.prompt.len() {
+                return Ok(Step::Running);
+            }
+            logits
+        } else {
+            let logits = self.model.forward(&[self.last], self.pos)?;
+            self.pos += 1;
+            logits
+        };
+        let id = self.sampler.next(&mut logits);
+        self.last = id;
+        self.generated += 1;
+        if !self.ignore_eos && stop_ids.contains(&id) {
+            return Ok(Step::Finished(FinishReason::Stop));
+        }
+        let piece = self.text.push(id).map_err(|e| anyhow::anyhow!("detokenizing: {e}"))?;
+        match self.stop.push(&piece) {
+            StopOutcome::Stop(text) => {
+                self.send(text);
+                return Ok(Step::Finished(FinishReason::Stop));
+            }
+            StopOutcome::Continue(text) => self.send(text),
+        }
+        if self.generated >= self.max_tokens || self.pos + 1 >= context_len {
+            return Ok(Step::Finished(FinishReason::Length));
+        }
+        Ok(Step::Running)
+    }
+
+    /// Send what is held back and the summary.
+    fn finish(&mut self, finish: FinishReason) {
+        if let Ok(rest) = self.text.finish() {
+            match self.stop.push(&rest) {
+                StopOutcome::Stop(text) => self.send(text),
+                StopOutcome::Continue(text) => {
+                    self.send(text);
+                    let held = self.stop.finish();
+                    self.send(held);
+                }
+            }
+        }
+        let _ = self.events.send(GenEvent::Done(GenDone {
+            finish,
+            prompt_tokens: self.prompt.len(),
+            completion_tokens: self.generated,
+        }));
+    }
+}
+
+fn admit<'m>(model: &'m ChatModel, job: Job) -> Option<Sequence<'m>> {
+    let Job { req, events } = job;
+    if events.is_closed() {
+        return None;
+    }
+    match model.sequence() {
+        Ok(m) => Some(Sequence {
+            model: m,
+            sampler: Sampler::new(req.sampling, &req.prompt_ids),
+            prompt: req.prompt_ids,
+            pos: 0,
+            generated: 0,
+            last: 0,
+            text: TextStream::new(&model.tokenizer),
+            stop: StopMatcher::new(req.stop),
+            max_tokens: req.max_tokens.max(1),
+            ignore_eos: req.ignore_eos,
+            events,
+        }),
+        Err(e) => {
+            let _ = events.send(GenEvent::Failed(format!("could not start a sequence: {e}")));
+            None
+        }
+    }
+}
+
+fn run(model: &ChatModel, cfg: EngineConfig, jobs: mpsc::Receiver<Job>, load: &EngineLoad) {
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut active: Vec<Sequence<'_>> = Vec::new();
+    let max_active = cfg.max_active.max(1);
+    loop {
+        // Take new jobs: block only when there is nothing to do.
+        if active.is_empty() && waiting.is_empty() {
+            match jobs.recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(_) => return,
+            }
+        }
+        waiting.extend(jobs.try_iter());
+        // Waiting clients that left are dropped without ever starting.
+        waiting.retain(|j| {
+            let gone = j.events.is_closed();
+            if gone {
+                load.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+            !gone
+        });
+        while active.len() < max_active {
+            let Some(job) = waiting.pop_front() else { break };
+            match admit(model, job) {
+                Some(seq) => active.push(seq),
+                None => {
+                    load.in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+        load.active.store(active.len(), Ordering::SeqCst);
+
+        // One step of every active sequence.
+        let mut i = 0;
+        while i < active.len() {
+            let seq = &mut active[i];
+            let outcome = if seq.events.is_closed() {
+                tracing::debug!("client gone; generation stopped");
+                None
+            } else {
+                let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    seq.step(model.chunked_prefill, cfg.prefill_chunk, &model.stop_ids, model.context_len)
+                }));
+                match stepped {
+                    Ok(Ok(Step::Running)) => Some(false),
+                    Ok(Ok(Step::Finished(reason))) => {
+                        seq.finish(reason);
+                        None
+                    }
+                    Ok(Err(e)) => {
+                        let _ = seq.events.send(GenEvent::Failed(format!("generation failed: {e}")));
+                        None
+                    }
+                    Err(_) => {
+                        let _ = seq.events.send(GenEvent::Failed("generation failed: the model panicked".into()));
+                        None
+                    }
+                }
+            };
+            if outcome.is_none() {
+                active.swap_remove(i);
+                load.in_flight.fetch_sub(1, Ordering::SeqCst);
+            } else {
+                i += 1;
+            }
+        }
+        load.active.store(active.len(), Ordering::SeqCst);
+    }
+}

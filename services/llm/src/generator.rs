@@ -1,0 +1,422 @@
+//! The `Generator` trait and its two implementations: a local model behind the scheduler, and
+//! a proxy to any OpenAI-compatible server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use comps_core::orchestrator::NodePolicy;
+use comps_core::orchestrator::remote::{Target, call_json, call_stream};
+use comps_core::protocol::{
+    ChatCompletionRequest, ChatCompletionResponse, ChatCompletionResponseStreamChoice, ChatCompletionStreamResponse,
+    ContentPart, DeltaMessage, FinishReason, MessageContent, Messages, UsageInfo, completion_id, unix_now,
+};
+use comps_core::sse::EventStream;
+use comps_core::{ServiceError, ServiceResult};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::engine::{Engine, EngineConfig, GenEvent, GenRequest};
+use crate::model::ChatModel;
+use crate::sampling::SamplingParams;
+use crate::template::{ChatTemplate, TemplateMessage, fill_prompt_template, is_prompt_template};
+
+/// An answer: one JSON body, or the payloads of `chat.completion.chunk` events.
+pub enum Completion {
+    /// A `chat.completion` object.
+    Full(Value),
+    /// Chunk payloads (JSON text), `[DONE]` not included.
+    Stream(EventStream),
+}
+
+/// Produces chat completions.
+#[async_trait]
+pub trait Generator: Send + Sync {
+    /// The served model name.
+    fn model_name(&self) -> String;
+    /// The `data` entries of `GET /v1/models`.
+    fn models(&self) -> Vec<Value>;
+    /// Answer a validated request; `raw` is its JSON as received (for pass-through).
+    async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion>;
+}
+
+/// Options of the request that this service does not implement are refused, never ignored.
+pub fn refuse_unsupported(req: &ChatCompletionRequest) -> ServiceResult<()> {
+    let unsupported = |field: &str, what: &str| {
+        Err(ServiceError::invalid(field, format!("{what} is not supported by this service - '{field}'")))
+    };
+    if req.n.unwrap_or(1) > 1 {
+        return unsupported("n", "generating more than one choice (n > 1)");
+    }
+    if req.best_of.unwrap_or(1) > 1 {
+        return unsupported("best_of", "best_of > 1");
+    }
+    if req.logprobs == Some(true) {
+        return unsupported("logprobs", "returning log-probabilities");
+    }
+    if req.top_logprobs.unwrap_or(0) > 0 {
+        return unsupported("top_logprobs", "returning log-probabilities");
+    }
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return unsupported("tools", "tool calling");
+    }
+    if req.echo == Some(true) {
+        return unsupported("echo", "echo");
+    }
+    if req.suffix.is_some() {
+        return unsupported("suffix", "suffix");
+    }
+    if let Some(f) = &req.response_format
+        && f.r#type != "text"
+    {
+        return unsupported("response_format", &format!("response_format '{}'", f.r#type));
+    }
+    Ok(())
+}
+
+/// A model run in this process.
+pub struct LocalGenerator {
+    model: Arc<ChatModel>,
+    template: Option<ChatTemplate>,
+    engine: Engine,
+}
+
+/// A bare prompt for `{context}`-less RAG requests.
+const DOCUMENTS_PROMPT: &str = "Answer the question using the documents below when they are relevant.\n\nDocuments:\n{context}\n\nQuestion: {question}";
+
+impl LocalGenerator {
+    /// Start the scheduler for `model`. `template` overrides the model's chat template.
+    pub fn new(model: ChatModel, template: Option<String>, cfg: EngineConfig) -> anyhow::Result<Self> {
+        let source = template.or_else(|| model.chat_template.clone());
+        let template = match source {
+            Some(src) => Some(
+                ChatTemplate::new(&src, &model.bos_token, &model.eos_token)
+                    .map_err(|e| anyhow::anyhow!("the chat template does not compile: {e}"))?,
+            ),
+            None => {
+                tracing::warn!("the model has no chat template; prompts are the messages' text joined");
+                None
+            }
+        };
+        let model = Arc::new(model);
+        let engine = Engine::start(model.clone(), cfg)?;
+        Ok(Self { model, template, engine })
+    }
+
+    /// The loaded model.
+    pub fn model(&self) -> &ChatModel {
+        &self.model
+    }
+
+    /// The scheduler.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The messages of a request as the template sees them (roles and content checked).
+    pub fn messages(req: &ChatCompletionRequest) -> ServiceResult<Vec<TemplateMessage>> {
+        let list = match &req.messages {
+            Messages::Text(t) => return Ok(vec![TemplateMessage { role: "user".into(), content: t.clone() }]),
+            Messages::List(list) => list,
+        };
+        let mut out = Vec::with_capacity(list.len());
+        for (i, m) in list.iter().enumerate() {
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+                return Err(ServiceError::invalid(
+                    format!("messages.{i}.role"),
+                    format!("unknown role '{}': expected system, user or assistant - 'messages.{i}.role'", m.role),
+                ));
+            }
+            let content = match &m.content {
+                None => String::new(),
+                Some(MessageContent::Text(t)) => t.clone(),
+                Some(MessageContent::Parts(parts)) => {
+                    let mut text = Vec::new();
+                    for p in parts {
+                        match p {
+                            ContentPart::Text { text: t } => text.push(t.as_str()),
+                            ContentPart::ImageUrl { .. } => {
+                                return Err(ServiceError::invalid(
+                                    format!("messages.{i}.content"),
+                                    format!("image input is not supported by this text model - 'messages.{i}.content'"),
+                                ));
+                            }
+                        }
+                    }
+                    text.join("\n")
+                }
+            };
+            out.push(TemplateMessage { role: m.role.clone(), content });
+        }
+        Ok(out)
+    }
+
+    /// The prompt text a request renders to.
+    pub fn render_prompt(&self, req: &ChatCompletionRequest) -> ServiceResult<String> {
+        let mut messages = Self::messages(req)?;
+        let docs: Vec<String> = req.documents.iter().flatten().map(|d| d.text()).filter(|t| !t.is_empty()).collect();
+        let request_template = req.chat_template.as_deref().filter(|t| !t.trim().is_empty());
+        let rag_template = match request_template {
+            Some(t) if is_prompt_template(t) => Some(t),
+            _ if !docs.is_empty() => Some(DOCUMENTS_PROMPT),
+            _ => None,
+        };
+        if let Some(rag) = rag_template
+            && let Some(last) = messages.iter_mut().rev().find(|m| m.role == "user")
+        {
+            last.content = fill_prompt_template(rag, &docs.join("\n"), &last.content);
+        }
+        let jinja = match request_template {
+            Some(t) if !is_prompt_template(t) => {
+                Some(ChatTemplate::new(t, &self.model.bos_token, &self.model.eos_token).map_err(|e| {
+                    ServiceError::invalid("chat_template", format!("chat_template does not compile: {e}"))
+                })?)
+            }
+            _ => None,
+        };
+        let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
+        let kwargs = req.chat_template_kwargs.as_ref();
+        match jinja.as_ref().or(self.template.as_ref()) {
+            Some(t) => t.render(&messages, add_generation_prompt, kwargs).map_err(|e| {
+                let field = if jinja.is_some() { "chat_template" } else { "messages" };
+                ServiceError::invalid(field, format!("the chat template could not render these messages: {e}"))
+            }),
+            None => Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")),
+        }
+    }
+
+    /// Tokenize a prompt (templates carry their own special tokens).
+    pub fn tokenize(&self, prompt: &str) -> ServiceResult<Vec<u32>> {
+        let enc = self
+            .model
+            .tokenizer
+            .encode(prompt, false)
+            .map_err(|e| ServiceError::Internal(format!("tokenizing the prompt: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    fn sampling(&self, req: &ChatCompletionRequest) -> ServiceResult<SamplingParams> {
+        let mut logit_bias = Vec::new();
+        for (k, v) in req.logit_bias.iter().flatten() {
+            let id: u32 = k
+                .parse()
+                .ok()
+                .filter(|&id| (id as usize) < self.model.tokenizer.get_vocab_size(true))
+                .ok_or_else(|| {
+                    ServiceError::invalid("logit_bias", format!("'{k}' is not a token id of this model - 'logit_bias'"))
+                })?;
+            let bias = v.as_f64().filter(|b| (-100.0..=100.0).contains(b)).ok_or_else(|| {
+                ServiceError::invalid(
+                    "logit_bias",
+                    format!("the bias of token {k} must be a number in [-100, 100] - 'logit_bias'"),
+                )
+            })?;
+            logit_bias.push((id, bias as f32));
+        }
+        Ok(SamplingParams {
+            temperature: req.temperature.unwrap_or(1.0) as f32,
+            top_p: req.top_p.unwrap_or(1.0) as f32,
+            top_k: req.top_k.filter(|&k| k > 0).map(|k| k as usize).unwrap_or(0),
+            typical_p: req.typical_p.unwrap_or(1.0) as f32,
+            repetition_penalty: req.repetition_penalty.unwrap_or(1.0) as f32,
+            frequency_penalty: req.frequency_penalty.unwrap_or(0.0) as f32,
+            presence_penalty: req.presence_penalty.unwrap_or(0.0) as f32,
+            logit_bias,
+            seed: req.seed.unwrap_or_else(rand::random),
+        })
+    }
+
+    /// Everything a request needs before it is queued: prompt, token budget, sampling.
+    pub fn prepare(&self, req: &ChatCompletionRequest, raw: &Value) -> ServiceResult<GenRequest> {
+        refuse_unsupported(req)?;
+        let prompt = self.render_prompt(req)?;
+        let prompt_ids = self.tokenize(&prompt)?;
+        let ctx = self.model.context_len;
+        if prompt_ids.is_empty() {
+            return Err(ServiceError::invalid("messages", "the prompt is empty - 'messages'"));
+        }
+        if prompt_ids.len() >= ctx {
+            return Err(ServiceError::invalid(
+                "messages",
+                format!(
+                    "the prompt is {} tokens long, and this model's context window is {ctx} tokens - 'messages'",
+                    prompt_ids.len()
+                ),
+            ));
+        }
+        let max_tokens = req.max_tokens.unwrap_or(1024) as usize;
+        if prompt_ids.len() + max_tokens > ctx {
+            return Err(ServiceError::invalid(
+                "max_tokens",
+                format!(
+                    "the context window is {ctx} tokens, and {} (prompt) + {max_tokens} (max_tokens) exceeds it: ask for at most {} tokens - 'max_tokens'",
+                    prompt_ids.len(),
+                    ctx - prompt_ids.len()
+                ),
+            ));
+        }
+        let ignore_eos = raw.get("ignore_eos").and_then(Value::as_bool).unwrap_or(false);
+        tracing::info!(prompt_tokens = prompt_ids.len(), max_tokens, "generation requested");
+        tracing::debug!(%prompt, "rendered prompt");
+        Ok(GenRequest {
+            prompt_ids,
+            max_tokens,
+            sampling: self.sampling(req)?,
+            stop: req.stop.as_ref().map(|s| s.to_vec()).unwrap_or_default(),
+            ignore_eos,
+        })
+    }
+}
+
+fn chunk(id: &str, created: u64, model: &str, delta: DeltaMessage, finish: Option<FinishReason>) -> String {
+    let c = ChatCompletionStreamResponse {
+        id: id.to_string(),
+        object: "chat.completion.chunk".into(),
+        created,
+        model: model.to_string(),
+        choices: vec![ChatCompletionResponseStreamChoice { index: 0, delta, finish_reason: finish }],
+        usage: None,
+    };
+    serde_json::to_string(&c).unwrap_or_default()
+}
+
+#[async_trait]
+impl Generator for LocalGenerator {
+    fn model_name(&self) -> String {
+        self.model.name.clone()
+    }
+
+    fn models(&self) -> Vec<Value> {
+        vec![json!({
+            "id": self.model.name,
+            "object": "model",
+            "created": unix_now(),
+            "owned_by": "comps-rs",
+            "max_model_len": self.model.context_len,
+            "description": self.model.description,
+        })]
+    }
+
+    async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion> {
+        let gen_req = self.prepare(&req, &raw)?;
+        let mut events = self.engine.submit(gen_req)?;
+        let model = req.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.model.name.clone());
+        if !req.is_stream() {
+            let mut text = String::new();
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    GenEvent::Text(t) => text.push_str(&t),
+                    GenEvent::Failed(e) => return Err(ServiceError::Internal(e)),
+                    GenEvent::Done(d) => {
+                        let usage = UsageInfo::new(d.prompt_tokens as u32, d.completion_tokens as u32);
+                        let resp = ChatCompletionResponse::single(model, text, d.finish, usage);
+                        return Ok(Completion::Full(serde_json::to_value(resp).unwrap_or_default()));
+                    }
+                }
+            }
+            return Err(ServiceError::Internal("the generation engine stopped".into()));
+        }
+        let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        let id = completion_id();
+        let created = unix_now();
+        let stream = async_stream::stream! {
+            let role = DeltaMessage { role: Some("assistant".into()), content: Some(String::new()) };
+            yield Ok(chunk(&id, created, &model, role, None));
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    GenEvent::Text(t) => {
+                        yield Ok(chunk(&id, created, &model, DeltaMessage { role: None, content: Some(t) }, None));
+                    }
+                    GenEvent::Failed(e) => {
+                        yield Err(ServiceError::Internal(e));
+                        return;
+                    }
+                    GenEvent::Done(d) => {
+                        yield Ok(chunk(&id, created, &model, DeltaMessage::default(), Some(d.finish)));
+                        if include_usage {
+                            let usage = ChatCompletionStreamResponse {
+                                id: id.clone(),
+                                object: "chat.completion.chunk".into(),
+                                created,
+                                model: model.clone(),
+                                choices: Vec::new(),
+                                usage: Some(UsageInfo::new(d.prompt_tokens as u32, d.completion_tokens as u32)),
+                            };
+                            yield Ok(serde_json::to_string(&usage).unwrap_or_default());
+                        }
+                        return;
+                    }
+                }
+            }
+            yield Err(ServiceError::Internal("the generation engine stopped".into()));
+        };
+        Ok(Completion::Stream(stream.boxed()))
+    }
+}
+
+/// A proxy to an OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama, ...).
+pub struct RemoteGenerator {
+    url: String,
+    api_key: Option<String>,
+    model: Option<String>,
+    policy: NodePolicy,
+}
+
+/// The node name upstream failures are reported under.
+pub const REMOTE_NODE: &str = "llm-upstream";
+
+impl RemoteGenerator {
+    /// `url` is the server's base (`http://host:8000`, `.../v1`) or its full
+    /// `/v1/chat/completions` URL.
+    pub fn new(url: &str, api_key: Option<String>, model: Option<String>, timeout: Duration) -> Self {
+        let trimmed = url.trim_end_matches('/');
+        let url = if trimmed.ends_with("/chat/completions") {
+            trimmed.to_string()
+        } else if trimmed.ends_with("/v1") {
+            format!("{trimmed}/chat/completions")
+        } else {
+            format!("{trimmed}/v1/chat/completions")
+        };
+        let policy = NodePolicy { timeout, stream_idle_timeout: timeout, retries: 1, ..NodePolicy::default() };
+        Self { url, api_key, model, policy }
+    }
+}
+
+#[async_trait]
+impl Generator for RemoteGenerator {
+    fn model_name(&self) -> String {
+        self.model.clone().unwrap_or_else(|| "remote".into())
+    }
+
+    fn models(&self) -> Vec<Value> {
+        vec![json!({"id": self.model_name(), "object": "model", "created": unix_now(), "owned_by": "remote"})]
+    }
+
+    async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion> {
+        let mut body = raw;
+        if let (Some(m), Some(obj)) = (&self.model, body.as_object_mut()) {
+            obj.insert("model".into(), json!(m));
+        }
+        if let (Messages::Text(t), Some(obj)) = (&req.messages, body.as_object_mut()) {
+            // OpenAI servers want a list.
+            obj.insert("messages".into(), json!([{"role": "user", "content": t}]));
+        }
+        let target =
+            Target { node: REMOTE_NODE, url: &self.url, api_key: self.api_key.as_deref(), policy: &self.policy };
+        if !req.is_stream() {
+            return Ok(Completion::Full(call_json(&target, &body).await?));
+        }
+        let events = call_stream(&target, &body).await?;
+        // An error object in the stream is the upstream's failure, reported as such.
+        let checked = events.map(|item| {
+            item.and_then(|payload| match serde_json::from_str::<Value>(&payload) {
+                Ok(v) if v.get("error").is_some() => Err(ServiceError::Upstream(format!(
+                    "node {REMOTE_NODE} failed midway: {}",
+                    v["error"].get("message").and_then(Value::as_str).unwrap_or(&payload)
+                ))),
+                _ => Ok(payload),
+            })
+        });
+        Ok(Completion::Stream(checked.boxed()))
+    }
+}

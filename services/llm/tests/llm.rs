@@ -1,0 +1,374 @@
+//! The LLM service with the real SmolLM2-135M-Instruct GGUF (fetched by
+//! `scripts/fetch-models.sh`, which the test command runs), over real HTTP on 127.0.0.1:0.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use comps_core::testing::{MockConfig, spawn_mock};
+use comps_core::{CommonArgs, ServerHandle};
+use comps_llm::{AppState, ChatModel, EngineConfig, Generator, LocalGenerator, Quantize, RemoteGenerator};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const SYSTEM: &str =
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
+
+fn gguf() -> PathBuf {
+    let path = std::env::var_os("LLM_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    assert!(path.is_file(), "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does)", path.display());
+    path
+}
+
+/// The model requantized to Q8_0 (fast), loaded once for every test.
+fn model() -> ChatModel {
+    static M: OnceLock<ChatModel> = OnceLock::new();
+    M.get_or_init(|| ChatModel::load(&gguf(), Quantize::Q8_0).expect("SmolLM2 loads")).clone()
+}
+
+fn generator(cfg: EngineConfig) -> Arc<LocalGenerator> {
+    Arc::new(LocalGenerator::new(model(), None, cfg).expect("generator starts"))
+}
+
+async fn serve(generator: Arc<dyn Generator>) -> ServerHandle {
+    let state = AppState { generator };
+    comps_llm::server(state, &CommonArgs::local(), 0).bind().await.unwrap().spawn()
+}
+
+async fn post(h: &ServerHandle, body: Value) -> (u16, Value) {
+    let r =
+        comps_core::http_client().post(format!("{}/v1/chat/completions", h.url())).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// A streamed answer: the chunks' payloads, `[DONE]` excluded.
+async fn post_stream(h: &ServerHandle, body: Value) -> Vec<Value> {
+    let r =
+        comps_core::http_client().post(format!("{}/v1/chat/completions", h.url())).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "stream ends with [DONE]: {text}");
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|p| *p != "[DONE]")
+        .map(|p| serde_json::from_str(p).expect("chunk is JSON"))
+        .collect()
+}
+
+fn streamed_text(chunks: &[Value]) -> String {
+    chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect()
+}
+
+fn ask(question: &str) -> Value {
+    json!({"messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 40})
+}
+
+#[tokio::test]
+async fn greedy_is_deterministic_and_identical_streamed_and_not() {
+    let h = serve(generator(EngineConfig::default())).await;
+    let body = ask("Name three colors.");
+    let (s1, a) = post(&h, body.clone()).await;
+    let (s2, b) = post(&h, body.clone()).await;
+    assert_eq!((s1, s2), (200, 200));
+    let text = a["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(!text.is_empty());
+    assert_eq!(text, b["choices"][0]["message"]["content"].as_str().unwrap());
+    assert_eq!(a["object"], "chat.completion");
+
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let chunks = post_stream(&h, sbody).await;
+    assert_eq!(streamed_text(&chunks), text);
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], a["choices"][0]["finish_reason"]);
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn answers_what_is_two_plus_two() {
+    let h = serve(generator(EngineConfig::default())).await;
+    let (status, v) = post(&h, ask("What is 2+2?")).await;
+    assert_eq!(status, 200);
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains('4'), "the answer mentions 4: {text:?}");
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn max_tokens_and_usage_are_exact() {
+    let g = generator(EngineConfig::default());
+    let h = serve(g.clone()).await;
+    let mut body = ask("Tell me a story about a dragon.");
+    body["max_tokens"] = json!(5);
+    let (status, v) = post(&h, body.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    // The prompt count is the tokenizer's count of the rendered prompt.
+    let req: comps_core::protocol::ChatCompletionRequest = serde_json::from_value(body.clone()).unwrap();
+    let prompt = g.render_prompt(&req).unwrap();
+    let n = g.tokenize(&prompt).unwrap().len();
+    assert_eq!(v["usage"]["prompt_tokens"], n);
+    assert_eq!(v["usage"]["total_tokens"], n + 5);
+    // The five tokens are the text: encoding it again gives five tokens.
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(g.tokenize(text).unwrap().len(), 5, "{text:?}");
+
+    // The same usage as the last chunk of a stream with include_usage.
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let chunks = post_stream(&h, body).await;
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"], v["usage"]);
+    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stop_string_ends_the_text_before_it() {
+    let h = serve(generator(EngineConfig::default())).await;
+    let body = ask("Write two sentences about the sea.");
+    let (_, v) = post(&h, body.clone()).await;
+    let full = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    // A word from the middle of the greedy answer, as the stop string.
+    let words: Vec<&str> = full.split_whitespace().collect();
+    assert!(words.len() >= 6, "a long enough answer: {full:?}");
+    let stop = words[words.len() / 2];
+    let at = full.find(stop).unwrap();
+    let mut with_stop = body.clone();
+    with_stop["stop"] = json!([stop]);
+    let (_, cut) = post(&h, with_stop.clone()).await;
+    assert_eq!(cut["choices"][0]["message"]["content"], &full[..at]);
+    assert_eq!(cut["choices"][0]["finish_reason"], "stop");
+    // Streamed, no part of the stop string leaks either.
+    with_stop["stream"] = json!(true);
+    assert_eq!(streamed_text(&post_stream(&h, with_stop).await), &full[..at]);
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn same_seed_same_sampled_text() {
+    let h = serve(generator(EngineConfig::default())).await;
+    let body = json!({"messages": "Invent a name for a cat.", "temperature": 1.0, "top_p": 0.95, "seed": 42, "max_tokens": 16});
+    let (_, a) = post(&h, body.clone()).await;
+    let (_, b) = post(&h, body).await;
+    assert_eq!(a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"]);
+    h.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_chatml_prompt_is_rendered_as_transformers_does() {
+    let g = generator(EngineConfig::default());
+    let req: comps_core::protocol::ChatCompletionRequest = serde_json::from_value(json!({"messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2+2?"},
+    ]}))
+    .unwrap();
+    let expected = format!(
+        "{SYSTEM}<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(g.render_prompt(&req).unwrap(), expected);
+    // A system message replaces the default one.
+    let req: comps_core::protocol::ChatCompletionRequest = serde_json::from_value(
+        json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}),
+    )
+    .unwrap();
+    assert_eq!(
+        g.render_prompt(&req).unwrap(),
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn the_gguf_tokenizer_round_trips_and_matches_known_ids() {
+    let m = model();
+    let t = &m.tokenizer;
+    assert_eq!(t.token_to_id("<|im_start|>"), Some(1));
+    assert_eq!(t.token_to_id("<|im_end|>"), Some(2));
+    assert!(m.stop_ids.contains(&2));
+    for text in
+        ["Hello, world! 12345", "  spaces\tand\nnewlines ", "naïve café — 東京 🚀", "<|im_start|>user\nHi<|im_end|>"]
+    {
+        let ids = t.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(t.decode(&ids, false).unwrap(), text, "{text:?} -> {ids:?}");
+    }
+    // Special tokens are single ids; digits are split one by one (SmolLM's pre-tokenizer).
+    let ids = t.encode("<|im_start|>user\n2024", false).unwrap().get_ids().to_vec();
+    assert_eq!(ids[0], 1);
+    assert_eq!(ids.len(), 1 + 2 + 4, "{ids:?}");
+    // The same ids as llama.cpp's tokenizer on the same file (committed fixture).
+    let fixture: Value = serde_json::from_str(include_str!("fixtures/llamacpp-greedy.json")).unwrap();
+    for case in fixture["cases"].as_array().unwrap() {
+        let ids = t.encode(case["prompt"].as_str().unwrap(), false).unwrap().get_ids().to_vec();
+        let want: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
+        assert_eq!(ids, want, "prompt {:?}", case["prompt"]);
+    }
+}
+
+/// Read a stream, reporting the time of its first non-empty content and of its end.
+async fn timed_stream(url: String, body: Value, first: tokio::sync::oneshot::Sender<Instant>) -> Instant {
+    let r = comps_core::http_client().post(url).json(&body).send().await.unwrap();
+    let mut stream = r.bytes_stream();
+    let mut first = Some(first);
+    while let Some(c) = stream.next().await {
+        let c = String::from_utf8_lossy(&c.unwrap()).into_owned();
+        if c.contains("\"content\":\"")
+            && !c.contains("\"content\":\"\"")
+            && let Some(tx) = first.take()
+        {
+            let _ = tx.send(Instant::now());
+        }
+    }
+    Instant::now()
+}
+
+#[tokio::test]
+async fn concurrent_requests_interleave() {
+    let h = serve(generator(EngineConfig { max_active: 2, ..EngineConfig::default() })).await;
+    let url = format!("{}/v1/chat/completions", h.url());
+    let long = json!({"messages": "Count from 1 to 100.", "temperature": 0, "max_tokens": 150, "ignore_eos": true, "stream": true});
+    let short = json!({"messages": "Hi", "temperature": 0, "max_tokens": 3, "ignore_eos": true, "stream": true});
+    let (a_tx, a_first) = tokio::sync::oneshot::channel();
+    let a = tokio::spawn(timed_stream(url.clone(), long, a_tx));
+    // The long answer is producing tokens before the short request is sent.
+    a_first.await.unwrap();
+    let (b_tx, b_first) = tokio::sync::oneshot::channel();
+    let b = tokio::spawn(timed_stream(url, short, b_tx));
+    let b_first = b_first.await.unwrap();
+    let b_end = b.await.unwrap();
+    let a_end = a.await.unwrap();
+    assert!(b_first < a_end, "the second request's first token came after the first request finished");
+    assert!(b_end < a_end, "the short request finished while the long one was still generating");
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_disconnected_client_frees_its_slot_and_a_full_queue_is_refused() {
+    let g = generator(EngineConfig { max_active: 1, max_queued: 0, ..EngineConfig::default() });
+    let h = serve(g.clone()).await;
+    let client = comps_core::http_client().clone();
+    let url = format!("{}/v1/chat/completions", h.url());
+    let endless =
+        json!({"messages": "Count.", "temperature": 0, "max_tokens": 3000, "ignore_eos": true, "stream": true});
+    let resp = client.post(&url).json(&endless).send().await.unwrap();
+    let mut body = resp.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    // The one slot is taken: another request is refused at once.
+    let (status, v) = post(&h, ask("Hi")).await;
+    assert_eq!(status, 429, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("busy"));
+    // Hang up; the slot comes back quickly (long before 3000 tokens).
+    drop(body);
+    let t = Instant::now();
+    while g.engine().load().in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the slot was not freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = post(&h, ask("Hi")).await;
+    assert_eq!(status, 200);
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn opea_llm_params_doc_streams_in_opea_framing() {
+    let h = serve(generator(EngineConfig::default())).await;
+    let r = comps_core::http_client()
+        .post(format!("{}/v1/chat/completions", h.url()))
+        .json(&json!({"query": "What is 2+2?", "max_tokens": 8, "top_k": 1, "temperature": 0.01}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.starts_with("data: b'") || text.starts_with("data: b\""), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let decoded: String = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|p| *p != "[DONE]")
+        .map(|p| comps_core::sse::parse_py_bytes(p).expect("python bytes literal"))
+        .collect();
+    // Not streamed: a GeneratedDoc with the same text (top_k 1 is greedy).
+    let (status, v) = post(&h, json!({"query": "What is 2+2?", "max_tokens": 8, "top_k": 1, "stream": false})).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["text"], decoded.as_str());
+    assert_eq!(v["prompt"], "What is 2+2?");
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_a_4xx_naming_the_field() {
+    let h = serve(generator(EngineConfig::default())).await;
+    let cases = [
+        (json!({"messages": []}), 422, "messages"),
+        (json!({"messages": [{"role": "wizard", "content": "hi"}]}), 422, "messages.0.role"),
+        (json!({"messages": "hi", "temperature": -1}), 422, "temperature"),
+        (json!({"messages": "hi", "top_p": 2}), 422, "top_p"),
+        (json!({"messages": "hi", "max_tokens": 0}), 422, "max_tokens"),
+        (json!({"messages": "hi", "n": 3}), 422, "n"),
+        (json!({"messages": "hi", "tools": [{"type": "function"}]}), 422, "tools"),
+        (json!({"messages": "hi", "max_tokens": 100000}), 422, "max_tokens"),
+        (json!({"messages": "hi", "logit_bias": {"999999": 5}}), 422, "logit_bias"),
+        (json!({"messages": "hi", "chat_template": "{% for %}"}), 422, "chat_template"),
+    ];
+    for (body, status, field) in cases {
+        let (s, v) = post(&h, body.clone()).await;
+        assert_eq!(s, status, "{body} -> {v}");
+        assert_eq!(v["error"]["param"], field, "{body} -> {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(field), "{body} -> {v}");
+    }
+    let r = comps_core::http_client()
+        .post(format!("{}/v1/chat/completions", h.url()))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn remote_mode_passes_streams_through_and_names_the_upstream() {
+    let reply = "Paris is the capital of France.";
+    let (addr, stats) =
+        spawn_mock(MockConfig { reply: Some(reply.into()), events_per_chunk: 3, ..MockConfig::default() })
+            .await
+            .unwrap();
+    let remote =
+        RemoteGenerator::new(&format!("http://{addr}"), None, Some("upstream-model".into()), Duration::from_secs(5));
+    let h = serve(Arc::new(remote)).await;
+    let chunks = post_stream(&h, json!({"messages": "Capital of France?", "stream": true})).await;
+    assert_eq!(streamed_text(&chunks).trim(), reply);
+    let (status, v) = post(&h, json!({"messages": "Capital of France?"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["choices"][0]["message"]["content"].as_str().unwrap().trim(), reply);
+    assert_eq!(stats.snapshot()["requests"], 2, "both calls reached the upstream: {}", stats.snapshot());
+    h.shutdown().await.unwrap();
+
+    // An upstream that is down: 502 naming it.
+    let dead = RemoteGenerator::new("http://127.0.0.1:9", None, None, Duration::from_secs(2));
+    let h = serve(Arc::new(dead)).await;
+    let (status, v) = post(&h, json!({"messages": "hi"})).await;
+    assert_eq!(status, 502, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("llm-upstream"), "{v}");
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn models_lists_the_served_model() {
+    let h = serve(generator(EngineConfig::default())).await;
+    let v: Value =
+        comps_core::http_client().get(format!("{}/v1/models", h.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
+    assert_eq!(v["data"][0]["max_model_len"], 4096);
+    h.shutdown().await.unwrap();
+}
