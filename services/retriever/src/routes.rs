@@ -70,19 +70,19 @@ async fn query_vector(s: &AppState, given: Option<&[f32]>, text: &str) -> Servic
     Ok(v)
 }
 
-struct Params {
-    k: u32,
-    how: SearchType,
+async fn run_search(s: &AppState, coll: &str, q: &[f32], k: u32, how: SearchType) -> ServiceResult<Vec<Hit>> {
+    search(s.store.as_ref(), coll, q, k as usize, &how).await.map_err(store_error)
 }
 
-async fn run_search(s: &AppState, coll: &str, q: &[f32], p: &Params) -> ServiceResult<Vec<Hit>> {
-    search(s.store.as_ref(), coll, q, p.k as usize, &p.how).await.map_err(store_error)
-}
-
-fn metadata_with_score(h: &Hit) -> Map<String, Value> {
-    let mut m = h.metadata.clone();
-    m.insert("similarity".into(), json!(h.similarity));
-    m
+/// Hits as OPEA's `retrieved_docs`, the similarity added to each one's metadata.
+fn response_data(hits: &[Hit]) -> Vec<RetrievalResponseData> {
+    hits.iter()
+        .map(|h| {
+            let mut m = h.metadata.clone();
+            m.insert("similarity".into(), json!(h.similarity));
+            RetrievalResponseData { text: h.text.clone(), metadata: Some(m) }
+        })
+        .collect()
 }
 
 /// One route, three request shapes told apart by their keys.
@@ -118,17 +118,14 @@ async fn embed_doc(s: &AppState, mut shape: Value) -> ServiceResult<Response> {
     let text = doc.text.joined();
     let q = query_vector(s, Some(&query), &text).await?;
     let coll = collection(s, doc.index_name.as_deref())?;
-    let p = Params {
-        k: doc.k,
-        how: SearchType::from_params(
-            &doc.search_type,
-            doc.distance_threshold,
-            doc.score_threshold,
-            doc.fetch_k,
-            doc.lambda_mult,
-        ),
-    };
-    let hits = run_search(s, coll, &q, &p).await?;
+    let how = SearchType::from_params(
+        &doc.search_type,
+        doc.distance_threshold,
+        doc.score_threshold,
+        doc.fetch_k,
+        doc.lambda_mult,
+    );
+    let hits = run_search(s, coll, &q, doc.k, how).await?;
     let out = SearchedDoc {
         id: new_id(),
         retrieved_docs: hits.iter().map(|h| TextDoc::new(h.text.clone())).collect(),
@@ -144,23 +141,15 @@ async fn retrieval_request(s: &AppState, body: &[u8]) -> ServiceResult<Response>
     let text = req.input.clone().unwrap_or_default();
     let q = query_vector(s, req.embedding.as_ref().and_then(|e| e.vector()), &text).await?;
     let coll = collection(s, None)?;
-    let p = Params {
-        k: req.k,
-        how: SearchType::from_params(
-            &req.search_type,
-            req.distance_threshold,
-            req.score_threshold,
-            req.fetch_k,
-            req.lambda_mult,
-        ),
-    };
-    let hits = run_search(s, coll, &q, &p).await?;
-    let out = RetrievalResponse {
-        retrieved_docs: hits
-            .iter()
-            .map(|h| RetrievalResponseData { text: h.text.clone(), metadata: Some(metadata_with_score(h)) })
-            .collect(),
-    };
+    let how = SearchType::from_params(
+        &req.search_type,
+        req.distance_threshold,
+        req.score_threshold,
+        req.fetch_k,
+        req.lambda_mult,
+    );
+    let hits = run_search(s, coll, &q, req.k, how).await?;
+    let out = RetrievalResponse { retrieved_docs: response_data(&hits) };
     Ok(axum::Json(out).into_response())
 }
 
@@ -173,21 +162,15 @@ async fn chat_request(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
     };
     let q = query_vector(s, req.embedding.vector(), &text).await?;
     let coll = collection(s, req.index_name.as_deref())?;
-    let p = Params {
-        k: req.k,
-        how: SearchType::from_params(
-            &req.search_type,
-            req.distance_threshold,
-            req.score_threshold,
-            req.fetch_k,
-            req.lambda_mult,
-        ),
-    };
-    let hits = run_search(s, coll, &q, &p).await?;
-    req.retrieved_docs = hits
-        .iter()
-        .map(|h| RetrievalResponseData { text: h.text.clone(), metadata: Some(metadata_with_score(h)) })
-        .collect();
+    let how = SearchType::from_params(
+        &req.search_type,
+        req.distance_threshold,
+        req.score_threshold,
+        req.fetch_k,
+        req.lambda_mult,
+    );
+    let hits = run_search(s, coll, &q, req.k, how).await?;
+    req.retrieved_docs = response_data(&hits);
     req.documents = Some(hits.iter().map(|h| Document::Text(h.text.clone())).collect());
     Ok(axum::Json(req).into_response())
 }
