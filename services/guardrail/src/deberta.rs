@@ -1,13 +1,13 @@
 //! DeBERTa-v2/v3 sequence classifiers (e.g. protectai/deberta-v3-base-prompt-injection-v2),
 //! run with candle-transformers' `debertav2` on the batcher thread like the other models.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::debertav2::{Config, DebertaV2SeqClassificationModel};
 use comps_core::models::BatchModel;
+use comps_core::models::encoder::load_safetensors;
 
 /// A DeBERTa-v2 `*ForSequenceClassification` directory, loaded.
 pub struct DebertaClassifier {
@@ -37,11 +37,8 @@ impl DebertaClassifier {
             anyhow::bail!("{}: id2label is missing; the classifier's labels are needed", cfg_path.display());
         }
         let device = Device::Cpu;
-        let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &device)?;
-        let weights = weights
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
-            .collect::<candle_core::Result<HashMap<_, _>>>()?;
+        // The builder converts each tensor to f32 as it is taken (bf16 / f16 checkpoints).
+        let weights = load_safetensors(&dir.join("model.safetensors"), &device)?;
         let vb = VarBuilder::from_tensors(weights, DType::F32, &device);
         let model = DebertaV2SeqClassificationModel::load(vb.pp("deberta"), &cfg, cfg.id2label.clone())?;
         let max_tokens = cfg.max_position_embeddings;

@@ -187,12 +187,7 @@ impl LocalGenerator {
 
     /// Tokenize a prompt (templates carry their own special tokens).
     pub fn tokenize(&self, prompt: &str) -> ServiceResult<Vec<u32>> {
-        let enc = self
-            .model
-            .tokenizer
-            .encode(prompt, false)
-            .map_err(|e| ServiceError::Internal(format!("tokenizing the prompt: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        tokenize_with(&self.model, prompt)
     }
 
     fn sampling(&self, req: &ChatCompletionRequest) -> ServiceResult<SamplingParams> {
@@ -227,10 +222,15 @@ impl LocalGenerator {
     }
 
     /// Everything a request needs before it is queued: prompt, token budget, sampling.
-    pub fn prepare(&self, req: &ChatCompletionRequest, raw: &Value) -> ServiceResult<GenRequest> {
+    /// Long RAG prompts take a while to tokenize: that runs on the blocking pool.
+    pub async fn prepare(&self, req: &ChatCompletionRequest, raw: &Value) -> ServiceResult<GenRequest> {
         refuse_unsupported(req)?;
         let prompt = self.render_prompt(req)?;
-        let prompt_ids = self.tokenize(&prompt)?;
+        tracing::debug!(%prompt, "rendered prompt");
+        let model = self.model.clone();
+        let prompt_ids = tokio::task::spawn_blocking(move || tokenize_with(&model, &prompt))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("tokenizing the prompt: {e}")))??;
         let ctx = self.model.context_len;
         if prompt_ids.is_empty() {
             return Err(ServiceError::invalid("messages", "the prompt is empty - 'messages'"));
@@ -257,7 +257,6 @@ impl LocalGenerator {
         }
         let ignore_eos = raw.get("ignore_eos").and_then(Value::as_bool).unwrap_or(false);
         tracing::info!(prompt_tokens = prompt_ids.len(), max_tokens, "generation requested");
-        tracing::debug!(%prompt, "rendered prompt");
         Ok(GenRequest {
             prompt_ids,
             max_tokens,
@@ -266,6 +265,15 @@ impl LocalGenerator {
             ignore_eos,
         })
     }
+}
+
+/// Template output carries its own special tokens: none are added.
+fn tokenize_with(model: &ChatModel, prompt: &str) -> ServiceResult<Vec<u32>> {
+    let enc = model
+        .tokenizer
+        .encode(prompt, false)
+        .map_err(|e| ServiceError::Internal(format!("tokenizing the prompt: {e}")))?;
+    Ok(enc.get_ids().to_vec())
 }
 
 fn chunk(id: &str, created: u64, model: &str, delta: DeltaMessage, finish: Option<FinishReason>) -> String {
@@ -298,7 +306,7 @@ impl Generator for LocalGenerator {
     }
 
     async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion> {
-        let gen_req = self.prepare(&req, &raw)?;
+        let gen_req = self.prepare(&req, &raw).await?;
         let mut events = self.engine.submit(gen_req)?;
         let model = req.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.model.name.clone());
         if !req.is_stream() {

@@ -13,6 +13,7 @@ use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{llama, quantized_llama, quantized_qwen2, quantized_qwen3, qwen2};
+use comps_core::models::encoder::load_safetensors as read_safetensors;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
@@ -369,11 +370,8 @@ fn load_safetensors(dir: &Path) -> anyhow::Result<ChatModel> {
     let tok_config = if tok_config.is_file() { read_json(&tok_config)? } else { Value::Null };
 
     let device = Device::Cpu;
-    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &device)?;
-    let tensors = tensors
-        .into_iter()
-        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
-        .collect::<candle_core::Result<HashMap<_, _>>>()?;
+    // The builder converts each tensor to f32 as it is taken (bf16 / f16 checkpoints).
+    let tensors = read_safetensors(&dir.join("model.safetensors"), &device)?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or_default().to_string();
     let max_pos = config.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(2048) as usize;
