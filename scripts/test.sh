@@ -26,6 +26,9 @@ cargo fmt --all -- --check
 log "cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "cargo build (the binaries the end-to-end tests start)"
+cargo build --workspace --bins --locked
+
 log "cargo test"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -37,4 +40,21 @@ set -e
 # doc-test binary with nothing in it).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\ncomps-rs: %d passed, %d failed\n", p, f }' "$out"
-exit "$status"
+if [ "$status" -ne 0 ]; then
+  exit "$status"
+fi
+
+log "scripts/chatqna.sh smoke run (the README's main command, debug build, free ports)"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+smoke_dir=$(mktemp -d /tmp/chatqna-smoke.XXXXXX)
+CHATQNA_PROFILE=debug CHATQNA_SMOKE=1 CHATQNA_DATA_DIR="$smoke_dir" CHATQNA_PORT=$(free_port) \
+  EMBEDDING_PORT=$(free_port) RETRIEVER_PORT=$(free_port) RERANK_PORT=$(free_port) LLM_PORT=$(free_port) \
+  GUARDRAIL_PORT=$(free_port) bash scripts/chatqna.sh
+rm -rf "$smoke_dir"
+
+log "docker compose: the full pipeline in containers (scripts/compose.sh test)"
+if docker info >/dev/null 2>&1; then
+  COMPS_DOCKER_PROFILE=debug bash scripts/compose.sh test
+else
+  echo "compose test SKIPPED: no Docker engine answers on this machine"
+fi

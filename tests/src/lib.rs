@@ -43,3 +43,5 @@ pub async fn collect(mut s: comps_core::sse::ByteStream) -> Result<String, comps
     }
     Ok(out)
 }
+
+pub mod procs;

@@ -681,6 +681,11 @@ fn guard_stream(events: EventStream, guard_id: String, guard: Arc<Node>, metrics
                 for m in token_re.find_iter(&text) {
                     yield Ok(chunk_payload(&id, "opea", m.as_str()));
                 }
+                // A guard that blocks what follows (a policy violation) ends the answer: the
+                // rest of the LLM's text is not shown.
+                if answer.get("downstream_black_list").and_then(Value::as_array).is_some_and(|l| !l.is_empty()) {
+                    return;
+                }
             }
         }
     }

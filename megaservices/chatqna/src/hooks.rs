@@ -1,0 +1,272 @@
+//! ChatQnA's adaptations between nodes. Each service is called in its native wire format, so
+//! real TEI, vLLM and OPEA services work as backends as well as ours:
+//!
+//! | node | sends | receives |
+//! |---|---|---|
+//! | guardrail | `TextDoc` `{"text"}` | `TextDoc` (a violation carries `downstream_black_list`) |
+//! | embedding | TEI `{"inputs"}` | `[[f32]]` (also OpenAI `data[0].embedding` or an `EmbedDoc`) |
+//! | retriever | OPEA `EmbedDoc` + the request's search parameters | `SearchedDoc` |
+//! | rerank | TEI `{"query", "texts"}` | `[{"index", "score"}]` |
+//! | llm | OpenAI chat completion | `chat.completion` / chunks (also OPEA `GeneratedDoc`) |
+//!
+//! When the retriever finds nothing, rerank is taken out of this request's graph and the LLM
+//! gets the question alone.
+
+use std::collections::HashMap;
+
+use comps_core::orchestrator::{NodeContext, StreamContext};
+use comps_core::sse::{ByteStream, DONE, EventStream, chunk_payload, data_frame, event_text, frame_opea};
+use comps_core::{Hooks, RerankerParms, RetrieverParms, ServiceError, ServiceType};
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+
+use crate::prompt;
+
+/// How a request's stream is written to its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// OPEA's `data: b'<token>'` frames (`/v1/chatqna`).
+    #[default]
+    Opea,
+    /// OpenAI `chat.completion.chunk` objects (`/v1/chat/completions`).
+    OpenAi,
+}
+
+/// The request's settings the hooks need beyond `LLMParams`.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOptions {
+    /// Stream framing.
+    pub framing: Framing,
+    /// `auto`, `en` or `zh`: the RAG template's language.
+    pub language: String,
+    /// The OpenAI body sent to the LLM, without `messages` (model, sampling, stream...).
+    pub llm_body: Map<String, Value>,
+}
+
+/// The hooks, knowing each node's service type.
+#[derive(Debug, Clone)]
+pub struct ChatQnaHooks {
+    types: HashMap<String, ServiceType>,
+}
+
+impl ChatQnaHooks {
+    /// Hooks for nodes of these types (node id -> type).
+    pub fn new(types: HashMap<String, ServiceType>) -> Self {
+        Self { types }
+    }
+
+    fn is(&self, node: &str, ty: ServiceType) -> bool {
+        self.types.get(node) == Some(&ty)
+    }
+}
+
+fn text_of(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn shape_error(node: &str, expected: &str, got: &Value) -> ServiceError {
+    let mut shown = got.to_string();
+    if shown.len() > 200 {
+        let mut end = 200;
+        while !shown.is_char_boundary(end) {
+            end -= 1;
+        }
+        shown.truncate(end);
+        shown.push('…');
+    }
+    ServiceError::Upstream(format!("node {node} answered {shown}, expected {expected}"))
+}
+
+/// The first embedding vector in a TEI, OpenAI or OPEA embedding answer.
+fn first_vector(data: &Value) -> Option<Value> {
+    let v = match data {
+        Value::Array(rows) => rows.first()?,
+        Value::Object(o) => match o.get("data") {
+            Some(d) => d.get(0)?.get("embedding")?,
+            None => o.get("embedding")?,
+        },
+        _ => return None,
+    };
+    // TEI nests a list per input; an `EmbedDoc` may carry the vector itself.
+    let v = match v {
+        Value::Array(inner) if inner.first().is_some_and(Value::is_array) => inner.first()?,
+        other => other,
+    };
+    v.as_array().filter(|a| !a.is_empty() && a.iter().all(Value::is_number)).map(|_| v.clone())
+}
+
+impl Hooks for ChatQnaHooks {
+    fn align_inputs(&self, inputs: Value, ctx: &mut NodeContext<'_>) -> Result<Value, ServiceError> {
+        match ctx.service.service_type {
+            ServiceType::Guardrail => Ok(json!({ "text": text_of(inputs.get("text")) })),
+            ServiceType::Embedding => Ok(json!({ "inputs": text_of(inputs.get("text")) })),
+            ServiceType::Retriever => {
+                let mut body = Map::new();
+                body.insert("text".into(), inputs.get("text").cloned().unwrap_or(Value::Null));
+                body.insert("embedding".into(), inputs.get("embedding").cloned().unwrap_or(Value::Null));
+                let params = ctx.extras.get::<RetrieverParms>().cloned().unwrap_or_default();
+                if let Ok(Value::Object(p)) = serde_json::to_value(params) {
+                    body.extend(p.into_iter().filter(|(k, v)| k != "id" && !v.is_null()));
+                }
+                Ok(Value::Object(body))
+            }
+            ServiceType::Llm => {
+                let opts = ctx.extras.get::<RequestOptions>().cloned().unwrap_or_default();
+                let mut body = opts.llm_body;
+                let prompt = text_of(inputs.get("inputs"));
+                body.insert("messages".into(), json!([{ "role": "user", "content": prompt }]));
+                Ok(Value::Object(body))
+            }
+            _ => Ok(inputs),
+        }
+    }
+
+    fn align_outputs(&self, data: Value, inputs: &Value, ctx: &mut NodeContext<'_>) -> Result<Value, ServiceError> {
+        let node = ctx.node;
+        match ctx.service.service_type {
+            ServiceType::Embedding => {
+                let vector = first_vector(&data).ok_or_else(|| shape_error(node, "an embedding vector", &data))?;
+                Ok(json!({ "text": text_of(inputs.get("inputs")), "embedding": vector }))
+            }
+            ServiceType::Retriever => {
+                let docs: Vec<String> = data
+                    .get("retrieved_docs")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| shape_error(node, "a SearchedDoc with retrieved_docs", &data))?
+                    .iter()
+                    .map(|d| if d.is_string() { text_of(Some(d)) } else { text_of(d.get("text")) })
+                    .filter(|t| !t.trim().is_empty())
+                    .collect();
+                let query = match data.get("initial_query") {
+                    Some(q @ Value::String(_)) => text_of(Some(q)),
+                    _ => text_of(inputs.get("text")),
+                };
+                let reranks: Vec<String> =
+                    ctx.graph.downstream(node).into_iter().filter(|d| self.is(d, ServiceType::Rerank)).collect();
+                if !reranks.is_empty() && !docs.is_empty() {
+                    return Ok(json!({ "query": query, "texts": docs }));
+                }
+                // Nothing to rerank: link the retriever straight to what follows rerank.
+                for r in reranks {
+                    for next in ctx.graph.downstream(&r) {
+                        ctx.graph.add_edge(node, &next).map_err(|e| ServiceError::Internal(e.to_string()))?;
+                    }
+                    ctx.graph.delete_node_if_exists(&r);
+                }
+                Ok(json!({ "inputs": self.prompt(&query, &docs, ctx) }))
+            }
+            ServiceType::Rerank => {
+                let texts: Vec<String> = inputs
+                    .get("texts")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().map(|t| text_of(Some(t))).collect())
+                    .unwrap_or_default();
+                let mut ranked: Vec<(usize, f64)> = data
+                    .as_array()
+                    .ok_or_else(|| shape_error(node, "a list of {index, score}", &data))?
+                    .iter()
+                    .map(|r| {
+                        let index = r.get("index").and_then(Value::as_u64).map(|i| i as usize);
+                        let score = r.get("score").and_then(Value::as_f64);
+                        match (index, score) {
+                            (Some(i), Some(s)) if i < texts.len() => Ok((i, s)),
+                            _ => Err(shape_error(node, &format!("{{index < {}, score}}", texts.len()), r)),
+                        }
+                    })
+                    .collect::<Result<_, _>>()?;
+                ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let top_n = ctx.extras.get::<RerankerParms>().map_or(1, |p| p.top_n as usize);
+                let docs: Vec<String> = ranked.iter().take(top_n).map(|(i, _)| texts[*i].clone()).collect();
+                let query = text_of(inputs.get("query"));
+                Ok(json!({ "inputs": self.prompt(&query, &docs, ctx) }))
+            }
+            ServiceType::Llm => {
+                // OpenAI answer, or an OPEA LLM microservice's GeneratedDoc.
+                let choice = data.get("choices").and_then(|c| c.get(0));
+                let text = match choice {
+                    Some(c) => c.get("message").and_then(|m| m.get("content")),
+                    None => data.get("text"),
+                };
+                let Some(Value::String(text)) = text else {
+                    return Err(shape_error(node, "a chat completion", &data));
+                };
+                let mut out = json!({ "text": text });
+                if let Some(u) = data.get("usage") {
+                    out["usage"] = u.clone();
+                }
+                if let Some(f) = choice.and_then(|c| c.get("finish_reason")) {
+                    out["finish_reason"] = f.clone();
+                }
+                Ok(out)
+            }
+            _ => Ok(data),
+        }
+    }
+
+    fn align_generator(&self, events: EventStream, ctx: &StreamContext<'_>) -> ByteStream {
+        match ctx.extras.get::<RequestOptions>().map(|o| o.framing).unwrap_or_default() {
+            Framing::Opea => frame_opea(events),
+            Framing::OpenAi => openai_chunks(events),
+        }
+    }
+}
+
+impl ChatQnaHooks {
+    fn prompt(&self, query: &str, docs: &[String], ctx: &NodeContext<'_>) -> String {
+        let language = ctx.extras.get::<RequestOptions>().map_or("auto", |o| o.language.as_str());
+        prompt::build(query, docs, language, ctx.llm_params.chat_template.as_deref())
+    }
+}
+
+/// The model name ChatQnA answers as.
+pub const MODEL: &str = "chatqna";
+
+/// OpenAI chunks for the client: upstream chunks keep their deltas, finish reasons and usage
+/// with `model` set to ChatQnA's; text from anything else (an output guard, a guardrail's
+/// refusal, OPEA framing) is wrapped in a chunk. A final chunk carries `finish_reason: stop`
+/// when no upstream chunk did.
+fn openai_chunks(events: EventStream) -> ByteStream {
+    async_stream::stream! {
+        let id = comps_core::protocol::completion_id();
+        let mut events = events;
+        let mut finished = false;
+        while let Some(item) = events.next().await {
+            let payload = match item {
+                Ok(p) => p,
+                Err(e) => {
+                    yield Err(e);
+                    return;
+                }
+            };
+            if let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(&payload)
+                && chunk.get("choices").is_some_and(Value::is_array)
+            {
+                finished |= chunk["choices"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null())));
+                chunk.insert("model".into(), MODEL.into());
+                yield Ok(data_frame(&Value::Object(chunk).to_string()));
+                continue;
+            }
+            if let Some(text) = event_text(&payload).filter(|t| !t.is_empty()) {
+                yield Ok(data_frame(&chunk_payload(&id, MODEL, &text)));
+            }
+        }
+        if !finished {
+            let last = json!({
+                "id": id,
+                "object": "chat.completion.chunk",
+                "created": comps_core::protocol::unix_now(),
+                "model": MODEL,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            });
+            yield Ok(data_frame(&last.to_string()));
+        }
+        yield Ok(bytes::Bytes::from(DONE));
+    }
+    .boxed()
+}

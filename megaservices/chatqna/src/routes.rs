@@ -1,0 +1,218 @@
+//! ChatQnA's routes: the pipeline as `/v1/chatqna` (OPEA) and `/v1/chat/completions`
+//! (OpenAI), `GET /v1/models`, and the dataprep forwarder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use comps_core::extract::parse_json;
+use comps_core::protocol::{ChatCompletionRequest, FinishReason, UsageInfo, Validate};
+use comps_core::sse::sse_response;
+use comps_core::{
+    Extras, LLMParams, RerankerParms, RetrieverParms, ServiceError, ServiceOrchestrator, ServiceResult, ServiceType,
+    handle_message,
+};
+use serde_json::{Map, Value, json};
+
+use crate::hooks::{Framing, MODEL, RequestOptions};
+
+/// Where `/v1/dataprep/*` goes.
+#[derive(Debug, Clone)]
+pub struct Dataprep {
+    /// `http://host:port` of the dataprep service.
+    pub base: String,
+    /// Whole-call timeout.
+    pub timeout: Duration,
+}
+
+/// Shared state of the routes.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The pipeline.
+    pub orch: Arc<ServiceOrchestrator>,
+    /// `LLM_MODEL`: the model sent to the LLM when the request names none.
+    pub default_model: Option<String>,
+    /// The dataprep forwarder's target.
+    pub dataprep: Arc<Dataprep>,
+}
+
+/// The routes, with their state.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chatqna", post(chatqna))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/v1/dataprep/{*rest}", any(dataprep))
+        .with_state(state)
+}
+
+async fn chatqna(State(s): State<AppState>, body: Bytes) -> Response {
+    answer(&s, &body, Framing::Opea).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn chat_completions(State(s): State<AppState>, body: Bytes) -> Response {
+    answer(&s, &body, Framing::OpenAi).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn models() -> Response {
+    axum::Json(json!({
+        "object": "list",
+        "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "comps-rs"}],
+    }))
+    .into_response()
+}
+
+/// Run the pipeline for one request. `/v1/chatqna` streams unless `"stream": false`;
+/// `/v1/chat/completions` streams only when asked, as OpenAI does.
+async fn answer(s: &AppState, body: &[u8], framing: Framing) -> ServiceResult<Response> {
+    let raw: Value = parse_json(body)?;
+    let Value::Object(raw) = raw else {
+        return Err(ServiceError::invalid("body", "the request body must be a JSON object"));
+    };
+    let req: ChatCompletionRequest = parse_json(body)?;
+    req.validate()?;
+    let stream = match raw.get("stream") {
+        None | Some(Value::Null) => framing == Framing::Opea,
+        Some(_) => req.is_stream(),
+    };
+    let question = handle_message(&req.messages)?.text;
+    if question.trim().is_empty() {
+        return Err(ServiceError::invalid("messages", "the question is empty - 'messages'"));
+    }
+
+    let model = req.model.clone().filter(|m| !m.is_empty() && m != MODEL).or_else(|| s.default_model.clone());
+    let params = LLMParams {
+        model: model.clone(),
+        max_tokens: req.max_tokens.unwrap_or(1024),
+        max_new_tokens: req.max_tokens.unwrap_or(1024),
+        top_k: req.top_k.and_then(|k| u32::try_from(k).ok()).filter(|k| *k > 0).unwrap_or(10),
+        top_p: req.top_p.unwrap_or(0.95),
+        temperature: req.temperature.unwrap_or(0.01),
+        frequency_penalty: req.frequency_penalty.unwrap_or(0.0),
+        presence_penalty: req.presence_penalty.unwrap_or(0.0),
+        repetition_penalty: req.repetition_penalty.unwrap_or(1.03),
+        stream,
+        language: req.language.clone(),
+        chat_template: req.chat_template.clone().filter(|t| !t.trim().is_empty()),
+        ..LLMParams::default()
+    };
+    let mut extras = Extras::new();
+    extras.insert(RetrieverParms {
+        search_type: req.search_type.clone(),
+        k: req.k,
+        distance_threshold: req.distance_threshold,
+        fetch_k: req.fetch_k,
+        lambda_mult: req.lambda_mult,
+        score_threshold: req.score_threshold,
+        ..RetrieverParms::default()
+    });
+    extras.insert(RerankerParms { top_n: req.top_n, ..RerankerParms::default() });
+    extras.insert(RequestOptions { framing, language: req.language.clone(), llm_body: llm_body(&req, &raw, &params) });
+
+    let mut result = s.orch.schedule(json!({ "text": question }), params, extras).await?;
+    if stream && let Some(frames) = result.take_stream() {
+        return Ok(sse_response(frames));
+    }
+    let leaf = result.leaf_json().ok_or_else(|| ServiceError::Internal("the pipeline produced no answer".into()))?;
+    let text = match leaf.get("text") {
+        Some(Value::String(t)) => t.clone(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"),
+        _ => return Err(ServiceError::Internal(format!("the pipeline's last answer has no text: {leaf}"))),
+    };
+    // Usage and finish reason are the LLM's; a refused question never reached it.
+    let llm = s
+        .orch
+        .graph()
+        .nodes()
+        .into_iter()
+        .find(|n| s.orch.service(n).is_some_and(|svc| svc.service_type == ServiceType::Llm));
+    let llm_out = llm.and_then(|n| result.results.get(&n)).and_then(|o| o.json());
+    let usage: UsageInfo =
+        llm_out.and_then(|o| o.get("usage")).and_then(|u| serde_json::from_value(u.clone()).ok()).unwrap_or_default();
+    let finish = match llm_out.and_then(|o| o.get("finish_reason")).and_then(Value::as_str) {
+        Some("length") => FinishReason::Length,
+        _ => FinishReason::Stop,
+    };
+    Ok(axum::Json(comps_core::protocol::ChatCompletionResponse::single(MODEL, text, finish, usage)).into_response())
+}
+
+/// The OpenAI body for the LLM, without `messages`: the request's sampling settings with
+/// OPEA's defaults; `top_k`, `repetition_penalty`, `typical_p`, `seed` and `stop` only when the
+/// request set them (so a plain OpenAI server is not sent vLLM's extensions it did not ask for).
+fn llm_body(req: &ChatCompletionRequest, raw: &Map<String, Value>, params: &LLMParams) -> Map<String, Value> {
+    let mut b = Map::new();
+    if let Some(m) = &params.model {
+        b.insert("model".into(), json!(m));
+    }
+    b.insert("max_tokens".into(), json!(params.max_tokens));
+    b.insert("temperature".into(), json!(params.temperature));
+    b.insert("top_p".into(), json!(params.top_p));
+    b.insert("frequency_penalty".into(), json!(params.frequency_penalty));
+    b.insert("presence_penalty".into(), json!(params.presence_penalty));
+    b.insert("stream".into(), json!(params.stream));
+    let set = |k: &str| raw.get(k).is_some_and(|v| !v.is_null());
+    if set("top_k") {
+        b.insert("top_k".into(), json!(req.top_k));
+    }
+    if set("repetition_penalty") {
+        b.insert("repetition_penalty".into(), json!(req.repetition_penalty));
+    }
+    if set("typical_p") {
+        b.insert("typical_p".into(), json!(req.typical_p));
+    }
+    if set("seed") {
+        b.insert("seed".into(), json!(req.seed));
+    }
+    if let Some(stop) = req.stop.as_ref().filter(|s| !s.to_vec().is_empty()) {
+        b.insert("stop".into(), json!(stop));
+    }
+    if params.stream && set("stream_options") {
+        b.insert("stream_options".into(), json!(req.stream_options));
+    }
+    b
+}
+
+/// Forward `/v1/dataprep/*` to the dataprep service: method, query, body and content type go
+/// as they came; its status, content type and body come back. Failures name the `dataprep`
+/// node like any other upstream.
+async fn dataprep(State(s): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    forward(&s.dataprep, method, &uri, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn forward(d: &Dataprep, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> ServiceResult<Response> {
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let target = format!("{}{}", d.base, path_and_query);
+    let mut request = comps_core::http_client().request(method, &target).timeout(d.timeout).body(body);
+    for name in [header::CONTENT_TYPE, header::ACCEPT] {
+        if let Some(v) = headers.get(&name) {
+            request = request.header(name, v);
+        }
+    }
+    let upstream = request.send().await.map_err(|e| {
+        if e.is_timeout() {
+            ServiceError::UpstreamTimeout(format!(
+                "node dataprep did not answer within {:.0} s ({target})",
+                d.timeout.as_secs_f64()
+            ))
+        } else {
+            ServiceError::Upstream(format!("node dataprep is unreachable ({target}): {e}"))
+        }
+    })?;
+    let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = upstream
+        .bytes()
+        .await
+        .map_err(|e| ServiceError::Upstream(format!("node dataprep's answer was cut off ({target}): {e}")))?;
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    if let Some(ct) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    Ok(response)
+}

@@ -1,0 +1,123 @@
+"""ChatQnA benchmarks.
+
+1. Orchestration overhead: the chatqna megaservice against mock backends in their native formats
+   (TEI /embed and /rerank, OPEA /v1/retrieval, OpenAI /v1/chat/completions, 32 streamed tokens),
+   beside comps-flow on the same 4-hop chain, with wrk at c=1 and c=32.
+2. The real pipeline (MiniLM embedding, embedded store, bi-encoder rerank, SmolLM2): end-to-end
+   time to first token and decode tokens/s of /v1/chatqna streams at c=1 and c=4, after ingesting
+   samples/.
+
+Load goes to 127.0.0.1 only; every run is bounded."""
+
+import concurrent.futures
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import json
+
+from benchlib import HEADER, RELEASE, ROOT, Procs, free_port, post, row, wrk
+
+SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+QUESTION = "What colour did Odalys Brenner paint the Zephyrine lighthouse, and when was it built?"
+
+
+def overhead():
+    print("== orchestration overhead on mock backends ==")
+    with Procs() as procs:
+        mock, mega, flow_port = free_port(), free_port(), free_port()
+        procs.start([f"{RELEASE}/mock-backends", "--port", str(mock), "--tokens", "32"], mock, env={"RUST_LOG": "warn"})
+        m = f"http://127.0.0.1:{mock}"
+        procs.start([f"{RELEASE}/chatqna", "--host", "127.0.0.1", "--port", str(mega)], mega, env={
+            "RUST_LOG": "warn", "EMBEDDING_SERVER_PORT": str(mock), "RETRIEVER_SERVICE_PORT": str(mock),
+            "RERANK_SERVER_PORT": str(mock), "LLM_SERVER_PORT": str(mock)})
+        flow = (
+            "opea_micro_services:\n"
+            f"  embedding: {{endpoint: {m}/v1/embeddings, service_type: EMBEDDING}}\n"
+            f"  retriever: {{endpoint: {m}/v1/retrieval, service_type: RETRIEVER}}\n"
+            f"  rerank: {{endpoint: {m}/v1/reranking, service_type: RERANK}}\n"
+            f"  llm: {{endpoint: {m}/v1/chat/completions, service_type: LLM}}\n"
+            "opea_mega_service:\n  mega_flow:\n    - embedding >> retriever >> rerank >> llm\n"
+        )
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(flow)
+        procs.start([f"{RELEASE}/comps-flow", "--config", f.name, "--host", "127.0.0.1", "--port", str(flow_port)],
+                    flow_port, env={"RUST_LOG": "warn"})
+        url = f"http://127.0.0.1:{mega}/v1/chatqna"
+        check = post(url, {"messages": QUESTION, "stream": False})
+        assert check["object"] == "chat.completion", check
+        print(HEADER)
+        for stream in (False, True):
+            for c in (1, 32):
+                kind = "streamed" if stream else "non-streamed"
+                r = wrk(url, {"messages": QUESTION, "stream": stream}, c, SECONDS, threads=1 if c == 1 else 2)
+                print(row(f"chatqna (mocks) {kind} c={c}", r), flush=True)
+                body = {"text": QUESTION, "stream": stream}
+                r = wrk(f"http://127.0.0.1:{flow_port}/v1/flow", body, c, SECONDS, threads=1 if c == 1 else 2)
+                print(row(f"comps-flow 4-hop (mocks) {kind} c={c}", r), flush=True)
+        os.unlink(f.name)
+
+
+def stream_once(url, max_tokens):
+    """One streamed /v1/chatqna request: (seconds to the first token, tokens, seconds from the
+    first to the last token)."""
+    body = json.dumps({"messages": QUESTION, "max_tokens": max_tokens, "temperature": 0}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    first = last = None
+    tokens = 0
+    with urllib.request.urlopen(req, timeout=300) as r:
+        for line in r:
+            if line.startswith(b"data: b"):
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                tokens += 1
+    return first - t0, tokens, last - first
+
+
+def pipeline():
+    print("\n== the real pipeline: MiniLM + embedded store + bi-encoder rerank + SmolLM2 (Q4_1 -> Q8_0) ==")
+    with Procs() as procs, tempfile.TemporaryDirectory() as data:
+        ports = {n: free_port() for n in ("embedding", "retriever", "rerank", "llm", "chatqna")}
+        minilm = os.path.join(ROOT, "models", "all-MiniLM-L6-v2")
+        common = ["--host", "127.0.0.1"]
+        env = {"RUST_LOG": "warn"}
+        procs.start([f"{RELEASE}/comps-embedding", *common, "--port", str(ports["embedding"]), "--model", minilm],
+                    ports["embedding"], env)
+        procs.start([f"{RELEASE}/comps-retriever", *common, "--port", str(ports["retriever"]), "--data-dir", data,
+                     "--embedding-url", f"http://127.0.0.1:{ports['embedding']}/embed"], ports["retriever"], env)
+        procs.start([f"{RELEASE}/comps-rerank", *common, "--port", str(ports["rerank"]), "--model", minilm],
+                    ports["rerank"], env)
+        procs.start([f"{RELEASE}/comps-llm", *common, "--port", str(ports["llm"]), "--model",
+                     os.path.join(ROOT, "models", "SmolLM2-135M-Instruct")], ports["llm"], env)
+        procs.start([f"{RELEASE}/chatqna", *common, "--port", str(ports["chatqna"])], ports["chatqna"], {
+            **env, "EMBEDDING_SERVER_PORT": str(ports["embedding"]), "RETRIEVER_SERVICE_PORT": str(ports["retriever"]),
+            "RERANK_SERVER_PORT": str(ports["rerank"]), "LLM_SERVER_PORT": str(ports["llm"])})
+        base = f"http://127.0.0.1:{ports['chatqna']}"
+        for f in sorted(os.listdir(os.path.join(ROOT, "samples"))):
+            subprocess.run(["curl", "-fsS", "-o", "/dev/null", "-F", f"files=@{os.path.join(ROOT, 'samples', f)}",
+                            "-F", "chunk_size=400", f"{base}/v1/dataprep/ingest"], check=True)
+        url = f"{base}/v1/chatqna"
+        stream_once(url, 8)  # warm-up
+        print(f"{'run':<28} {'TTFT p50 ms':>12} {'TTFT max ms':>12} {'decode tok/s/stream':>20} {'total tok/s':>12}")
+        for c, rounds in ((1, 5), (4, 3)):
+            results = []
+            t0 = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(c) as pool:
+                for _ in range(rounds):
+                    results += list(pool.map(lambda _: stream_once(url, 64), range(c)))
+            wall = time.perf_counter() - t0
+            ttft = [r[0] * 1000 for r in results]
+            per_stream = [(r[1] - 1) / r[2] for r in results if r[1] > 1 and r[2] > 0]
+            total = sum(r[1] for r in results) / wall
+            print(f"{'chatqna streamed c=' + str(c):<28} {statistics.median(ttft):>12.0f} {max(ttft):>12.0f} "
+                  f"{statistics.median(per_stream):>20.1f} {total:>12.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    overhead()
+    pipeline()
