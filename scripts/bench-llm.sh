@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark: prefill and decode tokens/s of SmolLM2-135M-Instruct at Q4_1 (as packaged), Q4_0
-# and Q8_0 (requantized), candle (this service's engine) beside llama.cpp (llama-cpp-python,
+# and Q8_0 (requantized), our backends (native and candle) beside llama.cpp (llama-cpp-python,
 # built from PyPI by scripts/llama-cpp-env.sh) on the same weights, in one run, 2 threads each.
 # Usage: scripts/bench-llm.sh
 set -euo pipefail
@@ -19,6 +19,6 @@ for q in Q4_1 Q4_0 Q8_0; do
   target/release/examples/llm_bench "$GGUF" "$arg" | tee -a "$out"
 done
 "$PY" scripts/bench/llamacpp_bench.py | tee -a "$out"
-# Ratios candle / llama.cpp per quantization.
-awk '{ kind=$1; q=$2; pre=$4; dec=$7; key=q; if (kind=="candle") { cp[key]=pre; cd[key]=dec } else { lp[key]=pre; ld[key]=dec } }
-     END { for (q in cd) if (q in ld) printf "ratio      %-5s prefill %6.2fx          decode %6.2fx  (candle / llama.cpp)\n", q, cp[q]/lp[q], cd[q]/ld[q] }' "$out"
+# Ratios ours / llama.cpp per quantization and backend.
+awk '{ kind=$1; q=$2; pre=$4; dec=$7; if (kind=="llama.cpp") { lp[q]=pre; ld[q]=dec } else { k=kind " " q; op[k]=pre; od[k]=dec; oq[k]=q } }
+     END { for (k in od) { q=oq[k]; if (q in ld) printf "ratio      %-12s prefill %6.2fx          decode %6.2fx  (/ llama.cpp)\n", k, op[k]/lp[q], od[k]/ld[q] } }' "$out"

@@ -8,6 +8,7 @@ pub mod embed;
 pub mod encoder;
 pub mod hub;
 pub mod kernels;
+pub mod quant;
 pub mod tokenize;
 
 pub use batcher::{BatchArgs, BatchConfig, BatchItem, BatchModel, Batcher};

@@ -1,5 +1,6 @@
-//! Prefill and decode speed of the candle model at each quantization, printed in the same
-//! format as `scripts/bench/llamacpp_bench.py` (run both through `scripts/bench-llm.sh`).
+//! Prefill and decode speed of the model at each quantization, with our own llama forward pass
+//! (`native`, where it applies) and candle-transformers' (`candle`), printed in the same format
+//! as `scripts/bench/llamacpp_bench.py` (run both through `scripts/bench-llm.sh`).
 //!
 //! ```text
 //! cargo run --release -p comps-llm --example llm_bench -- models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use comps_llm::sampling::argmax;
-use comps_llm::{ChatModel, Quantize};
+use comps_llm::{Backend, ChatModel, Quantize};
 
 const RUNS: usize = 3;
 const PROMPT_TOKENS: usize = 128;
@@ -29,9 +30,15 @@ fn main() -> anyhow::Result<()> {
     }
     // A natural-language prompt of exactly PROMPT_TOKENS tokens.
     let text = "The history of the city begins with a small settlement on the river, where traders met to exchange grain, salt and cloth. ".repeat(20);
-    for q in quants {
-        let quantize = Quantize::parse(&q).ok_or_else(|| anyhow::anyhow!("unknown quantization {q}"))?;
-        let model = ChatModel::load(&path, quantize)?;
+    let mut auto_ran_candle = false;
+    for (q, backend) in quants.iter().flat_map(|q| [(q, Backend::Auto), (q, Backend::Candle)]) {
+        if backend == Backend::Candle && auto_ran_candle {
+            // Auto already ran candle for this quantization.
+            continue;
+        }
+        let quantize = Quantize::parse(q).ok_or_else(|| anyhow::anyhow!("unknown quantization {q}"))?;
+        let model = ChatModel::load_with(&path, quantize, backend)?;
+        auto_ran_candle = backend == Backend::Auto && model.backend() == "candle";
         let ids = model.tokenizer.encode(text.as_str(), false).map_err(anyhow::Error::msg)?.get_ids()[..PROMPT_TOKENS]
             .to_vec();
         let label = match quantize {
@@ -61,7 +68,12 @@ fn main() -> anyhow::Result<()> {
                 decode.push(DECODE_TOKENS as f64 / d);
             }
         }
-        println!("candle     {label:<5} prefill {:>8.1} tok/s  decode {:>7.1} tok/s", median(prefill), median(decode));
+        println!(
+            "{:<10} {label:<5} prefill {:>8.1} tok/s  decode {:>7.1} tok/s",
+            model.backend(),
+            median(prefill),
+            median(decode)
+        );
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod decode;
 pub mod engine;
 pub mod generator;
 pub mod model;
+pub mod native;
 pub mod routes;
 pub mod sampling;
 pub mod template;
@@ -31,7 +32,7 @@ use comps_core::{CommonArgs, MicroService, Server, ServiceType};
 
 pub use engine::{Engine, EngineConfig, GenDone, GenEvent, GenRequest};
 pub use generator::{Completion, Generator, LocalGenerator, RemoteGenerator};
-pub use model::{ChatModel, Quantize};
+pub use model::{Backend, ChatModel, Quantize};
 
 /// Default port (OPEA's compose).
 pub const DEFAULT_PORT: u16 = 9009;
@@ -51,6 +52,10 @@ pub struct Args {
     /// q8_0 or q4_0.
     #[arg(long, env = "LLM_QUANTIZE", default_value = "auto")]
     pub quantize: String,
+    /// How GGUF llama models run: auto (our own Q8_0/Q4_0 forward pass when every matrix is in
+    /// one of those formats, candle otherwise) or candle (always candle-transformers).
+    #[arg(long, env = "LLM_BACKEND", default_value = "auto")]
+    pub backend: String,
     /// A Jinja chat template file to use instead of the model's.
     #[arg(long, env = "LLM_CHAT_TEMPLATE")]
     pub chat_template: Option<PathBuf>,
@@ -120,7 +125,9 @@ pub async fn build_generator(args: &Args) -> anyhow::Result<Arc<dyn Generator>> 
         None => None,
     };
     let started = std::time::Instant::now();
-    let mut model = tokio::task::spawn_blocking(move || ChatModel::load(&path, quantize)).await??;
+    let backend = Backend::parse(&args.backend)
+        .ok_or_else(|| anyhow::anyhow!("--backend must be auto or candle (got '{}')", args.backend))?;
+    let mut model = tokio::task::spawn_blocking(move || ChatModel::load_with(&path, quantize, backend)).await??;
     if let Some(name) = &args.served_model_name {
         model.name = name.clone();
     }

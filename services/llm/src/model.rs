@@ -17,6 +17,7 @@ use comps_core::models::encoder::load_safetensors as read_safetensors;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use crate::native::{self, NativeLlama};
 use crate::tokenizer::from_gguf_metadata;
 
 /// Requantization at load.
@@ -58,9 +59,30 @@ impl Quantize {
     }
 }
 
+/// Which implementation runs a GGUF llama model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Our own forward pass when every matrix is Q8_0 / Q4_0, candle's otherwise.
+    Auto,
+    /// Always candle-transformers' models.
+    Candle,
+}
+
+impl Backend {
+    /// `auto` or `candle`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" | "native" => Some(Self::Auto),
+            "candle" => Some(Self::Candle),
+            _ => None,
+        }
+    }
+}
+
 /// The weights of one architecture, without a KV cache.
 #[derive(Clone)]
 enum Weights {
+    Native(Arc<NativeLlama>),
     QLlama(quantized_llama::ModelWeights),
     /// candle's GGUF qwen2 cannot be cloned: sequences borrow instances from a pool.
     QQwen2(Arc<Qwen2Pool>),
@@ -105,6 +127,7 @@ pub struct SequenceModel {
     llama_cache: Option<llama::Cache>,
     /// The pooled qwen2 instance this sequence holds.
     qwen2: Option<quantized_qwen2::ModelWeights>,
+    native_cache: Option<native::Cache>,
 }
 
 impl Drop for SequenceModel {
@@ -118,8 +141,13 @@ impl Drop for SequenceModel {
 impl SequenceModel {
     /// Run `ids` at positions `pos..pos+ids.len()` and return the logits of the last one.
     pub fn forward(&mut self, ids: &[u32], pos: usize) -> candle_core::Result<Vec<f32>> {
+        if let Weights::Native(m) = &self.weights {
+            let cache = self.native_cache.as_mut().ok_or_else(|| candle_core::Error::Msg("no native cache".into()))?;
+            return m.forward(cache, ids, pos).map_err(|e| candle_core::Error::Msg(e.to_string()));
+        }
         let x = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
         let logits = match &mut self.weights {
+            Weights::Native(_) => unreachable!("handled above"),
             Weights::QLlama(m) => m.forward(&x, pos)?,
             Weights::QQwen2(_) => {
                 let m = self.qwen2.as_mut().ok_or_else(|| candle_core::Error::Msg("no qwen2 instance".into()))?;
@@ -173,13 +201,31 @@ impl ChatModel {
             Weights::QQwen2(pool) => Some(pool.take()?),
             _ => None,
         };
-        Ok(SequenceModel { weights: self.weights.clone(), llama_cache, qwen2 })
+        let native_cache = match &self.weights {
+            Weights::Native(m) => Some(m.cache()),
+            _ => None,
+        };
+        Ok(SequenceModel { weights: self.weights.clone(), llama_cache, qwen2, native_cache })
     }
 
-    /// Load a `.gguf` file, a directory holding one `.gguf` file or a safetensors model.
+    /// Which implementation runs this model: `native` or `candle`.
+    pub fn backend(&self) -> &'static str {
+        match self.weights {
+            Weights::Native(_) => "native",
+            _ => "candle",
+        }
+    }
+
+    /// Load a `.gguf` file, a directory holding one `.gguf` file or a safetensors model, with
+    /// the backend chosen automatically.
     pub fn load(path: &Path, quantize: Quantize) -> anyhow::Result<Self> {
+        Self::load_with(path, quantize, Backend::Auto)
+    }
+
+    /// [`ChatModel::load`] with a choice of backend.
+    pub fn load_with(path: &Path, quantize: Quantize, backend: Backend) -> anyhow::Result<Self> {
         if path.is_file() {
-            return load_gguf(path, quantize);
+            return load_gguf(path, quantize, backend);
         }
         if !path.is_dir() {
             anyhow::bail!("{} is neither a file nor a directory", path.display());
@@ -192,7 +238,7 @@ impl ChatModel {
             return load_safetensors(path);
         }
         match ggufs.as_slice() {
-            [one] => load_gguf(one, quantize),
+            [one] => load_gguf(one, quantize, backend),
             [] => anyhow::bail!("{} holds neither a .gguf file nor config.json + model.safetensors", path.display()),
             many => {
                 anyhow::bail!("{} holds {} .gguf files; pass the one to use with --model", path.display(), many.len())
@@ -249,7 +295,7 @@ fn requantize(
     Ok(Some((content, out)))
 }
 
-fn load_gguf(path: &Path, quantize: Quantize) -> anyhow::Result<ChatModel> {
+fn load_gguf(path: &Path, quantize: Quantize, backend: Backend) -> anyhow::Result<ChatModel> {
     let mut file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let content = gguf_file::Content::read(&mut file).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let md = content.metadata.clone();
@@ -268,9 +314,10 @@ fn load_gguf(path: &Path, quantize: Quantize) -> anyhow::Result<ChatModel> {
     let requantized = requantize(&content, &mut file, quantize)?;
     let device = Device::Cpu;
     let (weights, chunked_prefill) = match requantized {
-        Some((content, mut cursor)) => load_arch(&arch, content, &mut cursor, &device, &mut context_len)?,
-        None => load_arch(&arch, content, &mut file, &device, &mut context_len)?,
+        Some((content, mut cursor)) => load_arch(&arch, content, &mut cursor, &device, &mut context_len, backend)?,
+        None => load_arch(&arch, content, &mut file, &device, &mut context_len, backend)?,
     };
+    let backend_name = if matches!(weights, Loaded::Shared(Weights::Native(_))) { "native" } else { "candle" };
     let weights = match weights {
         Loaded::Shared(w) => w,
         Loaded::Qwen2(first) => {
@@ -296,7 +343,7 @@ fn load_gguf(path: &Path, quantize: Quantize) -> anyhow::Result<ChatModel> {
         eos_token,
         stop_ids,
         context_len,
-        description: format!("{arch} (GGUF, {dtype})"),
+        description: format!("{arch} (GGUF, {dtype}, {backend_name})"),
         name,
         chunked_prefill,
     })
@@ -313,8 +360,15 @@ fn load_arch<R: std::io::Read + std::io::Seek>(
     reader: &mut R,
     device: &Device,
     context_len: &mut usize,
+    backend: Backend,
 ) -> anyhow::Result<(Loaded, bool)> {
     Ok(match arch {
+        "llama"
+            if backend == Backend::Auto
+                && let Some(m) = NativeLlama::from_gguf(&content, reader)? =>
+        {
+            (Loaded::Shared(Weights::Native(Arc::new(m))), true)
+        }
         "llama" => {
             // candle's llama precomputes rotary tables for this many positions.
             *context_len = (*context_len).min(quantized_llama::MAX_SEQ_LEN);
