@@ -9,6 +9,7 @@ use std::io::{Read, Seek};
 
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, gguf_file};
+use comps_core::models::kernels::dot;
 use comps_core::models::quant::{QActs, QKind, QMatrix, qgemm};
 use rayon::prelude::*;
 
@@ -170,6 +171,7 @@ impl NativeLlama {
         let (cos, sin) = rope_tables(c, pos, t);
         let mut h = vec![0f32; t * e];
         let mut qkv = vec![0f32; t * (e + 2 * kv)];
+        let mut q = vec![0f32; t * e];
         let mut attn = vec![0f32; t * e];
         let mut proj = vec![0f32; t * e];
         let mut gu = vec![0f32; t * 2 * c.n_ff];
@@ -179,7 +181,6 @@ impl NativeLlama {
             cache.acts.quantize(&h, t, e);
             qgemm(&layer.qkv, &cache.acts, &mut qkv);
             let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
-            let mut q = vec![0f32; t * e];
             for (i, row) in qkv.chunks_exact_mut(e + 2 * kv).enumerate() {
                 let (qr, rest) = row.split_at_mut(e);
                 let (kr, vr) = rest.split_at_mut(kv);
@@ -300,16 +301,4 @@ fn attention(c: &Config, q: &[f32], k: &[f32], v: &[f32], pos: usize, out: &mut 
             }
         }
     });
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
