@@ -10,6 +10,8 @@
 #                              node, recovery after restarting it), then take it down
 #
 # COMPS_DOCKER_PROFILE=debug packs debug binaries (what the test suite has built already).
+# COMPS_DOCKER_SOURCE=1 builds the image from source instead (docker/Dockerfile, its cached
+# dependency layer), with a Rust builder image made locally by scripts/docker-builder.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE="${BASE_IMAGE:-comps-rs/bookworm-base}"
@@ -21,6 +23,12 @@ command -v docker-compose >/dev/null || COMPOSE=(docker compose)
 stage() {
     bash scripts/fetch-models.sh
     bash scripts/docker-base.sh "$BASE"
+    if [ "${COMPS_DOCKER_SOURCE:-0}" = 1 ]; then
+        export BUILDER_IMAGE="${BUILDER_IMAGE:-comps-rs/rust-builder:1.95}" BASE_IMAGE="$BASE"
+        bash scripts/docker-builder.sh "$BUILDER_IMAGE"
+        "${COMPOSE[@]}" -p "$PROJECT" build
+        return
+    fi
     local pkgs=(-p comps-embedding -p comps-retriever -p comps-rerank -p comps-llm -p comps-guardrail -p comps-chatqna -p comps-flow)
     if [ "$PROFILE" = release ]; then
         cargo build --release --locked "${pkgs[@]}"

@@ -25,7 +25,8 @@ use crate::tokenizer::from_gguf_metadata;
 pub enum Quantize {
     /// Keep the file's types.
     None,
-    /// Requantize to Q8_0 only the types without a SIMD kernel here (Q4_1, Q5_0, Q5_1).
+    /// Requantize to Q8_0 only the types without a SIMD kernel here: Q4_1, Q5_0 and Q5_1 for
+    /// candle's models; nothing for a llama the native backend runs (it has a Q4_1 kernel).
     Auto,
     /// Every weight matrix to Q8_0.
     Q8_0,
@@ -62,7 +63,7 @@ impl Quantize {
 /// Which implementation runs a GGUF llama model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// Our own forward pass when every matrix is Q8_0 / Q4_0, candle's otherwise.
+    /// Our own forward pass when every matrix is Q8_0, Q4_0 or Q4_1, candle's otherwise.
     Auto,
     /// Always candle-transformers' models.
     Candle,
@@ -311,6 +312,14 @@ fn load_gguf(path: &Path, quantize: Quantize, backend: Backend) -> anyhow::Resul
         from_gguf_metadata(&md)?
     };
 
+    // The native llama has its own Q4_1 kernel: `auto` leaves such a file as it is.
+    let quantize =
+        if quantize == Quantize::Auto && arch == "llama" && backend == Backend::Auto && native::runs_natively(&content)
+        {
+            Quantize::None
+        } else {
+            quantize
+        };
     let requantized = requantize(&content, &mut file, quantize)?;
     let device = Device::Cpu;
     let (weights, chunked_prefill) = match requantized {

@@ -1,5 +1,5 @@
-//! Our own forward pass for GGUF llama models whose matrices are Q8_0 or Q4_0 (the packaged
-//! SmolLM2 after requantization): the block-quantized products of `comps_core::models::quant`
+//! Our own forward pass for GGUF llama models whose matrices are Q8_0, Q4_0 or Q4_1 (the
+//! packaged SmolLM2 as it is, or requantized): the block-quantized products of `comps_core::models::quant`
 //! on fused Q·K·V and gate·up matrices, a KV cache that grows in place (candle's quantized
 //! llama concatenates its whole cache every step, so its decode slows down as the context
 //! grows), and attention spread over the heads. Numerics follow llama.cpp: activations are
@@ -82,12 +82,7 @@ impl NativeLlama {
         if n_head == 0 || n_embd % n_head != 0 || n_head % n_kv_head.max(1) != 0 || rope_dim > head_dim {
             anyhow::bail!("inconsistent llama shapes: {n_embd} wide, {n_head} heads, {n_kv_head} KV heads");
         }
-        // Every matrix must be Q8_0 / Q4_0.
-        let matrix_kinds_ok = content
-            .tensor_infos
-            .values()
-            .all(|i| i.shape.rank() != 2 || matches!(i.ggml_dtype, GgmlDType::Q8_0 | GgmlDType::Q4_0));
-        if !matrix_kinds_ok {
+        if !runs_natively(content) {
             return Ok(None);
         }
         let embd = matrix(content, reader, "token_embd.weight")?;
@@ -108,12 +103,17 @@ impl NativeLlama {
                 matrix(content, reader, &format!("{p}.ffn_gate.weight"))?,
                 matrix(content, reader, &format!("{p}.ffn_up.weight"))?,
             );
+            // Files that mix formats inside a layer (Q and V in different types, say) are left to
+            // candle: the stacked products need one format.
+            let (Ok(qkv), Ok(gate_up)) = (QMatrix::stack(&[&q, &k, &v]), QMatrix::stack(&[&gate, &up])) else {
+                return Ok(None);
+            };
             layers.push(Layer {
                 attn_norm: vector(content, reader, &format!("{p}.attn_norm.weight"))?,
-                qkv: QMatrix::stack(&[&q, &k, &v]).map_err(anyhow::Error::msg)?,
+                qkv,
                 wo: matrix(content, reader, &format!("{p}.attn_output.weight"))?,
                 ffn_norm: vector(content, reader, &format!("{p}.ffn_norm.weight"))?,
-                gate_up: QMatrix::stack(&[&gate, &up]).map_err(anyhow::Error::msg)?,
+                gate_up,
                 down: matrix(content, reader, &format!("{p}.ffn_down.weight"))?,
             });
         }
@@ -224,11 +224,20 @@ impl NativeLlama {
     }
 }
 
+/// Whether every matrix of the file is in a format these kernels run.
+pub fn runs_natively(content: &gguf_file::Content) -> bool {
+    content
+        .tensor_infos
+        .values()
+        .all(|i| i.shape.rank() != 2 || matches!(i.ggml_dtype, GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1))
+}
+
 fn matrix<R: Read + Seek>(content: &gguf_file::Content, reader: &mut R, name: &str) -> anyhow::Result<QMatrix> {
     let t = content.tensor(reader, name, &Device::Cpu)?;
     let kind = match t.dtype() {
         GgmlDType::Q8_0 => QKind::Q8_0,
         GgmlDType::Q4_0 => QKind::Q4_0,
+        GgmlDType::Q4_1 => QKind::Q4_1,
         other => anyhow::bail!("{name} is {other:?}"),
     };
     let &[rows, cols] = t.shape().dims() else { anyhow::bail!("{name} is not a matrix") };

@@ -1,7 +1,7 @@
 //! Our llama forward pass against candle-transformers' quantized llama on the real SmolLM2
-//! weights, requantized to Q8_0 and to Q4_0: a prompt run in two chunks, then greedy decoding
-//! through the KV cache. Both quantize activations to Q8_0 before each product as llama.cpp
-//! does; they still differ by up to ~1 logit (3%) at this depth, about as much as candle differs
+//! weights, as packaged (Q4_1) and requantized to Q8_0 and to Q4_0: a prompt run in two chunks, then greedy decoding
+//! through the KV cache. Both quantize activations to Q8_0 (Q8_1 against Q4_1) before each
+//! product as llama.cpp does; they still differ by up to ~1 logit (3%) at this depth, about as much as candle differs
 //! from llama.cpp itself, so greedy choices are compared where candle's top two are not near a
 //! tie. (tests/fidelity.rs compares the served model, this backend, with llama.cpp.)
 
@@ -55,4 +55,9 @@ fn native_llama_matches_candle_at_q8_0() {
 #[test]
 fn native_llama_matches_candle_at_q4_0() {
     compare(Quantize::Q4_0);
+}
+
+#[test]
+fn native_llama_matches_candle_on_the_packaged_q4_1() {
+    compare(Quantize::None);
 }
