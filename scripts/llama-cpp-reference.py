@@ -3,7 +3,7 @@ fixture for services/llm/tests/fidelity.rs. Run with the venv from scripts/llama
 
     .venv-llamacpp/bin/python scripts/llama-cpp-reference.py                  # Q4_1 -> llamacpp-greedy.json
     .venv-llamacpp/bin/python scripts/llama-cpp-reference.py \\
-        --quant models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q8_0.gguf \\
+        --quant models/SmolLM2-135M-Instruct-requantized/SmolLM2-135M-Instruct.Q8_0.gguf \\
         --out services/llm/tests/fixtures/llamacpp-greedy-q8_0.json
 
 (the Q8_0 file comes from scripts/bench/llamacpp_requantize.py).

@@ -80,7 +80,7 @@ def stream_once(url, max_tokens):
 
 
 def pipeline():
-    print("\n== the real pipeline: MiniLM + embedded store + bi-encoder rerank + SmolLM2 (Q4_1 -> Q8_0) ==")
+    print("\n== the real pipeline: MiniLM + embedded store + bi-encoder rerank + SmolLM2 (Q4_1, native) ==")
     with Procs() as procs, tempfile.TemporaryDirectory() as data:
         ports = {n: free_port() for n in ("embedding", "retriever", "rerank", "llm", "chatqna")}
         minilm = os.path.join(ROOT, "models", "all-MiniLM-L6-v2")

@@ -29,6 +29,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_DIR = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct")
+REQUANTIZED_DIR = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct-requantized")
 PREFILL_TOKENS = 128
 DECODE_TOKENS = 128
 SHORT_PROMPT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
@@ -40,7 +41,7 @@ FILLER = ("The history of lighthouses begins with fires lit on hilltops to guide
 
 
 def model_path(q):
-    path = os.path.join(MODEL_DIR, f"SmolLM2-135M-Instruct.{q}.gguf")
+    path = os.path.join(MODEL_DIR if q == "Q4_1" else REQUANTIZED_DIR, f"SmolLM2-135M-Instruct.{q}.gguf")
     if not os.path.isfile(path):
         hint = ("bash scripts/fetch-models.sh SmolLM2-135M-Instruct" if q == "Q4_1" else
                 "bash scripts/fetch-models.sh SmolLM2-135M-Instruct, then "

@@ -25,6 +25,9 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_DIR = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct")
 SOURCE = os.path.join(MODEL_DIR, "SmolLM2-135M-Instruct.Q4_1.gguf")
+# The requantized files go beside the packaged model's directory, not into it: a directory
+# holding one GGUF is what `comps-llm --model DIR` (and so the compose file and chatqna.sh) loads.
+OUT_DIR = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct-requantized")
 TARGETS = ["Q8_0", "Q4_0"]
 
 
@@ -116,7 +119,8 @@ def main():
     llama_cpp.llama_backend_init()
     names = type_names(llama_cpp)
     for q in TARGETS:
-        dst = os.path.join(MODEL_DIR, f"SmolLM2-135M-Instruct.{q}.gguf")
+        os.makedirs(OUT_DIR, exist_ok=True)
+        dst = os.path.join(OUT_DIR, f"SmolLM2-135M-Instruct.{q}.gguf")
         if os.path.exists(dst) and not args.force:
             print(f"{q}: {dst} exists, skipping", file=sys.stderr)
         else:
