@@ -369,6 +369,34 @@ fn group_q8(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xs: &[i32]) -> [f32; G
     }
 }
 
+/// Lane i: Σ nibble · activation over one block of row i of a 4-bit group (`w`: the block's
+/// 128 interleaved bytes, `x`: its 32 activations), nibbles as stored (unsigned).
+///
+/// # Safety
+/// `w` must be valid for 128 bytes and `x` for 32; the target features are enabled at compile
+/// time (cfg).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni", target_feature = "avx512vl", target_feature = "fma"))]
+#[inline(always)]
+unsafe fn nibble_sums(w: *const u8, x: *const i8) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: the loads stay inside the 128 and 32 bytes the caller vouches for.
+    unsafe {
+        let low = _mm256_set1_epi8(0x0f);
+        let mut s = [_mm256_setzero_si256(); 2];
+        for k in 0..4 {
+            // Piece k of each row: values 4k..4k+4 in the low nibbles, 16+4k.. in the high.
+            let v = _mm256_loadu_si256(w.add(k * 32).cast());
+            let lo = _mm256_and_si256(v, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            let xlo = _mm256_set1_epi32(x.add(4 * k).cast::<i32>().read_unaligned());
+            let xhi = _mm256_set1_epi32(x.add(16 + 4 * k).cast::<i32>().read_unaligned());
+            s[0] = _mm256_dpbusd_epi32(s[0], lo, xlo);
+            s[1] = _mm256_dpbusd_epi32(s[1], hi, xhi);
+        }
+        _mm256_add_epi32(s[0], s[1])
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni", target_feature = "avx512vl", target_feature = "fma"))]
 fn group_q4(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xs: &[i32]) -> [f32; GROUP] {
     let nb = xd.len();
@@ -378,24 +406,11 @@ fn group_q4(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xs: &[i32]) -> [f32; G
     // `b * 32 + 16 + 4k`, inside `xq`.
     unsafe {
         use std::arch::x86_64::*;
-        let low = _mm256_set1_epi8(0x0f);
         let mut acc = [_mm256_setzero_ps(); 2];
         for b in 0..nb {
-            let w = wq.as_ptr().add(b * GROUP * 16);
-            let x = xq.as_ptr().add(b * 32);
-            let mut s = [_mm256_setzero_si256(); 2];
-            for k in 0..4 {
-                // Piece k of each row: values 4k..4k+4 in the low nibbles, 16+4k.. in the high.
-                let v = _mm256_loadu_si256(w.add(k * 32).cast());
-                let lo = _mm256_and_si256(v, low);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                let xlo = _mm256_set1_epi32(x.add(4 * k).cast::<i32>().read_unaligned());
-                let xhi = _mm256_set1_epi32(x.add(16 + 4 * k).cast::<i32>().read_unaligned());
-                s[0] = _mm256_dpbusd_epi32(s[0], lo, xlo);
-                s[1] = _mm256_dpbusd_epi32(s[1], hi, xhi);
-            }
+            let s = nibble_sums(wq.as_ptr().add(b * GROUP * 16), xq.as_ptr().add(b * 32));
             // The nibbles carry +8.
-            let s = _mm256_sub_epi32(_mm256_add_epi32(s[0], s[1]), _mm256_set1_epi32(8 * xs[b]));
+            let s = _mm256_sub_epi32(s, _mm256_set1_epi32(8 * xs[b]));
             let scale = _mm256_mul_ps(_mm256_loadu_ps(wd.as_ptr().add(b * GROUP)), _mm256_set1_ps(xd[b]));
             acc[b & 1] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s), acc[b & 1]);
         }
@@ -419,24 +434,11 @@ fn group_q4_1(wq: &[u8], wd: &[f32], wm: &[f32], xq: &[i8], xd: &[f32], xs: &[f3
     // inside `wm` (asserted above).
     unsafe {
         use std::arch::x86_64::*;
-        let low = _mm256_set1_epi8(0x0f);
         // The scaled products and the minimums' terms, in separate chains.
         let mut acc = [_mm256_setzero_ps(); 2];
         for b in 0..nb {
-            let w = wq.as_ptr().add(b * GROUP * 16);
-            let x = xq.as_ptr().add(b * 32);
-            let mut s = [_mm256_setzero_si256(); 2];
-            for k in 0..4 {
-                let v = _mm256_loadu_si256(w.add(k * 32).cast());
-                let lo = _mm256_and_si256(v, low);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                let xlo = _mm256_set1_epi32(x.add(4 * k).cast::<i32>().read_unaligned());
-                let xhi = _mm256_set1_epi32(x.add(16 + 4 * k).cast::<i32>().read_unaligned());
-                s[0] = _mm256_dpbusd_epi32(s[0], lo, xlo);
-                s[1] = _mm256_dpbusd_epi32(s[1], hi, xhi);
-            }
             // Σ (q·d + m)·x = d·dx·Σ q·xq + m·(dx·Σ xq).
-            let s = _mm256_add_epi32(s[0], s[1]);
+            let s = nibble_sums(wq.as_ptr().add(b * GROUP * 16), xq.as_ptr().add(b * 32));
             let scale = _mm256_mul_ps(_mm256_loadu_ps(wd.as_ptr().add(b * GROUP)), _mm256_set1_ps(xd[b]));
             acc[0] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s), acc[0]);
             acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(wm.as_ptr().add(b * GROUP)), _mm256_set1_ps(xs[b]), acc[1]);
