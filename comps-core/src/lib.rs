@@ -46,6 +46,7 @@ pub mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod utils;
+pub mod vector;
 
 pub use error::{ErrorResponse, ServiceError, ServiceResult};
 pub use extract::Json;

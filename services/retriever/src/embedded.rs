@@ -33,19 +33,9 @@ const HNSW_EF_SEARCH: usize = 96;
 /// Candidates taken from the graph before exact rescoring.
 const HNSW_CANDIDATES: usize = 40;
 
-/// Dot product of two unit vectors with independent partial sums, so the compiler can use
-/// wide SIMD (hnsw_rs' own `DistDot` adds strictly in order, one lane at a time).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
+/// Dot product of two unit vectors with independent partial sums (hnsw_rs' own `DistDot` adds
+/// strictly in order, one lane at a time).
+pub use comps_core::vector::dot;
 
 /// Cosine distance of unit vectors, `1 - a·b`, for the graph.
 #[derive(Debug, Clone, Copy, Default)]
