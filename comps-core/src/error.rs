@@ -95,7 +95,8 @@ impl ServiceError {
         };
         ErrorResponse {
             error: ErrorDetail {
-                message: self.to_string(),
+                // Whatever built the message, a client's oversized value is never echoed whole.
+                message: crate::limits::excerpt_to(&self.to_string(), crate::limits::ERROR_MESSAGE_CHARS),
                 r#type: self.kind().to_string(),
                 param,
                 code: Some(self.status().as_u16().to_string()),
@@ -117,14 +118,14 @@ impl IntoResponse for ServiceError {
 }
 
 /// The OpenAI error envelope.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorResponse {
     /// The error itself.
     pub error: ErrorDetail,
 }
 
 /// The inside of the OpenAI error envelope.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// What went wrong, naming the field when there is one.
     pub message: String,

@@ -86,10 +86,51 @@ fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> ServiceErro
     }
 }
 
-/// serde_json appends " at line L column C"; the field path says more to a client.
+/// serde_json appends " at line L column C"; the field path says more to a client. The
+/// client's values serde quotes (`` `...` `` or `"..."`) are cut to an excerpt.
 fn strip_position(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    bound_quoted(msg)
+}
+
+/// `msg` with every quoted part longer than [`crate::limits::ERROR_EXCERPT_CHARS`] cut to an
+/// excerpt.
+pub fn bound_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len().min(4 * crate::limits::ERROR_EXCERPT_CHARS));
+    let mut rest = msg;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = rest[open..].chars().next().unwrap_or('"');
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        match closing(after, quote) {
+            Some(close) => {
+                out.push_str(&crate::limits::excerpt(&after[..close]));
+                out.push(quote);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push_str(&crate::limits::excerpt(after));
+                return out;
+            }
+        }
     }
+    out.push_str(rest);
+    out
+}
+
+/// Where the quote that `quote` opened ends: the next `quote` not escaped by a backslash
+/// (serde writes strings with Rust's `{:?}`, and variants raw between backticks).
+fn closing(s: &str, quote: char) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            '\\' if quote == '"' && !escaped => escaped = true,
+            c if c == quote && !escaped => return Some(i),
+            _ => escaped = false,
+        }
+    }
+    None
 }

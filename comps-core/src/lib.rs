@@ -34,9 +34,12 @@
 
 pub mod error;
 pub mod extract;
+pub mod health;
+pub mod limits;
 pub mod metrics;
 #[cfg(feature = "models")]
 pub mod models;
+pub mod openapi;
 pub mod orchestrator;
 pub mod protocol;
 pub mod server;

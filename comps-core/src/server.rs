@@ -45,7 +45,8 @@ use crate::stats::StatisticsRegistry;
 
 /// Paths that never need the API key and never count against the concurrency limit, so
 /// liveness probes and scrapers keep working when a service is busy or locked.
-pub const OPEN_PATHS: &[&str] = &["/v1/health_check", "/v1/health", "/health", "/metrics"];
+pub const OPEN_PATHS: &[&str] =
+    &["/v1/health_check", "/v1/health", "/health", "/metrics", crate::openapi::OPENAPI_PATH, crate::openapi::DOCS_PATH];
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -77,9 +78,14 @@ pub struct CommonArgs {
     /// Requests served at once; more are refused with 429 immediately.
     #[arg(long, env = "COMPS_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
-    /// Bearer key required on every route except health and metrics.
-    #[arg(long, env = "COMPS_API_KEY", hide_env_values = true)]
+    /// Bearer key required on every route except health and metrics. A flag is visible in the
+    /// process list: prefer the environment variable or --api-key-file.
+    #[arg(long, env = "COMPS_API_KEY", hide_env_values = true, conflicts_with = "api_key_file")]
     pub api_key: Option<String>,
+    /// File holding the bearer key (surrounding whitespace trimmed), read at start-up; an
+    /// unreadable or empty file stops the start.
+    #[arg(long, env = "COMPS_API_KEY_FILE", value_name = "PATH", value_parser = ApiKeyFile::read)]
+    pub api_key_file: Option<ApiKeyFile>,
     /// Log format.
     #[arg(long, env = "COMPS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -98,18 +104,38 @@ impl CommonArgs {
             request_timeout_secs: 600,
             max_concurrent_requests: 1024,
             api_key: None,
+            api_key_file: None,
             log_format: LogFormat::Text,
             cors_allow_origins: vec!["*".into()],
         }
     }
 
-    /// The server settings these flags describe.
+    /// The bearer key required: from `--api-key-file` (read when the flags were parsed) or
+    /// `--api-key` / `COMPS_API_KEY`. The parser refuses both at once; set in code, the file
+    /// wins.
+    pub fn api_key(&self) -> Option<String> {
+        match &self.api_key_file {
+            Some(f) => Some(f.key.clone()),
+            None => self.api_key.clone().filter(|k| !k.is_empty()),
+        }
+    }
+
+    /// The server settings these flags describe. Warns when the key was given as a flag on the
+    /// command line, where any user of the machine can read it.
     pub fn server_config(&self) -> ServerConfig {
+        if self.api_key_file.is_none()
+            && self.api_key.as_deref().is_some_and(|k| !k.is_empty())
+            && std::env::args_os().any(|a| a == "--api-key" || a.to_string_lossy().starts_with("--api-key="))
+        {
+            tracing::warn!(
+                "--api-key on the command line is visible in the process list; pass the key in COMPS_API_KEY or a file named by --api-key-file / COMPS_API_KEY_FILE instead"
+            );
+        }
         ServerConfig {
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
             max_concurrent_requests: self.max_concurrent_requests.max(1),
-            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
+            api_key: self.api_key(),
             cors_allow_origins: self.cors_allow_origins.clone(),
         }
     }
@@ -117,6 +143,47 @@ impl CommonArgs {
     /// Apply host and port (or `default_port`) to a service descriptor.
     pub fn apply(&self, service: MicroService, default_port: u16) -> MicroService {
         service.host(self.host.clone()).port(self.port.unwrap_or(default_port))
+    }
+}
+
+/// A bearer key read from a file (`--api-key-file`); its `Debug` shows the path, never the key.
+#[derive(Clone)]
+pub struct ApiKeyFile {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Its content, trimmed.
+    pub key: String,
+}
+
+impl std::fmt::Debug for ApiKeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyFile").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl ApiKeyFile {
+    /// Read the key in `path`: the content trimmed of surrounding whitespace, one line of at
+    /// most [`API_KEY_FILE_MAX_BYTES`](crate::limits::API_KEY_FILE_MAX_BYTES). Errors name
+    /// the file, never its content.
+    pub fn read(path: &str) -> Result<Self, String> {
+        use std::io::Read;
+        let max = crate::limits::API_KEY_FILE_MAX_BYTES;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(max as u64 + 1).read_to_end(&mut bytes))
+            .map_err(|e| format!("cannot read the API key file {path}: {e}"))?;
+        if bytes.len() > max {
+            return Err(format!("the API key file {path} is larger than {max} bytes"));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| format!("the API key file {path} is not UTF-8 text"))?;
+        let key = text.trim();
+        if key.is_empty() {
+            return Err(format!("the API key file {path} is empty"));
+        }
+        if key.chars().any(char::is_control) {
+            return Err(format!("the API key file {path} holds more than one line (or control characters)"));
+        }
+        Ok(Self { path: path.into(), key: key.to_string() })
     }
 }
 
@@ -179,6 +246,7 @@ struct Shared {
     max_concurrent: usize,
     api_key: Option<Arc<[u8]>>,
     timeout: Duration,
+    health: Option<crate::health::HealthCheck>,
 }
 
 /// A service being assembled: its descriptor, its routes and the built-in ones.
@@ -186,6 +254,7 @@ pub struct Server {
     shared: Shared,
     config: ServerConfig,
     router: Router,
+    openapi: Option<utoipa::openapi::OpenApi>,
 }
 
 impl std::fmt::Debug for Server {
@@ -209,8 +278,9 @@ impl Server {
             max_concurrent: config.max_concurrent_requests,
             api_key,
             timeout: config.request_timeout,
+            health: None,
         };
-        Self { shared, config, router: Router::new() }
+        Self { shared, config, router: Router::new(), openapi: None }
     }
 
     /// Add a route (OPEA's `add_route`).
@@ -222,6 +292,25 @@ impl Server {
     /// Add a whole router (with its own state already applied).
     pub fn merge(mut self, router: Router) -> Self {
         self.router = self.router.merge(router);
+        self
+    }
+
+    /// Make the health routes (`/health`, `/v1/health`, `/v1/health_check`) ask `check`: a
+    /// failing check answers 503 with its reason, as TEI's `/health` asks its backend, so an
+    /// orchestrator restarts a service whose model worker has died.
+    pub fn health_check_with(mut self, check: crate::health::HealthCheck) -> Self {
+        self.shared.health = Some(check);
+        self
+    }
+
+    /// The OpenAPI document of this service's routes (from its handlers' `#[utoipa::path]`),
+    /// served completed with the built-in routes at `/v1/openapi.json` and rendered at `/docs`.
+    /// Several calls merge.
+    pub fn openapi(mut self, doc: utoipa::openapi::OpenApi) -> Self {
+        match &mut self.openapi {
+            Some(d) => d.merge(doc),
+            None => self.openapi = Some(doc),
+        }
         self
     }
 
@@ -243,7 +332,21 @@ impl Server {
     /// The complete application, for `oneshot` tests or embedding in another server.
     pub fn into_router(self) -> Router {
         let shared = self.shared;
+        let doc = crate::openapi::complete(
+            self.openapi.unwrap_or_else(|| utoipa::openapi::OpenApiBuilder::new().build()),
+            &shared.service,
+            shared.api_key.is_some(),
+        );
+        let doc: Arc<str> = doc.to_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")).into();
         let builtin = Router::new()
+            .route(
+                crate::openapi::OPENAPI_PATH,
+                get(move || {
+                    let doc = doc.clone();
+                    async move { ([(header::CONTENT_TYPE, "application/json")], doc.to_string()) }
+                }),
+            )
+            .route(crate::openapi::DOCS_PATH, get(|| async { axum::response::Html(crate::openapi::DOCS_HTML) }))
             .route("/v1/health_check", get(health_check))
             .route("/v1/health", get(health))
             .route("/health", get(health))
@@ -396,16 +499,33 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     }
 }
 
-async fn health_check(State(s): State<Shared>) -> impl IntoResponse {
+/// The health probe's verdict: `Err` is a 503 with the reason.
+fn probe_health(s: &Shared) -> Result<(), ServiceError> {
+    match &s.health {
+        Some(check) => {
+            check.check().map_err(|why| ServiceError::NotReady(format!("{} is unhealthy: {why}", s.service.name)))
+        }
+        None => Ok(()),
+    }
+}
+
+async fn health_check(State(s): State<Shared>) -> Response {
+    if let Err(e) = probe_health(&s) {
+        return e.into_response();
+    }
     axum::Json(json!({
         "Service Title": s.service.name,
         "Version": s.service.version,
         "Service Description": s.service.description,
     }))
+    .into_response()
 }
 
-async fn health() -> StatusCode {
-    StatusCode::OK
+async fn health(State(s): State<Shared>) -> Response {
+    match probe_health(&s) {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn statistics(State(s): State<Shared>) -> impl IntoResponse {
@@ -434,6 +554,8 @@ async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
+    // In flight from arrival until the body ends or the client leaves, whichever comes first.
+    let in_flight = InFlight::new(&s.metrics, &route);
     let method = req.method().clone();
     let open = OPEN_PATHS.contains(&route.as_str()) || method == Method::OPTIONS;
 
@@ -450,8 +572,9 @@ async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
             .into_response(),
             Ok(permit) => match tokio::time::timeout(s.timeout, next.run(req)).await {
                 Ok(resp) => {
+                    let resp = envelope_plain_rejection(resp).await;
                     // The permit lives until the body ends, so streams count while they run.
-                    return finish(s, route, method, start, resp, Some(permit));
+                    return finish(s, route, method, start, resp, Some(permit), in_flight);
                 }
                 Err(_) => {
                     ServiceError::Timeout(format!("request did not complete within {} s", s.timeout.as_secs_f64()))
@@ -460,7 +583,59 @@ async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
             },
         }
     };
-    finish(s, route, method, start, response, None)
+    finish(s, route, method, start, response, None, in_flight)
+}
+
+/// A client error answered in plain text (an extractor's rejection: a form body where a
+/// multipart one was expected, a bad query string, ...) rewritten into the OpenAI envelope
+/// with the same status, so every 4xx of every route has one shape.
+async fn envelope_plain_rejection(resp: Response) -> Response {
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/plain"));
+    if !resp.status().is_client_error() || !plain {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message =
+        if text.is_empty() { parts.status.canonical_reason().unwrap_or("bad request").to_string() } else { text };
+    let err = match parts.status {
+        StatusCode::PAYLOAD_TOO_LARGE => ServiceError::PayloadTooLarge(message),
+        StatusCode::UNPROCESSABLE_ENTITY => ServiceError::InvalidField { field: None, message },
+        StatusCode::NOT_FOUND => ServiceError::NotFound(message),
+        StatusCode::UNAUTHORIZED => ServiceError::Unauthorized(message),
+        _ => ServiceError::MalformedRequest(message),
+    };
+    let mut body = err.body();
+    body.error.code = Some(parts.status.as_u16().to_string());
+    let mut out = (parts.status, axum::Json(body)).into_response();
+    if let Some(id) = parts.headers.get(REQUEST_ID) {
+        out.headers_mut().insert(REQUEST_ID, id.clone());
+    }
+    out
+}
+
+/// One request counted in `comps_http_requests_in_flight` for as long as it lives.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn new(metrics: &Metrics, route: &str) -> Self {
+        let g = metrics.in_flight.with_label_values(&[route]);
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn check_key(s: &Shared, req: &Request) -> Result<(), ServiceError> {
@@ -486,6 +661,7 @@ fn finish(
     start: Instant,
     resp: Response,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    in_flight: InFlight,
 ) -> Response {
     let status = resp.status().as_u16().to_string();
     let streaming = resp
@@ -494,13 +670,22 @@ fn finish(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     let stat = (route == s.service.endpoint && resp.status().is_success()).then(|| s.stats.register(&s.service.name));
-    s.metrics.in_flight.with_label_values(&[route.as_str()]).inc();
     let (parts, body) = resp.into_parts();
     let timed = TimedBody {
         inner: body,
         done: false,
         first: None,
-        probe: Some(Probe { s, route, method: method.to_string(), status, start, streaming, stat, _permit: permit }),
+        probe: Some(Probe {
+            s,
+            route,
+            method: method.to_string(),
+            status,
+            start,
+            streaming,
+            stat,
+            _permit: permit,
+            _in_flight: in_flight,
+        }),
     };
     Response::from_parts(parts, Body::new(timed))
 }
@@ -514,6 +699,7 @@ struct Probe {
     streaming: bool,
     stat: Option<Arc<crate::stats::BaseStatistics>>,
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    _in_flight: InFlight,
 }
 
 impl Probe {
@@ -522,7 +708,6 @@ impl Probe {
         let m = &self.s.metrics;
         m.requests.with_label_values(&[&self.method, &self.route, &self.status]).inc();
         m.duration.with_label_values(&[&self.method, &self.route, &self.status]).observe(total.as_secs_f64());
-        m.in_flight.with_label_values(&[self.route.as_str()]).dec();
         if let Some(ft) = first {
             m.first_byte.with_label_values(&[&self.method, &self.route]).observe(ft.as_secs_f64());
         }

@@ -102,3 +102,62 @@ fn xlm_roberta_matches_transformers() {
     check("xlm-roberta");
     check_logits("xlm-roberta");
 }
+
+/// Over-long inputs never reach the tokenizer whole: refused by their size (no tokens counted)
+/// when not truncating, cut to `max_bytes` when truncating with the same tokens as the whole
+/// text. Pairs name the query when it alone is too long.
+#[test]
+fn over_long_inputs_are_cut_or_refused_before_tokenizing() {
+    use comps_core::models::SequenceClassifier;
+    use comps_core::models::tokenize::{Culprit, Length};
+
+    for name in ["bert", "xlm-roberta"] {
+        let (_, tok) = SequenceClassifier::load(&fixture(name)).unwrap();
+        let max = tok.max_tokens();
+        let max_bytes = tok.max_bytes();
+        assert_eq!(max_bytes, max * comps_core::limits::TOKENIZE_BYTES_PER_TOKEN);
+        // Multi-byte characters, so the cut must find a char boundary.
+        let huge = "Zürich ist schön, the fox said. ".repeat(10 * 1024 * 1024 / 34);
+        let short = "a short text".to_string();
+        let long = "the quick brown fox ".repeat(40); // over `max` tokens, under `max_bytes`
+        assert!(long.len() < max_bytes);
+
+        let started = std::time::Instant::now();
+        let refused = tok.encode(&[short.clone(), huge.clone()], false).unwrap().unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_millis(500), "refused in {:?}", started.elapsed());
+        assert_eq!(refused.culprit, Culprit::Text(1));
+        assert_eq!(refused.length, Length::Bytes { bytes: huge.len(), max_bytes });
+        assert!(refused.to_string().contains(&format!("input 1 is {} bytes long", huge.len())), "{refused}");
+
+        let started = std::time::Instant::now();
+        let cut = tok.encode(std::slice::from_ref(&huge), true).unwrap().unwrap().remove(0);
+        assert!(started.elapsed() < std::time::Duration::from_millis(500), "cut in {:?}", started.elapsed());
+        let head: String = huge.chars().take(1_000).collect();
+        assert_eq!(cut, tok.encode(&[head], true).unwrap().unwrap().remove(0), "{name}: same first tokens");
+        assert_eq!(cut.len(), max);
+
+        let e = tok.encode(std::slice::from_ref(&long), false).unwrap().unwrap_err();
+        assert_eq!((e.culprit, e.max), (Culprit::Text(0), max));
+        assert!(matches!(e.length, Length::Tokens(n) if n > max), "{e:?}");
+
+        // Pairs: the passage, or the query, by size or by tokens.
+        let pairs = |q: &str, texts: &[String]| tok.encode_pairs(q, texts, false).unwrap().unwrap_err();
+        let e = pairs("fox", &[short.clone(), huge.clone()]);
+        assert_eq!((e.culprit, e.length), (Culprit::Text(1), Length::Bytes { bytes: huge.len(), max_bytes }));
+        let e = pairs(&huge, std::slice::from_ref(&short));
+        assert_eq!((e.culprit, e.length), (Culprit::Query, Length::Bytes { bytes: huge.len(), max_bytes }));
+        let e = pairs("fox", &[short.clone(), long.clone()]);
+        assert!(e.culprit == Culprit::Text(1) && matches!(e.length, Length::Tokens(n) if n > max), "{e:?}");
+        let e = pairs(&long, &[short.clone(), short.clone()]);
+        assert!(e.culprit == Culprit::Query && matches!(e.length, Length::Tokens(n) if n > max), "{e:?}");
+
+        // Truncating pairs: a huge passage or query gives the pair of its prefix.
+        let head: String = huge.chars().take(1_000).collect();
+        let started = std::time::Instant::now();
+        let got = tok.encode_pairs("fox", std::slice::from_ref(&huge), true).unwrap().unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_millis(500), "pair cut in {:?}", started.elapsed());
+        assert_eq!(got[0], tok.encode_pair("fox", &head).unwrap());
+        assert_eq!(tok.encode_pair(&huge, "fox").unwrap(), tok.encode_pair(&head, "fox").unwrap());
+        assert_eq!(got[0].0.len(), max);
+    }
+}

@@ -3,15 +3,24 @@
 //! count, waiting at most a short deadline to fill — sorts the items by length so each padded
 //! sub-batch wastes little, runs the model, and answers each request on its own channel.
 //! A request whose client has gone is skipped; a full queue is refused at once (429).
+//!
+//! A panic inside the model's compute fails only the batch it happened in: its requests get a
+//! 500 and the worker carries on with the next batch. The worker publishes its health
+//! ([`Batcher::health`]) so a service's `/health` turns 503 when the thread has died or the
+//! model keeps panicking.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use crate::error::ServiceError;
+use crate::health::HealthCheck;
+use crate::limits::BATCHER_UNHEALTHY_AFTER_PANICS;
 
 /// Batching limits.
 #[derive(Debug, Clone)]
@@ -106,18 +115,39 @@ pub struct BatchStats {
     pub items: AtomicU64,
     /// Requests skipped because their client had gone.
     pub skipped: AtomicU64,
+    /// Forward passes whose compute panicked (their requests failed; the worker carried on).
+    pub panics: AtomicU64,
+}
+
+/// What the worker thread publishes about itself, for [`Batcher::health`].
+#[derive(Debug, Default)]
+struct WorkerHealth {
+    /// Set when the worker thread has ended, whether it returned or unwound.
+    stopped: AtomicBool,
+    /// Forward passes in a row whose compute panicked; 0 after one that did not.
+    consecutive_panics: AtomicU32,
+}
+
+/// Marks the worker stopped when dropped: on its return and on a panic that unwinds it.
+struct StoppedOnDrop(Arc<WorkerHealth>);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Handle to submit work; cheap to clone.
 pub struct Batcher<I, O> {
     tx: SyncSender<Job<I, O>>,
     stats: Arc<BatchStats>,
+    health: Arc<WorkerHealth>,
     name: Arc<str>,
 }
 
 impl<I, O> Clone for Batcher<I, O> {
     fn clone(&self) -> Self {
-        Self { tx: self.tx.clone(), stats: self.stats.clone(), name: self.name.clone() }
+        Self { tx: self.tx.clone(), stats: self.stats.clone(), health: self.health.clone(), name: self.name.clone() }
     }
 }
 
@@ -132,17 +162,39 @@ impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
     pub fn start<M: BatchModel<Input = I, Output = O>>(name: &str, model: M, cfg: BatchConfig) -> Self {
         let (tx, rx) = sync_channel::<Job<I, O>>(cfg.queue_capacity.max(1));
         let stats = Arc::new(BatchStats::default());
-        let worker_stats = stats.clone();
+        let health = Arc::new(WorkerHealth::default());
+        let name: Arc<str> = Arc::from(name);
+        let worker_side = Worker { stats: stats.clone(), health: health.clone(), name: name.clone() };
         std::thread::Builder::new()
             .name(format!("{name}-batcher"))
-            .spawn(move || worker(model, rx, cfg, worker_stats))
+            .spawn(move || {
+                let _stopped = StoppedOnDrop(worker_side.health.clone());
+                worker(model, rx, cfg, &worker_side)
+            })
             .expect("spawn batcher thread");
-        Self { tx, stats, name: Arc::from(name) }
+        Self { tx, stats, health, name }
     }
 
     /// Counters.
     pub fn stats(&self) -> &BatchStats {
         &self.stats
+    }
+
+    /// The worker's health, for the service's `/health`: failing once the worker thread has
+    /// stopped, or while the model's last [`BATCHER_UNHEALTHY_AFTER_PANICS`] batches all
+    /// panicked. The check holds no handle to the queue, so it never keeps the worker alive.
+    pub fn health(&self) -> HealthCheck {
+        let (health, name) = (self.health.clone(), self.name.clone());
+        HealthCheck::new(move || {
+            if health.stopped.load(Ordering::SeqCst) {
+                return Err(format!("the {name} batcher's worker thread has stopped"));
+            }
+            let panics = health.consecutive_panics.load(Ordering::SeqCst);
+            if panics >= BATCHER_UNHEALTHY_AFTER_PANICS {
+                return Err(format!("the {name} model panicked on each of its last {panics} batches"));
+            }
+            Ok(())
+        })
     }
 
     /// Run one request's items; answers in input order.
@@ -166,7 +218,14 @@ impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
 
 type JobOf<M> = Job<<M as BatchModel>::Input, <M as BatchModel>::Output>;
 
-fn worker<M: BatchModel>(mut model: M, rx: Receiver<JobOf<M>>, cfg: BatchConfig, stats: Arc<BatchStats>) {
+/// The worker thread's side of a batcher: what it reports to.
+struct Worker {
+    stats: Arc<BatchStats>,
+    health: Arc<WorkerHealth>,
+    name: Arc<str>,
+}
+
+fn worker<M: BatchModel>(mut model: M, rx: Receiver<JobOf<M>>, cfg: BatchConfig, w: &Worker) {
     let mut carry: Option<JobOf<M>> = None;
     loop {
         let first = match carry.take() {
@@ -214,18 +273,27 @@ fn worker<M: BatchModel>(mut model: M, rx: Receiver<JobOf<M>>, cfg: BatchConfig,
         jobs.retain(|j| {
             let gone = j.reply.is_closed();
             if gone {
-                stats.skipped.fetch_add(1, Ordering::Relaxed);
+                w.stats.skipped.fetch_add(1, Ordering::Relaxed);
             }
             !gone
         });
         if jobs.is_empty() {
             continue;
         }
-        run_jobs(&mut model, jobs, &cfg, &stats);
+        run_jobs(&mut model, jobs, &cfg, w);
     }
 }
 
-fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig, stats: &BatchStats) {
+/// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a non-string payload")
+}
+
+fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig, w: &Worker) {
     // (job, item) pairs sorted by length so each sub-batch pads little.
     let mut order: Vec<(usize, usize)> =
         jobs.iter().enumerate().flat_map(|(j, job)| (0..job.items.len()).map(move |i| (j, i))).collect();
@@ -247,17 +315,36 @@ fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig
             end += 1;
         }
         let slice: Vec<&M::Input> = order[start..end].iter().map(|&(j, i)| &jobs[j].items[i]).collect();
-        match model.run(&slice) {
-            Ok(outs) if outs.len() == slice.len() => {
+        // A kernel that panics (an input it cannot take, a bug) must not take the thread down
+        // with it: that batch fails and the worker goes on. The model is only ever used from
+        // this thread, and a later batch that finds it broken fails (or panics) the same way.
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| model.run(&slice)));
+        if ran.is_ok() {
+            w.health.consecutive_panics.store(0, Ordering::SeqCst);
+        }
+        match ran {
+            Ok(Ok(outs)) if outs.len() == slice.len() => {
                 for (k, out) in outs.into_iter().enumerate() {
                     let (j, i) = order[start + k];
                     outputs[j][i] = Some(out);
                 }
-                stats.batches.fetch_add(1, Ordering::Relaxed);
-                stats.items.fetch_add(slice.len() as u64, Ordering::Relaxed);
+                w.stats.batches.fetch_add(1, Ordering::Relaxed);
+                w.stats.items.fetch_add(slice.len() as u64, Ordering::Relaxed);
             }
-            Ok(outs) => failed = Some(format!("model returned {} outputs for {} inputs", outs.len(), slice.len())),
-            Err(e) => failed = Some(e),
+            Ok(Ok(outs)) => failed = Some(format!("model returned {} outputs for {} inputs", outs.len(), slice.len())),
+            Ok(Err(e)) => failed = Some(e),
+            Err(payload) => {
+                w.stats.panics.fetch_add(1, Ordering::Relaxed);
+                let in_a_row = w.health.consecutive_panics.fetch_add(1, Ordering::SeqCst) + 1;
+                tracing::error!(
+                    batcher = %w.name,
+                    panic = panic_message(payload.as_ref()),
+                    items = slice.len(),
+                    in_a_row,
+                    "model panicked; this batch's requests fail and the worker carries on"
+                );
+                failed = Some(format!("the {} model panicked while computing this request's batch", w.name));
+            }
         }
         start = end;
     }
@@ -325,5 +412,86 @@ mod tests {
         assert_eq!(third.await.unwrap().unwrap(), vec![2]);
         assert_eq!(b.stats().skipped.load(Ordering::Relaxed), 1);
         assert!(!seen.lock().unwrap().contains(&5), "the gone client's work never ran");
+    }
+
+    /// Echoes lengths, but its "kernel" panics on any item holding `POISON`.
+    struct PanicsOnPoison;
+
+    const POISON: u32 = 666;
+
+    impl BatchModel for PanicsOnPoison {
+        type Input = Vec<u32>;
+        type Output = usize;
+        fn run(&mut self, items: &[&Vec<u32>]) -> Result<Vec<usize>, String> {
+            assert!(!items.iter().any(|i| i.contains(&POISON)), "kernel cannot take the poison input");
+            Ok(items.iter().map(|i| i.len()).collect())
+        }
+    }
+
+    fn panicky() -> Batcher<Vec<u32>, usize> {
+        Batcher::start("panicky", PanicsOnPoison, BatchConfig { max_wait: Duration::ZERO, ..BatchConfig::default() })
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_request_and_the_worker_serves_the_next() {
+        let b = panicky();
+        let health = b.health();
+        match b.submit(vec![vec![1, POISON]]).await {
+            Err(ServiceError::Internal(msg)) => assert!(msg.contains("panicky model panicked"), "{msg}"),
+            other => panic!("expected a 500 naming the model failure, got {other:?}"),
+        }
+        assert_eq!(b.submit(vec![vec![1, 2], vec![3]]).await.unwrap(), vec![2, 1], "the worker is still alive");
+        assert_eq!(health.check(), Ok(()));
+        assert_eq!(b.stats().panics.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn panics_in_a_row_make_it_unhealthy_until_a_batch_runs_cleanly() {
+        let b = panicky();
+        let health = b.health();
+        for n in 1..=BATCHER_UNHEALTHY_AFTER_PANICS {
+            assert!(matches!(b.submit(vec![vec![POISON]]).await, Err(ServiceError::Internal(_))));
+            assert_eq!(health.check().is_ok(), n < BATCHER_UNHEALTHY_AFTER_PANICS, "after {n} panics in a row");
+        }
+        let why = health.check().unwrap_err();
+        assert!(why.contains("panicky model panicked"), "{why}");
+        assert_eq!(b.submit(vec![vec![7; 4]]).await.unwrap(), vec![4]);
+        assert_eq!(health.check(), Ok(()), "a clean batch makes it healthy again");
+    }
+
+    /// An item whose length cannot be taken: asking kills the worker thread outside the
+    /// model's compute (a stand-in for any bug that ends the thread).
+    struct Bomb;
+
+    impl BatchItem for Bomb {
+        fn tokens(&self) -> usize {
+            panic!("the worker thread dies here")
+        }
+    }
+
+    struct Never;
+
+    impl BatchModel for Never {
+        type Input = Bomb;
+        type Output = ();
+        fn run(&mut self, _: &[&Bomb]) -> Result<Vec<()>, String> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_worker_reports_unhealthy_and_refuses_work() {
+        let b = Batcher::start("doomed", Never, BatchConfig::default());
+        let health = b.health();
+        assert_eq!(health.check(), Ok(()));
+        assert!(b.submit(vec![Bomb]).await.is_err(), "the request the worker died on fails");
+        // The thread marks itself stopped as it unwinds, just after the reply was dropped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while health.check().is_ok() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let why = health.check().unwrap_err();
+        assert!(why.contains("doomed") && why.contains("stopped"), "{why}");
+        assert!(matches!(b.submit(vec![Bomb]).await, Err(ServiceError::NotReady(_))), "later work gets 503");
     }
 }

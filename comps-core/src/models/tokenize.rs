@@ -1,6 +1,12 @@
 //! Tokenizers from `tokenizer.json`, with padding off (the batcher pads) and truncation at the
 //! model's maximum, or none when the caller wants an over-long input refused.
+//!
+//! The tokenizer never sees more of a text than the window can use: an input longer than
+//! [`TextTokenizer::max_bytes`] (`max_tokens ×` [`TOKENIZE_BYTES_PER_TOKEN`]) is cut to that
+//! prefix when truncating — its first `max_tokens` tokens are the same for any real text — and
+//! refused by its size when not, so a 10 MB input costs what a long one does.
 
+use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -8,17 +14,75 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use super::ModelError;
 use crate::error::ServiceError;
+use crate::limits::TOKENIZE_BYTES_PER_TOKEN;
+
+/// Which input of a request is over-long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Culprit {
+    /// The text at this index of the request's list (for a pair: this text with the query).
+    Text(usize),
+    /// The query every pair shares, too long on its own whatever the text.
+    Query,
+}
+
+/// How an over-long input was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Length {
+    /// Its tokens (special tokens included).
+    Tokens(usize),
+    /// Its size, over the most bytes read for the model's window: refused before tokenizing,
+    /// so no token count is known.
+    Bytes {
+        /// The input's length in bytes.
+        bytes: usize,
+        /// [`TextTokenizer::max_bytes`].
+        max_bytes: usize,
+    },
+}
 
 /// An input longer than the model takes, with `truncate` off.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("input {index} has {tokens} tokens, more than the model maximum of {max}; shorten it or set truncate to true")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TooLong {
-    /// Index in the request.
-    pub index: usize,
-    /// Its length in tokens.
-    pub tokens: usize,
-    /// The limit.
+    /// Which input.
+    pub culprit: Culprit,
+    /// How long it is.
+    pub length: Length,
+    /// The model's maximum in tokens.
     pub max: usize,
+}
+
+impl TooLong {
+    /// The message for a client, calling the input `subject` (`"input 3"`,
+    /// `"texts.3 with the query"`); it says how to fix the request.
+    pub fn describe(&self, subject: &str) -> String {
+        let max = self.max;
+        match self.length {
+            Length::Tokens(tokens) => format!(
+                "{subject} has {tokens} tokens, more than the model maximum of {max}; shorten it or set truncate to true"
+            ),
+            Length::Bytes { bytes, max_bytes } => format!(
+                "{subject} is {bytes} bytes long, more than the {max_bytes} bytes read for the model maximum of \
+                 {max} tokens; shorten it or set truncate to true"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for TooLong {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let subject = match self.culprit {
+            Culprit::Text(i) => format!("input {i}"),
+            Culprit::Query => "the query".to_string(),
+        };
+        f.write_str(&self.describe(&subject))
+    }
+}
+
+impl std::error::Error for TooLong {}
+
+/// The longest prefix of `text` of at most `max_bytes` bytes that ends on a char boundary.
+fn prefix(text: &str, max_bytes: usize) -> &str {
+    &text[..text.floor_char_boundary(max_bytes)]
 }
 
 /// A tokenizer pair: truncating at `max_tokens`, and not truncating.
@@ -60,26 +124,62 @@ impl TextTokenizer {
         self.max_tokens
     }
 
+    /// The most bytes of one text the tokenizer is given: `max_tokens ×`
+    /// [`TOKENIZE_BYTES_PER_TOKEN`]. Longer texts are cut to this (truncating) or refused.
+    pub fn max_bytes(&self) -> usize {
+        self.max_tokens.saturating_mul(TOKENIZE_BYTES_PER_TOKEN)
+    }
+
+    /// `text` cut to [`Self::max_bytes`] on a char boundary, for a truncating tokenizer.
+    fn window<'t>(&self, text: &'t str) -> &'t str {
+        prefix(text, self.max_bytes())
+    }
+
+    /// A refusal of `culprit` by its size, when it is longer than [`Self::max_bytes`].
+    fn too_many_bytes(&self, culprit: Culprit, text: &str) -> Option<TooLong> {
+        let max_bytes = self.max_bytes();
+        (text.len() > max_bytes).then_some(TooLong {
+            culprit,
+            length: Length::Bytes { bytes: text.len(), max_bytes },
+            max: self.max_tokens,
+        })
+    }
+
     /// Token ids of each text (with special tokens). Over-long texts are cut when `truncate`,
-    /// else refused naming the first one.
+    /// else refused: first any text too large to read (by its size, without tokenizing), else
+    /// the first with too many tokens.
     pub fn encode(&self, texts: &[String], truncate: bool) -> Result<Result<Vec<Vec<u32>>, TooLong>, ModelError> {
+        if !truncate
+            && let Some(e) = texts.iter().enumerate().find_map(|(i, t)| self.too_many_bytes(Culprit::Text(i), t))
+        {
+            return Ok(Err(e));
+        }
         let tok = if truncate { &self.truncating } else { &self.full };
-        let encs = tok.encode_batch(texts.to_vec(), true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let inputs: Vec<&str> = texts.iter().map(|t| self.window(t)).collect();
+        let encs = tok.encode_batch(inputs, true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let ids: Vec<Vec<u32>> = encs.into_iter().map(|e| e.get_ids().to_vec()).collect();
         if !truncate && let Some((index, seq)) = ids.iter().enumerate().find(|(_, s)| s.len() > self.max_tokens) {
-            return Ok(Err(TooLong { index, tokens: seq.len(), max: self.max_tokens }));
+            return Ok(Err(TooLong {
+                culprit: Culprit::Text(index),
+                length: Length::Tokens(seq.len()),
+                max: self.max_tokens,
+            }));
         }
         Ok(Ok(ids))
     }
 
     /// Token ids of a (query, text) pair, truncated to the limit (cross-encoders).
     pub fn encode_pair(&self, a: &str, b: &str) -> Result<(Vec<u32>, Vec<u32>), ModelError> {
-        let e = self.truncating.encode((a, b), true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let e = self
+            .truncating
+            .encode((self.window(a), self.window(b)), true)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok((e.get_ids().to_vec(), e.get_type_ids().to_vec()))
     }
 
-    /// Pairs of `query` with each text; over-long pairs are cut when `truncate`, else refused
-    /// naming the first.
+    /// Pairs of `query` with each text; over-long pairs are cut when `truncate`, else refused:
+    /// the query when it is too long on its own, else the first text too large to read or,
+    /// with the query, of too many tokens.
     #[allow(clippy::type_complexity)]
     pub fn encode_pairs(
         &self,
@@ -87,41 +187,63 @@ impl TextTokenizer {
         texts: &[String],
         truncate: bool,
     ) -> Result<Result<Vec<(Vec<u32>, Vec<u32>)>, TooLong>, ModelError> {
+        if !truncate {
+            let too_large = self
+                .too_many_bytes(Culprit::Query, query)
+                .or_else(|| texts.iter().enumerate().find_map(|(i, t)| self.too_many_bytes(Culprit::Text(i), t)));
+            if let Some(e) = too_large {
+                return Ok(Err(e));
+            }
+        }
         let tok = if truncate { &self.truncating } else { &self.full };
-        let inputs: Vec<(String, String)> = texts.iter().map(|t| (query.to_string(), t.clone())).collect();
+        // A query over the window is cut like a text: longest-first truncation takes the pair's
+        // tokens from whichever side is longer, so the result is unchanged.
+        let query = self.window(query);
+        let inputs: Vec<(&str, &str)> = texts.iter().map(|t| (query, self.window(t))).collect();
         let encs = tok.encode_batch(inputs, true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let out: Vec<(Vec<u32>, Vec<u32>)> =
             encs.into_iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect();
         if !truncate
             && let Some((index, (ids, _))) = out.iter().enumerate().find(|(_, (ids, _))| ids.len() > self.max_tokens)
         {
-            return Ok(Err(TooLong { index, tokens: ids.len(), max: self.max_tokens }));
+            // Every pair is over the limit when the query alone is: name the query then.
+            let alone = self.full.encode(query, true).map_err(|e| ModelError::Tokenizer(e.to_string()))?.len();
+            let (culprit, tokens) =
+                if alone > self.max_tokens { (Culprit::Query, alone) } else { (Culprit::Text(index), ids.len()) };
+            return Ok(Err(TooLong { culprit, length: Length::Tokens(tokens), max: self.max_tokens }));
         }
         Ok(Ok(out))
     }
 
     /// [`Self::encode`] on the blocking pool (tokenizing a large request is real CPU work that
-    /// must stay off the async runtime), an over-long input refused as a 422 naming `field`.
+    /// must stay off the async runtime); the caller turns an over-long input into its error.
+    pub async fn try_encode_off_runtime(
+        self: &Arc<Self>,
+        texts: Vec<String>,
+        truncate: bool,
+    ) -> Result<Result<Vec<Vec<u32>>, TooLong>, ServiceError> {
+        let tok = self.clone();
+        tokio::task::spawn_blocking(move || tok.encode(&texts, truncate))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("tokenizer task failed: {e}")))?
+            .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+
+    /// [`Self::encode`] on the blocking pool, an over-long input refused as a 422 naming
+    /// `field` (and the input's index in the message).
     pub async fn encode_off_runtime(
         self: &Arc<Self>,
         texts: Vec<String>,
         truncate: bool,
         field: &str,
     ) -> Result<Vec<Vec<u32>>, ServiceError> {
-        let tok = self.clone();
-        tokio::task::spawn_blocking(move || tok.encode(&texts, truncate))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("tokenizer task failed: {e}")))?
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(|e| {
-                ServiceError::invalid(
-                    field,
-                    format!(
-                        "{field} {} has {} tokens, more than the model maximum of {}; shorten it or set truncate to true",
-                        e.index, e.tokens, e.max
-                    ),
-                )
-            })
+        self.try_encode_off_runtime(texts, truncate).await?.map_err(|e| {
+            let subject = match e.culprit {
+                Culprit::Text(i) => format!("{field} {i}"),
+                Culprit::Query => "query".to_string(),
+            };
+            ServiceError::invalid(field, e.describe(&subject))
+        })
     }
 
     /// Text back from ids (special tokens skipped).

@@ -14,7 +14,7 @@ pub fn new_id() -> String {
 }
 
 /// `str | List[str]`, used by `TextDoc.text` and `EmbedDoc.text`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum TextOrList {
     /// One text.
@@ -54,7 +54,7 @@ impl From<String> for TextOrList {
 }
 
 /// A text, plus the downstream nodes (regexes) the orchestrator must not forward it to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TextDoc {
     /// Doc id.
     #[serde(default = "new_id")]
@@ -82,7 +82,7 @@ impl TextDoc {
 impl Validate for TextDoc {}
 
 /// `List[float] | List[List[float]]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Embedding {
     /// One vector.
@@ -92,7 +92,7 @@ pub enum Embedding {
 }
 
 /// A query with its embedding and the retriever's parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbedDoc {
     /// Doc id.
     #[serde(default = "new_id")]
@@ -141,7 +141,7 @@ impl Validate for EmbedDoc {
 }
 
 /// The retriever's answer: the docs found for `initial_query`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchedDoc {
     /// Doc id.
     #[serde(default = "new_id")]
@@ -162,7 +162,7 @@ impl Validate for SearchedDoc {
 }
 
 /// The reranker's answer in OPEA's doc form.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RerankedDoc {
     /// Doc id.
     #[serde(default = "new_id")]
@@ -176,7 +176,7 @@ pub struct RerankedDoc {
 impl Validate for RerankedDoc {}
 
 /// A RAG document: a plain string or a dict such as `{"title", "text"}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Document {
     /// Plain text.
@@ -198,7 +198,7 @@ impl Document {
 }
 
 /// A prompt for the LLM plus its generation parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LLMParamsDoc {
     /// Doc id.
     #[serde(default = "new_id")]
@@ -279,7 +279,7 @@ impl Validate for LLMParamsDoc {
 }
 
 /// The LLM's answer in OPEA's doc form (what an output guardrail receives).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GeneratedDoc {
     /// Doc id.
     #[serde(default = "new_id")]
@@ -296,7 +296,7 @@ pub struct GeneratedDoc {
 impl Validate for GeneratedDoc {}
 
 /// Per-request LLM parameters the orchestrator injects into LLM nodes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LLMParams {
     /// Doc id.
     #[serde(default = "new_id")]
@@ -366,7 +366,7 @@ impl Validate for LLMParams {
 }
 
 /// Per-request retriever parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RetrieverParms {
     /// Doc id.
     #[serde(default = "new_id")]
@@ -411,7 +411,7 @@ impl Validate for RetrieverParms {
 }
 
 /// Per-request reranker parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RerankerParms {
     /// Doc id.
     #[serde(default = "new_id")]

@@ -22,7 +22,7 @@ pub fn completion_id() -> String {
 }
 
 /// Token accounting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageInfo {
     /// Tokens in the prompt.
     #[serde(default)]
@@ -47,7 +47,7 @@ impl UsageInfo {
 }
 
 /// `{"type": "text" | "json_object"}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResponseFormat {
     /// `text` or `json_object`.
     #[serde(rename = "type")]
@@ -55,7 +55,7 @@ pub struct ResponseFormat {
 }
 
 /// `stream_options`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     /// Send a last chunk carrying `usage`.
     #[serde(default)]
@@ -63,7 +63,7 @@ pub struct StreamOptions {
 }
 
 /// An image reference inside a message part.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageUrl {
     /// `https://...`, `data:image/png;base64,...`, a local path, or raw base64.
     pub url: String,
@@ -73,7 +73,7 @@ pub struct ImageUrl {
 }
 
 /// One part of a multi-part message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentPart {
     /// Text.
@@ -89,7 +89,7 @@ pub enum ContentPart {
 }
 
 /// A message's content: a string or a list of parts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     /// Plain text.
@@ -99,7 +99,7 @@ pub enum MessageContent {
 }
 
 /// A chat message in a request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RequestMessage {
     /// `system`, `user`, `assistant` (others are rejected where a prompt is built).
     pub role: String,
@@ -119,7 +119,7 @@ impl RequestMessage {
 }
 
 /// `messages`: OPEA accepts a plain string as well as the OpenAI list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Messages {
     /// A bare prompt.
@@ -129,7 +129,7 @@ pub enum Messages {
 }
 
 /// `stop`: a string or a list of strings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     /// One stop string.
@@ -153,7 +153,7 @@ fn default_stop() -> Option<Stop> {
 }
 
 /// `input` of an embedding request: text(s) or token ids.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingInput {
     /// One text.
@@ -167,7 +167,7 @@ pub enum EmbeddingInput {
 }
 
 /// An embedding as a request field: OPEA accepts a whole `EmbeddingResponse` or a bare vector.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingField {
     /// A bare vector.
@@ -197,7 +197,7 @@ impl EmbeddingField {
 }
 
 /// A retrieved chunk: `text` plus its metadata; other keys are kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RetrievalResponseData {
     /// The chunk text.
     pub text: String,
@@ -207,7 +207,7 @@ pub struct RetrievalResponseData {
 }
 
 /// A reranked chunk with its score.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RerankingResponseData {
     /// The chunk text.
     pub text: String,
@@ -222,7 +222,7 @@ fn zero_score() -> Option<f32> {
 
 /// OpenAI chat completion request with OPEA's extras (embedding, retrieval and reranking stage
 /// fields included, so one request can travel through a whole pipeline).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionRequest {
     /// The conversation, or a bare prompt.
     pub messages: Messages,
@@ -468,7 +468,7 @@ impl Validate for ChatCompletionRequest {
 }
 
 /// An answer message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatMessage {
     /// `assistant`, usually.
     pub role: String,
@@ -480,7 +480,7 @@ pub struct ChatMessage {
 }
 
 /// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// A stop string or end-of-sequence token.
@@ -490,7 +490,7 @@ pub enum FinishReason {
 }
 
 /// One choice of a non-streamed answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionResponseChoice {
     /// Choice index.
     pub index: u32,
@@ -505,7 +505,7 @@ pub struct ChatCompletionResponseChoice {
 }
 
 /// A non-streamed chat completion (`chat.completion`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionResponse {
     /// `chatcmpl-...`.
     #[serde(default = "completion_id")]
@@ -544,7 +544,7 @@ impl ChatCompletionResponse {
 }
 
 /// A streamed delta.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeltaMessage {
     /// Set on the first chunk.
     #[serde(default)]
@@ -555,7 +555,7 @@ pub struct DeltaMessage {
 }
 
 /// One choice of a streamed chunk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionResponseStreamChoice {
     /// Choice index.
     pub index: u32,
@@ -567,7 +567,7 @@ pub struct ChatCompletionResponseStreamChoice {
 }
 
 /// A streamed chunk (`chat.completion.chunk`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionStreamResponse {
     /// Same id on every chunk of one answer.
     #[serde(default = "completion_id")]
@@ -588,7 +588,7 @@ pub struct ChatCompletionStreamResponse {
 }
 
 /// OpenAI / OPEA embedding request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {
     /// Model name.
     #[serde(default)]
@@ -622,7 +622,7 @@ impl Validate for EmbeddingRequest {
 }
 
 /// A vector as floats or as base64 of little-endian f32.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingData {
     /// Floats.
@@ -632,7 +632,7 @@ pub enum EmbeddingData {
 }
 
 /// One embedding of a response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingResponseData {
     /// Input index.
     pub index: u32,
@@ -644,7 +644,7 @@ pub struct EmbeddingResponseData {
 }
 
 /// OpenAI embedding response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingResponse {
     /// `list`.
     #[serde(default = "object_list")]
@@ -660,7 +660,7 @@ pub struct EmbeddingResponse {
 }
 
 /// OPEA retrieval request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RetrievalRequest {
     /// The query vector (or a whole embedding response).
     #[serde(default)]
@@ -705,14 +705,14 @@ impl Validate for RetrievalRequest {
 }
 
 /// OPEA retrieval response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RetrievalResponse {
     /// The chunks found.
     pub retrieved_docs: Vec<RetrievalResponseData>,
 }
 
 /// A doc to rerank: OPEA accepts `{text, metadata}`, any dict with `text`, or a bare string.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum RerankInputDoc {
     /// A bare string.
@@ -732,7 +732,7 @@ impl RerankInputDoc {
 }
 
 /// OPEA reranking request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RerankingRequest {
     /// The query.
     pub input: String,
@@ -753,7 +753,7 @@ impl Validate for RerankingRequest {
 }
 
 /// OPEA reranking response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RerankingResponse {
     /// The kept chunks, best first.
     pub reranked_docs: Vec<RerankingResponseData>,

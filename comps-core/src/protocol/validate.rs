@@ -59,6 +59,7 @@ pub fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), ServiceE
     if allowed.contains(&value) {
         return Ok(());
     }
+    let value = crate::limits::excerpt(value);
     Err(ServiceError::invalid(field, format!("'{value}' is not one of {allowed:?} - '{field}'")))
 }
 

@@ -214,7 +214,8 @@ pub fn server(args: &Args) -> anyhow::Result<Server> {
             timeout: Duration::from_secs(args.dataprep_timeout_secs.max(1)),
         }),
     };
-    Ok(server.merge(routes::router(state)))
+    use utoipa::OpenApi;
+    Ok(server.merge(routes::router(state)).openapi(routes::ChatQnaApi::openapi()))
 }
 
 /// Serve until SIGTERM / ctrl-c.

@@ -41,6 +41,49 @@ pub struct AppState {
     pub dataprep: Arc<Dataprep>,
 }
 
+/// The OpenAPI document of ChatQnA's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(chatqna, chat_completions, models, forwarded::ingest, forwarded::get, forwarded::delete),
+    tags((name = "chatqna", description = "The ChatQnA RAG pipeline"),
+         (name = "dataprep", description = "Forwarded as they come to the dataprep service"))
+)]
+pub struct ChatQnaApi;
+
+/// The model list.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+struct ModelList {
+    /// `list`.
+    object: String,
+    /// `chatqna`.
+    data: Vec<Value>,
+}
+
+/// The dataprep routes as the forwarder passes them on (one handler serves them all).
+#[allow(dead_code)]
+mod forwarded {
+    use comps_core::protocol::{DataprepDeleteRequest, DataprepFile, DataprepGetRequest, DataprepIngestForm};
+
+    /// Upload files and / or links to the dataprep service.
+    #[utoipa::path(post, path = "/v1/dataprep/ingest", tag = "dataprep",
+        request_body(content = DataprepIngestForm, content_type = "multipart/form-data"),
+        responses((status = 200, description = "Stored", body = Object)))]
+    pub fn ingest() {}
+
+    /// The files stored in a collection.
+    #[utoipa::path(post, path = "/v1/dataprep/get", tag = "dataprep",
+        request_body(content = Option<DataprepGetRequest>, content_type = "application/json"),
+        responses((status = 200, description = "The stored files", body = Vec<DataprepFile>)))]
+    pub fn get() {}
+
+    /// Delete one file or `all`.
+    #[utoipa::path(post, path = "/v1/dataprep/delete", tag = "dataprep",
+        request_body = DataprepDeleteRequest,
+        responses((status = 200, description = "Deleted", body = Object)))]
+    pub fn delete() {}
+}
+
 /// The routes, with their state.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -51,14 +94,28 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Ask the pipeline (OPEA): streams `data: b'<token>'` frames unless `"stream": false`, which
+/// answers a `chat.completion`.
+#[utoipa::path(post, path = "/v1/chatqna", tag = "chatqna",
+    request_body = ChatCompletionRequest,
+    responses((status = 200, description = "The answer, streamed or whole",
+        content((String = "text/event-stream"), (comps_core::protocol::ChatCompletionResponse = "application/json")))))]
 async fn chatqna(State(s): State<AppState>, body: Bytes) -> Response {
     answer(&s, &body, Framing::Opea).await.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Ask the pipeline as an OpenAI model (`chatqna`): `chat.completion.chunk` events when
+/// `"stream": true`.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "chatqna",
+    request_body = ChatCompletionRequest,
+    responses((status = 200, description = "The answer, whole or streamed",
+        content((comps_core::protocol::ChatCompletionResponse = "application/json"), (String = "text/event-stream")))))]
 async fn chat_completions(State(s): State<AppState>, body: Bytes) -> Response {
     answer(&s, &body, Framing::OpenAi).await.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// The pipeline as a model.
+#[utoipa::path(get, path = "/v1/models", tag = "chatqna", responses((status = 200, description = "`chatqna`", body = ModelList)))]
 async fn models() -> Response {
     axum::Json(json!({
         "object": "list",

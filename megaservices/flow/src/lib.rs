@@ -44,13 +44,64 @@ pub struct Args {
     pub name: String,
 }
 
-/// Build the server for an orchestrator (tests use this with port 0).
+/// Build the server for an orchestrator (tests use this with port 0), with the OpenAPI
+/// document of its endpoint.
 pub fn server(orch: ServiceOrchestrator, service: MicroService, args: &CommonArgs) -> Server {
     let endpoint = service.endpoint.clone();
+    let doc = openapi(&endpoint);
     let server = Server::new(service, args.server_config());
     orch.metrics().register_into(&server.metrics());
     let orch = Arc::new(orch);
-    server.route(&endpoint, post(handle).with_state(orch))
+    server.route(&endpoint, post(handle).with_state(orch)).openapi(doc)
+}
+
+/// The OpenAPI document of the flow's route. The path is only known at run time, so the
+/// document is built with utoipa's builders instead of `#[utoipa::path]`: `POST endpoint` with
+/// any JSON object, answered with JSON or, when the flow streams, server-sent events.
+pub fn openapi(endpoint: &str) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+    use utoipa::openapi::request_body::RequestBodyBuilder;
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, Type};
+    use utoipa::openapi::tag::TagBuilder;
+    use utoipa::openapi::{ContentBuilder, OpenApiBuilder, PathItem, PathsBuilder, Required, ResponseBuilder};
+
+    let input = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+        .description(Some(
+            "The entry nodes' input. Its LLM fields (`max_tokens`, `temperature`, `stream`, ...) become the \
+             request's `LLMParams`; `stream` defaults to false.",
+        ));
+    let body = RequestBodyBuilder::new()
+        .description(Some("Any JSON object: the flow's input"))
+        .required(Some(Required::True))
+        .content("application/json", ContentBuilder::new().schema(Some(input)).build())
+        .build();
+    let answer = ObjectBuilder::new()
+        .schema_type(SchemaType::AnyValue)
+        .description(Some("The single leaf's answer, or `{node id: answer}` when the flow ends in several leaves"));
+    let events = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("The streaming node's server-sent events, passed through"));
+    let ok = ResponseBuilder::new()
+        .description("The flow's answer, whole or streamed")
+        .content("application/json", ContentBuilder::new().schema(Some(answer)).build())
+        .content("text/event-stream", ContentBuilder::new().schema(Some(events)).build());
+    let op = OperationBuilder::new()
+        .tag("flow")
+        .operation_id(Some("flow"))
+        .summary(Some("Run the flow"))
+        .description(Some(
+            "Schedules the flow with the body as the entry nodes' input. A streamed answer passes \
+             through as SSE; otherwise the answer is the single leaf's JSON, or `{node id: answer}` \
+             when the flow ends in several leaves.",
+        ))
+        .request_body(Some(body))
+        .response("200", ok);
+    OpenApiBuilder::new()
+        .paths(PathsBuilder::new().path(endpoint, PathItem::new(HttpMethod::Post, op)))
+        .tags(Some([TagBuilder::new().name("flow").description(Some("An OPEA YAML flow")).build()]))
+        .build()
 }
 
 /// Load the flow and serve it until SIGTERM / ctrl-c.

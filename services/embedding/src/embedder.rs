@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use comps_core::health::HealthCheck;
 use comps_core::models::embed::EmbeddingInfo;
 use comps_core::models::encoder::normalize;
 use comps_core::models::{BatchConfig, Batcher, EmbeddingModel, Pooling, TextTokenizer};
@@ -82,6 +83,11 @@ pub trait Embedder: Send + Sync {
     fn info(&self) -> &EmbedderInfo;
     /// Embed `input`.
     async fn embed(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Embedded>;
+    /// Whether the compute can answer, for `/health` (a local model's batcher worker; a
+    /// remote backend's health is its own).
+    fn health(&self) -> HealthCheck {
+        HealthCheck::always_healthy()
+    }
 }
 
 /// A candle model in this process.
@@ -122,6 +128,10 @@ impl LocalEmbedder {
 impl Embedder for LocalEmbedder {
     fn info(&self) -> &EmbedderInfo {
         &self.info
+    }
+
+    fn health(&self) -> HealthCheck {
+        self.batcher.health()
     }
 
     async fn embed(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Embedded> {
@@ -227,10 +237,17 @@ impl Embedder for RemoteEmbedder {
                 let EmbedInput::Texts(texts) = input else {
                     return Err(ServiceError::invalid(opts.field, "token-id input is not supported by a TEI remote"));
                 };
-                let body = json!({"inputs": texts, "normalize": opts.normalize, "truncate": opts.truncate});
-                let v = call_json(&target, &body).await?;
-                let vecs: Option<Vec<Vec<f32>>> = v.as_array().map(|a| a.iter().map(floats).collect()).unwrap_or(None);
-                (vecs.ok_or_else(|| bad("something other than a list of vectors"))?, 0)
+                // A TEI takes at most its --max-client-batch-size inputs per request (32 unless
+                // configured): an OpenAI request of up to 2,048 goes in slices of that size.
+                let mut vecs = Vec::with_capacity(texts.len());
+                for slice in texts.chunks(comps_core::limits::REMOTE_TEI_BATCH) {
+                    let body = json!({"inputs": slice, "normalize": opts.normalize, "truncate": opts.truncate});
+                    let v = call_json(&target, &body).await?;
+                    let part: Option<Vec<Vec<f32>>> =
+                        v.as_array().map(|a| a.iter().map(floats).collect()).unwrap_or(None);
+                    vecs.extend(part.ok_or_else(|| bad("something other than a list of vectors"))?);
+                }
+                (vecs, 0)
             }
             RemoteKind::OpenAi => {
                 let inputs = match input {

@@ -57,7 +57,8 @@ pub struct Args {
     pub remote_timeout_secs: u64,
     #[command(flatten)]
     pub batch: BatchArgs,
-    /// Most inputs in one request (422 above).
+    /// Most inputs in one TEI `/embed` or OPEA `TextDoc` request (422 above); OpenAI
+    /// `/v1/embeddings` requests take up to OpenAI's 2048.
     #[arg(long, env = "MAX_CLIENT_BATCH_SIZE", default_value_t = 32)]
     pub max_client_batch_size: usize,
     /// Truncate over-long inputs when a request does not say (TEI's --auto-truncate).
@@ -70,7 +71,7 @@ pub struct Args {
 pub struct AppState {
     /// The compute.
     pub embedder: Arc<dyn Embedder>,
-    /// Most inputs per request.
+    /// Most inputs per TEI / OPEA request (OpenAI requests have their own limit).
     pub max_client_batch_size: usize,
     /// Default for `truncate`.
     pub auto_truncate: bool,
@@ -103,9 +104,11 @@ pub async fn build_embedder(args: &Args) -> anyhow::Result<Arc<dyn Embedder>> {
     Ok(Arc::new(LocalEmbedder::load(&dir, pooling, batch)?))
 }
 
-/// The server for an embedder (tests use this with port 0).
+/// The server for an embedder (tests use this with port 0); its `/health` fails while the
+/// embedder's model worker is down.
 pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server {
     let info = state.embedder.info().clone();
+    let health = state.embedder.health();
     let svc = common
         .apply(MicroService::new("embedding"), default_port)
         .endpoint("/v1/embeddings")
@@ -113,7 +116,11 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
         .datatypes("TextDoc", "EmbedDoc")
         .description(format!("Embedding service ({})", info.model_id))
         .version(env!("CARGO_PKG_VERSION"));
-    Server::new(svc, common.server_config()).merge(routes::router(state))
+    use utoipa::OpenApi;
+    Server::new(svc, common.server_config())
+        .health_check_with(health)
+        .merge(routes::router(state))
+        .openapi(routes::EmbeddingApi::openapi())
 }
 
 /// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.

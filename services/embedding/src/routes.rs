@@ -1,5 +1,6 @@
 //! HTTP routes: OpenAI and OPEA on `/v1/embeddings`, TEI on `/embed` and `/info`, and
-//! `/v1/models`.
+//! `/v1/models`. OpenAI requests take up to [`OPENAI_MAX_EMBEDDING_INPUTS`] inputs, as OpenAI
+//! does; TEI and OPEA requests keep TEI's `--max-client-batch-size`.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -8,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use comps_core::extract::parse_json;
+use comps_core::limits::OPENAI_MAX_EMBEDDING_INPUTS;
 use comps_core::protocol::{
     EmbedDoc, Embedding, EmbeddingData, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingResponseData,
     TextDoc, TextOrList, UsageInfo, Validate,
@@ -19,6 +21,103 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::embedder::{EmbedInput, EmbedOptions};
 
+/// The OpenAPI document of the service's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(embeddings, tei_embed, info, models),
+    tags((name = "embedding", description = "OpenAI and OPEA embeddings"),
+         (name = "tei", description = "Text Embeddings Inference's routes"))
+)]
+pub struct EmbeddingApi;
+
+/// The request shapes `/v1/embeddings` takes (told apart by their keys).
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+enum EmbeddingsBody {
+    /// OpenAI's embedding request (`input`).
+    OpenAi(EmbeddingRequest),
+    /// OPEA `TextDoc` (`text`).
+    Opea(TextDoc),
+}
+
+/// The answers of `/v1/embeddings`, one per request shape.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+enum EmbeddingsAnswer {
+    /// To an OpenAI request: one embedding per input.
+    OpenAi(EmbeddingResponse),
+    /// To a `TextDoc`: its text with the embedding (a list of vectors for a list of texts).
+    Opea(EmbedDoc),
+}
+
+/// TEI-like service information, as `GET /info` writes it.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+struct Info {
+    /// The model's name.
+    model_id: String,
+    /// Always `null`: no model revision is tracked.
+    model_sha: Option<String>,
+    /// `float32`.
+    model_dtype: String,
+    /// The kind of model and its pooling.
+    model_type: InfoModelType,
+    /// The longest input in tokens, when known.
+    max_input_length: Option<usize>,
+    /// The most inputs in one TEI `/embed` or OPEA `TextDoc` request.
+    max_client_batch_size: usize,
+    /// Whether over-long inputs are truncated when a request does not say.
+    auto_truncate: bool,
+    /// The vector size, when known.
+    embedding_dimension: Option<usize>,
+    /// `local` (a model in this process) or `remote` (a proxy).
+    backend: String,
+    /// This service's version.
+    version: String,
+}
+
+/// `{"embedding": {"pooling": ...}}`.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+struct InfoModelType {
+    /// An embedding model.
+    embedding: InfoPooling,
+}
+
+/// An embedding model's pooling.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+struct InfoPooling {
+    /// `mean`, `cls`, ..., when known.
+    pooling: Option<String>,
+}
+
+/// OpenAI's model list.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+struct ModelList {
+    /// `list`.
+    object: String,
+    /// The served model.
+    data: Vec<ModelCard>,
+}
+
+/// One served model.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+struct ModelCard {
+    /// The model's name.
+    id: String,
+    /// `model`.
+    object: String,
+    /// Always 0.
+    created: u64,
+    /// `comps-rs`.
+    owned_by: String,
+}
+
 /// The service's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -29,20 +128,36 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn check_count(field: &'static str, n: usize, max: usize) -> ServiceResult<()> {
+/// The most inputs a request may carry, and what that limit is called in the refusal.
+#[derive(Debug, Clone, Copy)]
+enum InputLimit {
+    /// TEI's `--max-client-batch-size` (on `/embed` and OPEA's `TextDoc`).
+    ClientBatch(usize),
+    /// OpenAI's own bound on one `/v1/embeddings` request.
+    OpenAi,
+}
+
+fn check_count(field: &'static str, n: usize, limit: InputLimit) -> ServiceResult<()> {
     if n == 0 {
         return Err(ServiceError::invalid(field, format!("{field} must not be empty")));
     }
+    let (max, what) = match limit {
+        InputLimit::ClientBatch(max) => (max, "the maximum client batch size"),
+        InputLimit::OpenAi => (OPENAI_MAX_EMBEDDING_INPUTS, "the maximum number of inputs per request"),
+    };
     if n > max {
-        return Err(ServiceError::invalid(
-            field,
-            format!("{field} has {n} items, more than the maximum client batch size of {max}"),
-        ));
+        return Err(ServiceError::invalid(field, format!("{field} has {n} items, more than {what} of {max}")));
     }
     Ok(())
 }
 
-/// OpenAI `{"input": ...}` or OPEA `{"text": ...}` (TextDoc → EmbedDoc), told apart by their keys.
+/// Embed texts, as OpenAI or OPEA asks.
+///
+/// OpenAI `{"input": ...}` answers an `EmbeddingResponse`, OPEA `{"text": ...}` (a `TextDoc`)
+/// an `EmbedDoc`; the two are told apart by their keys.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "embedding",
+    request_body = EmbeddingsBody,
+    responses((status = 200, description = "The embeddings", body = EmbeddingsAnswer)))]
 async fn embeddings(State(s): State<AppState>, body: Bytes) -> Response {
     let shape: Value = match parse_json(&body) {
         Ok(v) => v,
@@ -65,7 +180,9 @@ async fn openai(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
         EmbeddingInput::Tokens(t) => EmbedInput::Tokens(vec![t]),
         EmbeddingInput::TokenBatches(t) => EmbedInput::Tokens(t),
     };
-    check_count("input", input.len(), s.max_client_batch_size)?;
+    // OpenAI clients send up to OpenAI's limit in one call (the SDK's batching assumes it);
+    // the batcher splits the work into forward passes whatever the count.
+    check_count("input", input.len(), InputLimit::OpenAi)?;
     let dim = s.embedder.info().dim;
     if let (Some(d), Some(dim)) = (req.dimensions, dim)
         && d as usize > dim
@@ -110,7 +227,7 @@ async fn opea(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
         Some(TextOrList::List(l)) => (l, false),
         None => return Err(ServiceError::invalid("text", "text must not be null")),
     };
-    check_count("text", texts.len(), s.max_client_batch_size)?;
+    check_count("text", texts.len(), InputLimit::ClientBatch(s.max_client_batch_size))?;
     let opts = EmbedOptions { normalize: true, truncate: true, field: "text" };
     let out = s.embedder.embed(EmbedInput::Texts(texts.clone()), opts).await?;
     let embedding = if single {
@@ -128,16 +245,25 @@ async fn opea(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
     Ok(axum::Json(ed).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// TEI's embed request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct TeiEmbedRequest {
+    /// The text or texts to embed.
     inputs: TextOrList,
+    /// Scale each vector to unit length.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     normalize: bool,
+    /// Cut over-long inputs to the model's limit instead of refusing them (default: the
+    /// service's `--auto-truncate`).
     #[serde(default)]
     truncate: Option<bool>,
+    /// Which end to cut: only `right` is supported.
     #[serde(default)]
     truncation_direction: Option<String>,
+    /// Keep only the first this many dimensions (renormalised when `normalize`).
     #[serde(default)]
+    #[schema(minimum = 1)]
     dimensions: Option<u32>,
 }
 
@@ -159,11 +285,14 @@ impl Validate for TeiEmbedRequest {
     }
 }
 
-/// TEI `POST /embed` → `[[f32]]`.
+/// TEI's embed: one vector per input, in order.
+#[utoipa::path(post, path = "/embed", tag = "tei",
+    request_body = TeiEmbedRequest,
+    responses((status = 200, description = "One vector per input", body = Vec<Vec<f32>>)))]
 async fn tei_embed(State(s): State<AppState>, comps_core::Json(req): comps_core::Json<TeiEmbedRequest>) -> Response {
     let texts = req.inputs.to_vec();
     let run = async {
-        check_count("inputs", texts.len(), s.max_client_batch_size)?;
+        check_count("inputs", texts.len(), InputLimit::ClientBatch(s.max_client_batch_size))?;
         let opts = EmbedOptions {
             normalize: req.normalize,
             truncate: req.truncate.unwrap_or(s.auto_truncate),
@@ -184,7 +313,9 @@ async fn tei_embed(State(s): State<AppState>, comps_core::Json(req): comps_core:
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// TEI-like `GET /info`.
+/// TEI-like information on the model and the service's limits.
+#[utoipa::path(get, path = "/info", tag = "tei",
+    responses((status = 200, description = "The model and the limits", body = Info)))]
 async fn info(State(s): State<AppState>) -> impl IntoResponse {
     let i = s.embedder.info();
     axum::Json(json!({
@@ -201,7 +332,9 @@ async fn info(State(s): State<AppState>) -> impl IntoResponse {
     }))
 }
 
-/// OpenAI `GET /v1/models`.
+/// The served model, as OpenAI lists models.
+#[utoipa::path(get, path = "/v1/models", tag = "embedding",
+    responses((status = 200, description = "The served model", body = ModelList)))]
 async fn models(State(s): State<AppState>) -> impl IntoResponse {
     axum::Json(json!({
         "object": "list",

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use comps_core::models::BatchConfig;
@@ -169,7 +169,8 @@ async fn bad_input_names_the_problem() {
     let cases = [
         ("/v1/embeddings", json!({"input": []}), 422, "input"),
         ("/v1/embeddings", json!({"input": 5}), 422, "input"),
-        ("/v1/embeddings", json!({"input": vec!["x"; 33]}), 422, "input"),
+        ("/v1/embeddings", json!({"input": vec!["x"; 2049]}), 422, "input"),
+        ("/embed", json!({"inputs": vec!["x"; 33]}), 422, "inputs"),
         ("/v1/embeddings", json!({"input": "x", "encoding_format": "hex"}), 422, "encoding_format"),
         ("/v1/embeddings", json!({"input": "x", "dimensions": 1000}), 422, "dimensions"),
         ("/v1/embeddings", json!({"input": [[1, 99999]]}), 422, "input"),
@@ -256,5 +257,213 @@ async fn remote_mode_proxies_tei_and_openai_and_maps_failures() {
     let h = serve(Arc::new(hung), 64).await;
     let (status, _) = post(&h, "/embed", json!({"inputs": "a"})).await;
     assert_eq!(status, 504);
+    h.shutdown().await.unwrap();
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+/// A ~10 MB input is refused by its size before the tokenizer sees it (it used to be tokenized
+/// whole: seconds and a gigabyte before the 422), and with truncate it is cut to a prefix whose
+/// first 256 tokens are those of the whole text.
+#[tokio::test]
+async fn a_huge_input_is_refused_or_cut_before_tokenizing() {
+    let h = serve(embedder(), 64).await;
+    let sentence = "The quick brown fox jumps over the lazy dog near the riverbank. ";
+    let huge = sentence.repeat(10 * 1024 * 1024 / sentence.len());
+    assert!(huge.len() > 10_000_000);
+
+    for (path, body, field) in [
+        ("/v1/embeddings", json!({"input": huge}), "input"),
+        ("/embed", json!({"inputs": huge, "truncate": false}), "inputs"),
+    ] {
+        let started = Instant::now();
+        let (status, v) = post(&h, path, body).await;
+        let took = started.elapsed();
+        assert_eq!(status, 422, "{path}: {}", v["error"]);
+        assert_eq!(v["error"]["param"], field, "{path}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(&format!("{} bytes", huge.len())) && msg.contains("truncate"), "{msg}");
+        assert!(took < Duration::from_secs(2), "{path}: the 422 took {took:?}");
+    }
+
+    // Truncating: the same vector as a prefix that is already longer than the window.
+    let head: String = huge.chars().take(2_000).collect();
+    let started = Instant::now();
+    let (status, cut) = post(&h, "/embed", json!({"inputs": huge, "truncate": true})).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{cut}");
+    assert!(took < Duration::from_secs(2), "truncating took {took:?}");
+    let (status, want) = post(&h, "/embed", json!({"inputs": head, "truncate": true})).await;
+    assert_eq!(status, 200, "{want}");
+    let (cut, want) = (floats(&cut[0]), floats(&want[0]));
+    let max_diff = cut.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max_diff < 1e-5, "max abs difference {max_diff}");
+    h.shutdown().await.unwrap();
+}
+
+/// The OpenAI SDK sends up to 2048 inputs in one call; TEI's /embed keeps its client batch
+/// size.
+#[tokio::test]
+async fn openai_requests_take_up_to_2048_inputs_in_order() {
+    let h = serve(embedder(), 64).await;
+    let texts: Vec<String> = (0..1000).map(|i| format!("sentence number {i} about topic {}", i % 7)).collect();
+    let (status, v) = post(&h, "/v1/embeddings", json!({"input": &texts[..33]})).await;
+    assert_eq!(status, 200, "33 inputs: {}", v["error"]);
+    assert_eq!(v["data"].as_array().unwrap().len(), 33);
+
+    let (status, v) = post(&h, "/v1/embeddings", json!({"input": texts})).await;
+    assert_eq!(status, 200, "1000 inputs: {}", v["error"]);
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1000);
+    assert!(data.iter().enumerate().all(|(i, d)| d["index"] == i), "data in index order");
+    // In input order: spot-check a few against the same text alone.
+    for i in [0usize, 1, 517, 999] {
+        let (_, one) = post(&h, "/v1/embeddings", json!({"input": texts[i]})).await;
+        let c = cosine(&floats(&data[i]["embedding"]), &floats(&one["data"][0]["embedding"]));
+        assert!(c > 0.99999, "item {i}: cosine {c}");
+    }
+
+    let (status, v) = post(&h, "/v1/embeddings", json!({"input": vec!["x"; 2049]})).await;
+    assert_eq!(status, 422);
+    assert_eq!(v["error"]["param"], "input");
+    assert!(v["error"]["message"].as_str().unwrap().contains("2048"), "{}", v["error"]);
+    let (status, v) = post(&h, "/embed", json!({"inputs": &texts[..33]})).await;
+    assert_eq!(status, 422, "/embed keeps --max-client-batch-size");
+    assert_eq!(v["error"]["param"], "inputs");
+    h.shutdown().await.unwrap();
+}
+
+/// An embedder whose model worker has died.
+struct DeadWorker(comps_embedding::EmbedderInfo);
+
+#[async_trait::async_trait]
+impl Embedder for DeadWorker {
+    fn info(&self) -> &comps_embedding::EmbedderInfo {
+        &self.0
+    }
+    async fn embed(&self, _: EmbedInput, _: EmbedOptions) -> comps_core::ServiceResult<comps_embedding::Embedded> {
+        Err(comps_core::ServiceError::NotReady("embedding worker has stopped".into()))
+    }
+    fn health(&self) -> comps_core::health::HealthCheck {
+        comps_core::health::HealthCheck::new(|| Err("the embedding batcher's worker thread has stopped".into()))
+    }
+}
+
+/// /health asks the embedder: 200 while the model worker runs, 503 with the reason when not.
+#[tokio::test]
+async fn health_asks_the_model_worker() {
+    let h = serve(embedder(), 64).await;
+    assert_eq!(embedder().health().check(), Ok(()));
+    for path in ["/health", "/v1/health"] {
+        let r = client().get(format!("{}{path}", h.url())).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    h.shutdown().await.unwrap();
+
+    let info = comps_embedding::EmbedderInfo {
+        model_id: "dead".into(),
+        dim: None,
+        max_input_tokens: None,
+        pooling: None,
+        vocab_size: None,
+        backend: "local",
+    };
+    let h = serve(Arc::new(DeadWorker(info)), 64).await;
+    let r = client().get(format!("{}/health", h.url())).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("worker thread has stopped"), "{v}");
+    h.shutdown().await.unwrap();
+}
+
+/// Every `$ref` in `v`.
+fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                out.push(r);
+            }
+            m.values().for_each(|v| refs(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+/// `GET /v1/openapi.json` is an OpenAPI 3.1 JSON document whose `paths` hold `routes` (method,
+/// path) and the server's own routes, every POST with a request body schema and every `$ref`
+/// resolving; `GET /docs` is an HTML page.
+async fn check_openapi(url: &str, routes: &[(&str, &str)]) -> Value {
+    let client = comps_core::http_client();
+    let r = client.get(format!("{url}/v1/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/json"), "{ct}");
+    let doc: Value = r.json().await.unwrap();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1.")), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().expect("paths");
+    let builtin = [
+        ("get", "/health"),
+        ("get", "/v1/health_check"),
+        ("get", "/metrics"),
+        ("get", "/v1/openapi.json"),
+        ("get", "/docs"),
+    ];
+    for (method, path) in routes.iter().chain(&builtin) {
+        assert!(
+            paths.get(*path).is_some_and(|i| i.get(*method).is_some()),
+            "{method} {path} not in {:?}",
+            paths.keys()
+        );
+    }
+    for (path, item) in paths {
+        if let Some(op) = item.get("post") {
+            let content =
+                op["requestBody"]["content"].as_object().unwrap_or_else(|| panic!("POST {path}: no requestBody"));
+            assert!(!content.is_empty(), "POST {path}: empty requestBody");
+            for (ty, c) in content {
+                assert!(c["schema"].is_object(), "POST {path} {ty}: no schema");
+            }
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in all {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{r}"));
+        assert!(doc["components"]["schemas"].get(name).is_some(), "{r} does not resolve");
+    }
+    let r = client.get(format!("{url}/docs")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/html"), "{ct}");
+    doc
+}
+
+/// The OpenAPI document names every route with its request and answer schemas.
+#[tokio::test]
+async fn openapi_document_covers_every_route() {
+    let (addr, _) = spawn_mock(MockConfig { embed_dim: 8, ..MockConfig::default() }).await.unwrap();
+    let tei = RemoteEmbedder::new(&format!("http://{addr}/embed"), None, None, Duration::from_secs(5)).unwrap();
+    let h = serve(Arc::new(tei), 64).await;
+    let doc = check_openapi(
+        &h.url(),
+        &[("post", "/v1/embeddings"), ("post", "/embed"), ("get", "/info"), ("get", "/v1/models")],
+    )
+    .await;
+    let schemas = &doc["components"]["schemas"];
+    let tei = &schemas["TeiEmbedRequest"];
+    assert_eq!(tei["required"], json!(["inputs"]), "{tei}");
+    for field in ["inputs", "normalize", "truncate", "truncation_direction", "dimensions"] {
+        assert!(tei["properties"][field]["description"].is_string(), "{field}: {tei}");
+    }
+    let embeddings = &doc["paths"]["/v1/embeddings"]["post"];
+    assert!(embeddings["summary"].is_string(), "{embeddings}");
+    assert!(embeddings["description"].as_str().is_some_and(|d| d.contains("TextDoc")), "{embeddings}");
+    let info = &schemas["Info"]["properties"];
+    for field in ["model_id", "max_client_batch_size", "auto_truncate", "embedding_dimension", "backend"] {
+        assert!(info.get(field).is_some(), "{field}: {info}");
+    }
     h.shutdown().await.unwrap();
 }

@@ -208,11 +208,48 @@ pub fn refusal(violations: &[String]) -> TextDoc {
     doc
 }
 
+/// The OpenAPI document of the service's route.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(guardrails), tags((name = "guardrails", description = "OPEA's guardrails")))]
+pub struct GuardrailApi;
+
+/// The request shapes of `/v1/guardrails` (told apart by their keys).
+#[allow(dead_code, clippy::large_enum_variant)]
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+enum GuardBody {
+    /// A `TextDoc` (`text`): the text is checked.
+    Text(TextDoc),
+    /// An `LLMParamsDoc` (`query`): the query is checked before the LLM.
+    Query(LLMParamsDoc),
+    /// A `GeneratedDoc` (`prompt`, `text`): the answer is checked after the LLM.
+    Generated(GeneratedDoc),
+}
+
+/// The answers of `/v1/guardrails`.
+#[allow(dead_code, clippy::large_enum_variant)]
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+enum GuardAnswer {
+    /// The (possibly redacted) text, or OPEA's refusal `Violated policies: ...` with
+    /// `downstream_black_list: [".*"]`.
+    Text(TextDoc),
+    /// The `LLMParamsDoc` passed on, its query possibly redacted.
+    Query(LLMParamsDoc),
+}
+
 /// The service's route.
 pub fn router(state: AppState) -> Router {
     Router::new().route("/v1/guardrails", post(guardrails)).with_state(state)
 }
 
+/// Check a text with every configured guard.
+///
+/// A `TextDoc` or `GeneratedDoc` answers a `TextDoc`: the text (redacted where a PII guard
+/// redacts) or OPEA's refusal. An `LLMParamsDoc` answers itself, or the refusal.
+#[utoipa::path(post, path = "/v1/guardrails", tag = "guardrails",
+    request_body = GuardBody,
+    responses((status = 200, description = "The text passed on, or the refusal", body = GuardAnswer)))]
 async fn guardrails(State(s): State<AppState>, body: Bytes) -> Response {
     handle(&s, &body).await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -262,7 +299,12 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
         .datatypes("TextDoc", "TextDoc")
         .description("Guardrail service: PII, deny lists, prompt injection, LLM judge")
         .version(env!("CARGO_PKG_VERSION"));
-    Server::new(svc, common.server_config()).merge(router(state))
+    use utoipa::OpenApi;
+    let health = comps_core::health::HealthCheck::all(state.guards.iter().map(|g| g.health()));
+    Server::new(svc, common.server_config())
+        .health_check_with(health)
+        .merge(router(state))
+        .openapi(GuardrailApi::openapi())
 }
 
 /// Build the guards and serve until SIGTERM / ctrl-c.

@@ -155,7 +155,8 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
         .datatypes("ChatCompletionRequest", "ChatCompletionResponse")
         .description(format!("LLM service ({})", state.generator.model_name()))
         .version(env!("CARGO_PKG_VERSION"));
-    Server::new(svc, common.server_config()).merge(routes::router(state))
+    use utoipa::OpenApi;
+    Server::new(svc, common.server_config()).merge(routes::router(state)).openapi(routes::LlmApi::openapi())
 }
 
 /// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.

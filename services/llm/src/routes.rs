@@ -15,6 +15,43 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::generator::Completion;
 
+/// The OpenAPI document of the service's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(chat_completions, models), tags((name = "llm", description = "OpenAI chat completions")))]
+pub struct LlmApi;
+
+/// The request shapes of `/v1/chat/completions`.
+#[allow(dead_code, clippy::large_enum_variant)]
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+enum ChatBody {
+    /// OpenAI's chat completion request (with OPEA's extras).
+    OpenAi(ChatCompletionRequest),
+    /// OPEA's `LLMParamsDoc` (`query`).
+    Opea(LLMParamsDoc),
+}
+
+/// The non-streamed answers of `/v1/chat/completions`.
+#[allow(dead_code, clippy::large_enum_variant)]
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+enum ChatAnswer {
+    /// To an OpenAI request.
+    OpenAi(comps_core::protocol::ChatCompletionResponse),
+    /// To an `LLMParamsDoc`.
+    Opea(GeneratedDoc),
+}
+
+/// The model list.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+struct ModelList {
+    /// `list`.
+    object: String,
+    /// The served models (`id`, `object`, `created`, `owned_by`, `max_model_len`).
+    data: Vec<Value>,
+}
+
 /// The service's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -23,11 +60,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The served model.
+#[utoipa::path(get, path = "/v1/models", tag = "llm",
+    responses((status = 200, description = "The served model", body = ModelList)))]
 async fn models(State(s): State<AppState>) -> Response {
     axum::Json(json!({"object": "list", "data": s.generator.models()})).into_response()
 }
 
-/// OpenAI (`messages`) or OPEA `LLMParamsDoc` (`query`), told apart by their keys.
+/// A chat completion: OpenAI (`messages`) or OPEA `LLMParamsDoc` (`query`), told apart by
+/// their keys. `stream: true` answers server-sent events (OpenAI chunks, or OPEA's
+/// `data: b'...'` frames for an `LLMParamsDoc`).
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "llm",
+    request_body = ChatBody,
+    responses((status = 200, description = "The answer, whole or streamed",
+        content((ChatAnswer = "application/json"), (String = "text/event-stream")))))]
 async fn chat_completions(State(s): State<AppState>, body: Bytes) -> Response {
     let shape: Value = match parse_json(&body) {
         Ok(v) => v,

@@ -96,9 +96,11 @@ pub async fn build_reranker(args: &Args) -> anyhow::Result<Arc<dyn Reranker>> {
     })
 }
 
-/// The server for a reranker (tests use this with port 0).
+/// The server for a reranker (tests use this with port 0); its `/health` fails while the
+/// reranker's model worker is down.
 pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server {
     let info = state.reranker.info().clone();
+    let health = state.reranker.health();
     let svc = common
         .apply(MicroService::new("reranking"), default_port)
         .endpoint("/v1/reranking")
@@ -106,7 +108,11 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
         .datatypes("SearchedDoc", "LLMParamsDoc")
         .description(format!("Reranking service ({} {})", info.kind, info.model_id))
         .version(env!("CARGO_PKG_VERSION"));
-    Server::new(svc, common.server_config()).merge(routes::router(state))
+    use utoipa::OpenApi;
+    Server::new(svc, common.server_config())
+        .health_check_with(health)
+        .merge(routes::router(state))
+        .openapi(routes::RerankApi::openapi())
 }
 
 /// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.

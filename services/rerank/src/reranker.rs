@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use comps_core::health::HealthCheck;
 use comps_core::models::encoder::{cosine, normalize};
+use comps_core::models::tokenize::{Culprit, TooLong};
 use comps_core::models::{BatchConfig, Batcher, EmbeddingModel, SequenceClassifier, TextTokenizer};
 use comps_core::orchestrator::NodePolicy;
 use comps_core::orchestrator::remote::{Target, call_json};
@@ -41,16 +43,37 @@ pub trait Reranker: Send + Sync {
     fn info(&self) -> &RerankerInfo;
     /// One score per text, in input order (higher is more relevant).
     async fn score(&self, query: &str, texts: &[String], opts: ScoreOptions) -> ServiceResult<Vec<f32>>;
+    /// Whether the compute can answer, for `/health` (a local model's batcher worker; a
+    /// remote backend's health is its own).
+    fn health(&self) -> HealthCheck {
+        HealthCheck::always_healthy()
+    }
 }
 
-fn too_long(e: comps_core::models::tokenize::TooLong) -> ServiceError {
-    ServiceError::invalid(
-        "texts",
-        format!(
-            "text {} with the query has {} tokens, more than the model maximum of {}; shorten it or set truncate to true",
-            e.index, e.tokens, e.max
-        ),
-    )
+/// The 422 for an over-long (query, text) pair of a cross-encoder: it names `query` when the
+/// query alone is too long, else `texts.<i>` with `i` the text's index in the request.
+fn pair_too_long(e: TooLong) -> ServiceError {
+    match e.culprit {
+        Culprit::Query => ServiceError::invalid("query", e.describe("query")),
+        Culprit::Text(i) => {
+            let field = format!("texts.{i}");
+            let message = e.describe(&format!("{field} with the query"));
+            ServiceError::invalid(field, message)
+        }
+    }
+}
+
+/// The 422 for an over-long input of a bi-encoder, which embeds `[query, texts...]` as one
+/// list: input 0 is the query and input `i + 1` is `texts.<i>`.
+fn embedded_too_long(e: TooLong) -> ServiceError {
+    match e.culprit {
+        Culprit::Text(0) | Culprit::Query => ServiceError::invalid("query", e.describe("query")),
+        Culprit::Text(i) => {
+            let field = format!("texts.{}", i - 1);
+            let message = e.describe(&field);
+            ServiceError::invalid(field, message)
+        }
+    }
 }
 
 /// A sequence-classification cross-encoder behind the batcher.
@@ -83,6 +106,10 @@ impl Reranker for CrossEncoder {
         &self.info
     }
 
+    fn health(&self) -> HealthCheck {
+        self.batcher.health()
+    }
+
     async fn score(&self, query: &str, texts: &[String], opts: ScoreOptions) -> ServiceResult<Vec<f32>> {
         let tok = self.tokenizer.clone();
         let (q, t) = (query.to_string(), texts.to_vec());
@@ -90,7 +117,7 @@ impl Reranker for CrossEncoder {
             .await
             .map_err(|e| ServiceError::Internal(format!("tokenizer task failed: {e}")))?
             .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(too_long)?;
+            .map_err(pair_too_long)?;
         let logits = self.batcher.submit(pairs).await?;
         Ok(logits
             .into_iter()
@@ -153,10 +180,11 @@ impl BiEncoder {
         }
     }
 
+    /// Vectors of `[query, texts...]` (over-long inputs named as the request names them).
     async fn embed(&self, texts: Vec<String>, truncate: bool) -> ServiceResult<Vec<Vec<f32>>> {
         match &self.vectors {
             Vectors::Local { tokenizer, batcher } => {
-                let ids = tokenizer.encode_off_runtime(texts, truncate, "texts").await?;
+                let ids = tokenizer.try_encode_off_runtime(texts, truncate).await?.map_err(embedded_too_long)?;
                 batcher.submit(ids).await
             }
             Vectors::Service { url, policy } => {
@@ -186,6 +214,13 @@ impl BiEncoder {
 impl Reranker for BiEncoder {
     fn info(&self) -> &RerankerInfo {
         &self.info
+    }
+
+    fn health(&self) -> HealthCheck {
+        match &self.vectors {
+            Vectors::Local { batcher, .. } => batcher.health(),
+            Vectors::Service { .. } => HealthCheck::always_healthy(),
+        }
     }
 
     async fn score(&self, query: &str, texts: &[String], opts: ScoreOptions) -> ServiceResult<Vec<f32>> {

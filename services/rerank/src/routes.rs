@@ -19,6 +19,74 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::reranker::ScoreOptions;
 
+/// The OpenAPI document of the service's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(tei_rerank, opea_rerank, info),
+    tags((name = "reranking", description = "OPEA's reranking"),
+         (name = "tei", description = "Text Embeddings Inference's routes"))
+)]
+pub struct RerankApi;
+
+/// The request shapes `/v1/reranking` takes (told apart by their keys).
+#[allow(dead_code, clippy::large_enum_variant)]
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+enum RerankingBody {
+    /// OPEA `SearchedDoc` (`initial_query`, `retrieved_docs`, `top_n`).
+    SearchedDoc(SearchedDoc),
+    /// OPEA `RerankingRequest` (`input`, `retrieved_docs`, `top_n`).
+    RerankingRequest(RerankingRequest),
+    /// A `ChatCompletionRequest` (`messages`, with `retrieved_docs`): answered with its
+    /// `reranked_docs` and `documents` filled.
+    Chat(ChatCompletionRequest),
+}
+
+/// The answers of `/v1/reranking`, one per request shape.
+#[allow(dead_code, clippy::large_enum_variant)]
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+enum RerankingAnswer {
+    /// To a `SearchedDoc`: the query with the `top_n` best texts as its documents.
+    LlmParamsDoc(LLMParamsDoc),
+    /// To a `RerankingRequest`: the `top_n` best texts with their scores.
+    RerankingResponse(RerankingResponse),
+    /// To a `ChatCompletionRequest`.
+    Chat(ChatCompletionRequest),
+}
+
+/// TEI-like service information, as `GET /info` writes it.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+struct Info {
+    /// The model's name.
+    model_id: String,
+    /// The kind of reranker.
+    model_type: InfoModelType,
+    /// The longest input in tokens, when known.
+    max_input_length: Option<usize>,
+    /// The most texts in one request.
+    max_client_batch_size: usize,
+    /// This service's version.
+    version: String,
+}
+
+/// `{"reranker": {"kind": ...}}`.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+struct InfoModelType {
+    /// A reranker.
+    reranker: InfoKind,
+}
+
+/// A reranker's kind.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+struct InfoKind {
+    /// `cross-encoder`, `bi-encoder` or `remote`.
+    kind: String,
+}
+
 /// The service's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -28,16 +96,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+/// TEI's rerank request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct TeiRerankRequest {
+    /// The query the texts are scored against.
     query: String,
+    /// The candidate texts (at most the service's `--max-client-batch-size`).
     texts: Vec<String>,
+    /// Answer the model's raw scores (logits) instead of scores in 0..1.
     #[serde(default)]
     raw_scores: bool,
+    /// Echo each text in its rank.
     #[serde(default)]
     return_text: bool,
+    /// Cut over-long inputs to the model's limit instead of refusing them.
     #[serde(default)]
     truncate: bool,
+    /// Which end to cut: only `right` is supported.
     #[serde(default)]
     truncation_direction: Option<String>,
 }
@@ -54,10 +129,13 @@ impl Validate for TeiRerankRequest {
 }
 
 /// One ranked text, as TEI answers it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 struct Rank {
+    /// The text's index in `texts`.
     index: usize,
+    /// Its relevance to the query (higher is more relevant).
     score: f32,
+    /// The text, when `return_text`.
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<String>,
 }
@@ -84,6 +162,10 @@ async fn rank(s: &AppState, query: &str, texts: &[String], opts: ScoreOptions) -
     Ok(ranked)
 }
 
+/// TEI's rerank: the texts' indices and scores, best first.
+#[utoipa::path(post, path = "/rerank", tag = "tei",
+    request_body = TeiRerankRequest,
+    responses((status = 200, description = "The texts ranked, best first", body = Vec<Rank>)))]
 async fn tei_rerank(State(s): State<AppState>, comps_core::Json(req): comps_core::Json<TeiRerankRequest>) -> Response {
     let opts = ScoreOptions { raw_scores: req.raw_scores, truncate: req.truncate };
     match rank(&s, &req.query, &req.texts, opts).await {
@@ -98,6 +180,14 @@ async fn tei_rerank(State(s): State<AppState>, comps_core::Json(req): comps_core
     }
 }
 
+/// Rerank retrieved documents for a query, as OPEA asks.
+///
+/// An OPEA `SearchedDoc` gives an `LLMParamsDoc` with the `top_n` best texts as its documents,
+/// a `RerankingRequest` a `RerankingResponse`, a `ChatCompletionRequest` itself with
+/// `reranked_docs` and `documents` filled; they are told apart by their keys.
+#[utoipa::path(post, path = "/v1/reranking", tag = "reranking",
+    request_body = RerankingBody,
+    responses((status = 200, description = "The best documents, best first", body = RerankingAnswer)))]
 async fn opea_rerank(State(s): State<AppState>, body: Bytes) -> Response {
     let shape: Value = match parse_json(&body) {
         Ok(v) => v,
@@ -160,6 +250,9 @@ async fn chat_request(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
     Ok(axum::Json(req).into_response())
 }
 
+/// TEI-like information on the model and the service's limits.
+#[utoipa::path(get, path = "/info", tag = "tei",
+    responses((status = 200, description = "The model and the limits", body = Info)))]
 async fn info(State(s): State<AppState>) -> impl IntoResponse {
     let i = s.reranker.info();
     axum::Json(json!({

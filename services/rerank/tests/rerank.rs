@@ -90,7 +90,7 @@ async fn cross_encoders_match_transformers_logits_through_the_service() {
         let long = "the quick brown fox ".repeat(40);
         let (status, v) = post(&h, "/rerank", json!({"query": "fox", "texts": [long.clone()]})).await;
         assert_eq!(status, 422, "{v}");
-        assert_eq!(v["error"]["param"], "texts");
+        assert_eq!(v["error"]["param"], "texts.0");
         let (status, _) = post(&h, "/rerank", json!({"query": "fox", "texts": [long], "truncate": true})).await;
         assert_eq!(status, 200);
         h.shutdown().await.unwrap();
@@ -208,5 +208,133 @@ async fn remote_tei_proxy_and_its_failures() {
     let (status, v) = post(&h, "/rerank", json!({"query": "same text", "texts": ["other", "same text"]})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v[0]["index"], 1, "identical text has cosine 1");
+    h.shutdown().await.unwrap();
+}
+
+/// An over-long input is named as the request names it: `texts.<i>` with `i` the 0-based index
+/// into `texts`, or `query` (they used to be off by one: "texts 1" for the only text, "texts 0"
+/// for the query).
+async fn over_long_inputs_are_named(reranker: Arc<dyn Reranker>, long: &str, what: &str) {
+    let h = serve(reranker).await;
+    let huge = "the quick brown fox ".repeat(300_000);
+    let cases = [
+        (json!({"query": "fox", "texts": [long]}), "texts.0"),
+        (json!({"query": "fox", "texts": ["a short text", "another", long]}), "texts.2"),
+        (json!({"query": long, "texts": ["a short text", "another"]}), "query"),
+        // Refused by size before tokenizing.
+        (json!({"query": "fox", "texts": ["a short text", huge]}), "texts.1"),
+        (json!({"query": huge, "texts": ["a short text"]}), "query"),
+    ];
+    for (body, field) in cases {
+        let (status, v) = post(&h, "/rerank", body).await;
+        assert_eq!(status, 422, "{what} {field}: {v}");
+        assert_eq!(v["error"]["param"], field, "{what}: {}", v["error"]["message"]);
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with(&format!("{field} ")) && msg.contains("truncate"), "{what}: {msg}");
+    }
+    let (status, v) = post(&h, "/rerank", json!({"query": huge, "texts": ["a", huge], "truncate": true})).await;
+    assert_eq!(status, 200, "{what}: {v}");
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn over_long_inputs_name_texts_by_index_or_the_query() {
+    // MiniLM reads 256 tokens; the tiny cross-encoders 64.
+    over_long_inputs_are_named(minilm(), &"the quick brown fox ".repeat(100), "bi-encoder").await;
+    for name in ["bert", "xlm-roberta"] {
+        over_long_inputs_are_named(tiny(name).0, &"the quick brown fox ".repeat(40), name).await;
+    }
+}
+
+/// /health asks the reranker's model worker.
+#[tokio::test]
+async fn health_asks_the_model_worker() {
+    let h = serve(minilm()).await;
+    assert_eq!(minilm().health().check(), Ok(()));
+    let r = comps_core::http_client().get(format!("{}/health", h.url())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    h.shutdown().await.unwrap();
+}
+
+/// Every `$ref` in `v`.
+fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                out.push(r);
+            }
+            m.values().for_each(|v| refs(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+/// `GET /v1/openapi.json` is an OpenAPI 3.1 JSON document whose `paths` hold `routes` (method,
+/// path) and the server's own routes, every POST with a request body schema and every `$ref`
+/// resolving; `GET /docs` is an HTML page.
+async fn check_openapi(url: &str, routes: &[(&str, &str)]) -> Value {
+    let client = comps_core::http_client();
+    let r = client.get(format!("{url}/v1/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/json"), "{ct}");
+    let doc: Value = r.json().await.unwrap();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1.")), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().expect("paths");
+    let builtin = [
+        ("get", "/health"),
+        ("get", "/v1/health_check"),
+        ("get", "/metrics"),
+        ("get", "/v1/openapi.json"),
+        ("get", "/docs"),
+    ];
+    for (method, path) in routes.iter().chain(&builtin) {
+        assert!(
+            paths.get(*path).is_some_and(|i| i.get(*method).is_some()),
+            "{method} {path} not in {:?}",
+            paths.keys()
+        );
+    }
+    for (path, item) in paths {
+        if let Some(op) = item.get("post") {
+            let content =
+                op["requestBody"]["content"].as_object().unwrap_or_else(|| panic!("POST {path}: no requestBody"));
+            assert!(!content.is_empty(), "POST {path}: empty requestBody");
+            for (ty, c) in content {
+                assert!(c["schema"].is_object(), "POST {path} {ty}: no schema");
+            }
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in all {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{r}"));
+        assert!(doc["components"]["schemas"].get(name).is_some(), "{r} does not resolve");
+    }
+    let r = client.get(format!("{url}/docs")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/html"), "{ct}");
+    doc
+}
+
+/// The OpenAPI document names every route with its request and answer schemas.
+#[tokio::test]
+async fn openapi_document_covers_every_route() {
+    let (addr, _) = spawn_mock(MockConfig::default()).await.unwrap();
+    let remote = RemoteReranker::new(&format!("http://{addr}/rerank"), None, Duration::from_secs(5)).unwrap();
+    let h = serve(Arc::new(remote)).await;
+    let doc = check_openapi(&h.url(), &[("post", "/rerank"), ("post", "/v1/reranking"), ("get", "/info")]).await;
+    let schemas = &doc["components"]["schemas"];
+    let tei = &schemas["TeiRerankRequest"];
+    assert_eq!(tei["required"], json!(["query", "texts"]), "{tei}");
+    for field in ["query", "texts", "raw_scores", "return_text", "truncate", "truncation_direction"] {
+        assert!(tei["properties"][field]["description"].is_string(), "{field}: {tei}");
+    }
+    let shapes = schemas["RerankingBody"]["oneOf"].as_array().unwrap();
+    assert_eq!(shapes.len(), 3, "SearchedDoc, RerankingRequest, ChatCompletionRequest: {shapes:?}");
+    let rank = &schemas["Rank"];
+    assert_eq!(rank["required"], json!(["index", "score"]), "{rank}");
     h.shutdown().await.unwrap();
 }

@@ -5,9 +5,10 @@
 //! first: loopback, private, link-local and other non-public addresses are refused (SSRF)
 //! unless allowed, and the connection goes to the address that was checked.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use comps_core::limits::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use serde_json::Value;
 use text_splitter::{ChunkConfig, TextSplitter};
 
@@ -20,6 +21,15 @@ pub enum IngestError {
     /// A link could not be fetched.
     #[error("{0}")]
     Fetch(String),
+    /// The document expands past a size limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The document takes longer to read than allowed (422).
+    #[error("{0}")]
+    TooCostly(String),
+    /// A local failure, not the client's (500).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// File types and how their text is read.
@@ -126,52 +136,38 @@ pub fn extract_text(name: &str, bytes: &[u8]) -> Result<String, IngestError> {
 }
 
 fn html_text(bytes: &[u8]) -> String {
-    html2text::from_read(bytes, 10_000).unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned())
+    crate::html::html_to_text(bytes)
 }
 
 /// Cut `text` into chunks of at most `size` characters, consecutive chunks sharing up to
 /// `overlap` characters, at the largest semantic boundary that fits (paragraph, sentence,
-/// word).
+/// word). `size` must lie within [`MIN_CHUNK_SIZE`, `MAX_CHUNK_SIZE`] (a 1-character chunk
+/// turns 23 KB of text into half a minute of work) and `overlap` below it.
 pub fn chunk(text: &str, size: usize, overlap: usize) -> Result<Vec<String>, IngestError> {
-    let cfg = ChunkConfig::new(size.max(1))
+    check_chunking(size, overlap)?;
+    let cfg = ChunkConfig::new(size)
         .with_overlap(overlap)
         .map_err(|e| IngestError::BadInput(format!("chunk_overlap: {e}")))?
         .with_trim(true);
     Ok(TextSplitter::new(cfg).chunks(text).map(str::to_string).filter(|c| !c.is_empty()).collect())
 }
 
-/// Whether an address is publicly routable (not loopback, private, link-local, CGNAT,
-/// unspecified, multicast, documentation or reserved).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
-                || o[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || s[0] == 0x2001 && s[1] == 0x0db8)
-        }
+/// Check dataprep's chunking parameters against the limits.
+pub fn check_chunking(size: usize, overlap: usize) -> Result<(), IngestError> {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) {
+        return Err(IngestError::BadInput(format!(
+            "chunk_size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} characters, got {size}"
+        )));
     }
+    if overlap >= size {
+        return Err(IngestError::BadInput(format!(
+            "chunk_overlap ({overlap}) must be smaller than chunk_size ({size})"
+        )));
+    }
+    Ok(())
 }
+
+pub use crate::netcheck::is_public;
 
 /// Limits of link fetching.
 #[derive(Debug, Clone)]
@@ -272,34 +268,14 @@ mod tests {
     }
 
     #[test]
-    fn non_public_addresses_are_recognised() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(!is_public(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
-            assert!(is_public(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
-    #[test]
     fn chunks_respect_size_and_overlap() {
         let text = "One sentence here. ".repeat(200);
         let chunks = chunk(&text, 100, 20).unwrap();
         assert!(chunks.len() > 30);
         assert!(chunks.iter().all(|c| c.chars().count() <= 100));
-        assert!(chunk("x", 10, 20).is_err(), "overlap larger than the size is refused");
+        assert!(chunk("x", 100, 200).is_err(), "overlap larger than the size is refused");
+        assert!(chunk(&text, 1, 0).is_err(), "a chunk size below the minimum is refused");
+        assert!(chunk(&text, MAX_CHUNK_SIZE + 1, 0).is_err(), "a chunk size above the maximum is refused");
     }
 
     #[test]

@@ -14,21 +14,25 @@
 
 pub mod embed;
 pub mod embedded;
+pub mod html;
 pub mod ingest;
+pub mod netcheck;
 pub mod pg;
 pub mod routes;
+pub mod sandbox;
 pub mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use comps_core::{CommonArgs, MicroService, Server, ServiceType};
+use comps_core::{CommonArgs, MicroService, Server, ServiceType, limits};
 
 pub use embed::EmbeddingClient;
 pub use embedded::EmbeddedStore;
 pub use ingest::LinkPolicy;
 pub use pg::PgStore;
+pub use sandbox::{ExtractLimits, Extractor};
 pub use store::{FileRecord, Hit, NewChunk, SearchType, StoreError, VectorStore};
 
 /// Default port (OPEA's compose).
@@ -66,8 +70,17 @@ pub struct Args {
     #[arg(long, env = "DISABLE_DATAPREP", default_value_t = false)]
     pub disable_dataprep: bool,
     /// Largest upload, in bytes (413 above).
-    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = limits::DEFAULT_MAX_UPLOAD_BYTES)]
     pub max_upload_bytes: usize,
+    /// Largest text one uploaded document may expand to, in bytes (413 above).
+    #[arg(long, env = "MAX_EXTRACTED_BYTES", default_value_t = limits::DEFAULT_MAX_EXTRACTED_BYTES)]
+    pub max_extracted_bytes: usize,
+    /// Memory (address space) of the worker process that reads one document, in MiB.
+    #[arg(long, env = "EXTRACT_MEMORY_MB", default_value_t = limits::DEFAULT_EXTRACT_MEMORY_MB)]
+    pub extract_memory_mb: u64,
+    /// Seconds allowed to read one document.
+    #[arg(long, env = "EXTRACT_TIMEOUT", default_value_t = limits::DEFAULT_EXTRACT_TIMEOUT_SECS)]
+    pub extract_timeout_secs: u64,
     /// Fetch links that resolve to loopback, private or link-local addresses.
     #[arg(long, env = "ALLOW_PRIVATE_LINKS", default_value_t = false)]
     pub allow_private_links: bool,
@@ -94,6 +107,8 @@ pub struct AppState {
     pub max_upload_bytes: usize,
     /// Link fetching limits.
     pub links: LinkPolicy,
+    /// Reads uploaded documents in worker processes.
+    pub extractor: Extractor,
 }
 
 impl AppState {
@@ -114,6 +129,11 @@ impl AppState {
                 timeout: Duration::from_secs(args.link_timeout_secs.max(1)),
                 max_bytes: args.max_link_bytes,
             },
+            extractor: Extractor::current(ExtractLimits {
+                memory_bytes: args.extract_memory_mb.max(64) * 1024 * 1024,
+                timeout: Duration::from_secs(args.extract_timeout_secs.max(1)),
+                max_text_bytes: args.max_extracted_bytes,
+            }),
         }
     }
 }
@@ -138,7 +158,12 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16, dataprep:
         .version(env!("CARGO_PKG_VERSION"));
     let mut cfg = common.server_config();
     cfg.max_body_bytes = cfg.max_body_bytes.max(state.max_upload_bytes + 1024 * 1024);
-    Server::new(svc, cfg).merge(routes::router(state, dataprep))
+    use utoipa::OpenApi;
+    let mut doc = routes::RetrievalApi::openapi();
+    if dataprep {
+        doc.merge(routes::DataprepApi::openapi());
+    }
+    Server::new(svc, cfg).merge(routes::router(state, dataprep)).openapi(doc)
 }
 
 /// Open the store and serve until SIGTERM / ctrl-c.

@@ -11,15 +11,54 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use comps_core::extract::parse_json;
 use comps_core::protocol::{
-    ChatCompletionRequest, Document, EmbedDoc, RetrievalRequest, RetrievalResponse, RetrievalResponseData, SearchedDoc,
-    TextDoc, Validate, new_id,
+    ChatCompletionRequest, DataprepDeleteRequest, DataprepFile, DataprepGetRequest, DataprepIngestForm, Document,
+    EmbedDoc, RetrievalRequest, RetrievalResponse, RetrievalResponseData, SearchedDoc, TextDoc, Validate, new_id,
 };
 use comps_core::{ServiceError, ServiceResult};
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
-use crate::ingest::{IngestError, check_file_name, chunk, extract_text, fetch_link};
+use crate::ingest::{IngestError, check_chunking, check_file_name, chunk, fetch_link};
 use crate::store::{FileRecord, Hit, NewChunk, SearchType, StoreError, search};
+
+/// The OpenAPI document of the retrieval route.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(retrieval), tags((name = "retrieval", description = "OPEA's retriever")))]
+pub struct RetrievalApi;
+
+/// The OpenAPI document of the dataprep routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(ingest, get_files, delete_files),
+    tags((name = "dataprep", description = "OPEA's dataprep: upload, list and delete documents"))
+)]
+pub struct DataprepApi;
+
+/// The request shapes `/v1/retrieval` takes (told apart by their keys).
+#[allow(dead_code, clippy::large_enum_variant)]
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+enum RetrievalBody {
+    /// OPEA `EmbedDoc` (`text`, optional `embedding`).
+    EmbedDoc(EmbedDoc),
+    /// OPEA `RetrievalRequest` (`input` and/or `embedding`).
+    RetrievalRequest(RetrievalRequest),
+    /// A `ChatCompletionRequest` (`messages`): answered with its documents filled.
+    Chat(ChatCompletionRequest),
+}
+
+/// The answers of `/v1/retrieval`, one per request shape.
+#[allow(dead_code, clippy::large_enum_variant)]
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+enum RetrievalAnswer {
+    /// To an `EmbedDoc`.
+    SearchedDoc(SearchedDoc),
+    /// To a `RetrievalRequest`.
+    RetrievalResponse(RetrievalResponse),
+    /// To a `ChatCompletionRequest`.
+    Chat(ChatCompletionRequest),
+}
 
 /// The routes; the dataprep ones only when `dataprep`.
 pub fn router(state: AppState, dataprep: bool) -> Router {
@@ -42,15 +81,32 @@ fn store_error(e: StoreError) -> ServiceError {
 }
 
 fn ingest_error(e: IngestError) -> ServiceError {
-    ServiceError::MalformedRequest(e.to_string())
+    match e {
+        IngestError::BadInput(m) | IngestError::Fetch(m) => ServiceError::MalformedRequest(m),
+        IngestError::TooLarge(m) => ServiceError::PayloadTooLarge(m),
+        IngestError::TooCostly(m) => ServiceError::invalid("files", m),
+        IngestError::Internal(m) => ServiceError::Internal(m),
+    }
+}
+
+/// Whether `name` can name a collection: 1-128 letters, digits, '-', '_' or '.', starting with
+/// a letter or digit. The name becomes a directory under the uploads, so `.`, `..` and hidden
+/// names can never be one.
+pub fn valid_collection_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn collection<'a>(s: &'a AppState, index_name: Option<&'a str>) -> ServiceResult<&'a str> {
     let name = index_name.filter(|n| !n.is_empty()).unwrap_or(&s.index_name);
-    if name.len() > 128 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if !valid_collection_name(name) {
         return Err(ServiceError::invalid(
             "index_name",
-            format!("index_name {name:?} must be 1-128 letters, digits, '-', '_' or '.'"),
+            format!(
+                "index_name {:?} must be 1-128 letters, digits, '-', '_' or '.', starting with a letter or digit",
+                comps_core::limits::excerpt(name)
+            ),
         ));
     }
     Ok(name)
@@ -85,7 +141,12 @@ fn response_data(hits: &[Hit]) -> Vec<RetrievalResponseData> {
         .collect()
 }
 
-/// One route, three request shapes told apart by their keys.
+/// Find the chunks nearest a query: an OPEA `EmbedDoc` gives a `SearchedDoc`, a
+/// `RetrievalRequest` a `RetrievalResponse`, a `ChatCompletionRequest` itself with
+/// `retrieved_docs` and `documents`. A query without an embedding is embedded first.
+#[utoipa::path(post, path = "/v1/retrieval", tag = "retrieval",
+    request_body = RetrievalBody,
+    responses((status = 200, description = "The nearest chunks", body = RetrievalAnswer)))]
 async fn retrieval(State(s): State<AppState>, body: Bytes) -> Response {
     let shape: Value = match parse_json(&body) {
         Ok(v) => v,
@@ -314,6 +375,11 @@ async fn store_document(
     Ok(n)
 }
 
+/// Upload files and / or links: each is read, cut into chunks, embedded and stored durably
+/// before the answer.
+#[utoipa::path(post, path = "/v1/dataprep/ingest", tag = "dataprep",
+    request_body(content = DataprepIngestForm, content_type = "multipart/form-data"),
+    responses((status = 200, description = "Stored", body = Object, example = json!({"status": 200, "message": "Data preparation succeeded"}))))]
 async fn ingest(State(s): State<AppState>, mp: Multipart) -> Response {
     ingest_inner(&s, mp).await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -327,14 +393,13 @@ async fn ingest_inner(s: &AppState, mp: Multipart) -> ServiceResult<Response> {
     let form = read_form(s, mp, &staging.0).await?;
     let size = parse_number("chunk_size", form.chunk_size.as_deref(), 1500)?;
     let overlap = parse_number("chunk_overlap", form.chunk_overlap.as_deref(), 100)?;
-    if size == 0 {
-        return Err(ServiceError::invalid("chunk_size", "chunk_size must be positive - 'chunk_size'"));
-    }
-    if overlap >= size {
-        return Err(ServiceError::invalid(
-            "chunk_overlap",
-            format!("chunk_overlap ({overlap}) must be smaller than chunk_size ({size}) - 'chunk_overlap'"),
-        ));
+    if let Err(e) = check_chunking(size, overlap) {
+        let field = if (comps_core::limits::MIN_CHUNK_SIZE..=comps_core::limits::MAX_CHUNK_SIZE).contains(&size) {
+            "chunk_overlap"
+        } else {
+            "chunk_size"
+        };
+        return Err(ServiceError::invalid(field, format!("{e} - '{field}'")));
     }
     let links = parse_links(form.link_list.as_deref())?;
     if form.files.is_empty() && links.is_empty() {
@@ -354,13 +419,8 @@ async fn ingest_inner(s: &AppState, mp: Multipart) -> ServiceResult<Response> {
     }
     let mut texts = Vec::new();
     for (name, path) in &form.files {
-        let bytes =
-            tokio::fs::read(path).await.map_err(|e| ServiceError::Internal(format!("reading the upload: {e}")))?;
-        let n = name.clone();
-        let text = tokio::task::spawn_blocking(move || extract_text(&n, &bytes))
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(ingest_error)?;
+        // In a worker process with its own memory, CPU and output limits (see `sandbox`).
+        let text = s.extractor.extract(name, path).await.map_err(ingest_error)?;
         texts.push((name.clone(), text, Some(path.clone())));
     }
     for link in &links {
@@ -390,6 +450,10 @@ fn index_from_body(body: &[u8]) -> ServiceResult<Option<String>> {
     Ok(v.get("index_name").and_then(Value::as_str).map(str::to_string))
 }
 
+/// The files stored in a collection.
+#[utoipa::path(post, path = "/v1/dataprep/get", tag = "dataprep",
+    request_body(content = Option<DataprepGetRequest>, content_type = "application/json"),
+    responses((status = 200, description = "The stored files", body = Vec<DataprepFile>)))]
 async fn get_files(State(s): State<AppState>, body: Bytes) -> Response {
     async {
         let index = index_from_body(&body)?;
@@ -403,6 +467,10 @@ async fn get_files(State(s): State<AppState>, body: Bytes) -> Response {
     .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Delete one file (or link) and its chunks, or `all` of a collection.
+#[utoipa::path(post, path = "/v1/dataprep/delete", tag = "dataprep",
+    request_body = DataprepDeleteRequest,
+    responses((status = 200, description = "Deleted", body = Object, example = json!({"status": true}))))]
 async fn delete_files(State(s): State<AppState>, body: Bytes) -> Response {
     async {
         let v: Value = parse_json(&body)?;

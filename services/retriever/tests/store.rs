@@ -4,6 +4,7 @@
 mod common;
 
 use common::TempDir;
+use comps_retriever::embedded::IndexStatus;
 use comps_retriever::store::normalize;
 use comps_retriever::{EmbeddedStore, FileRecord, NewChunk, VectorStore};
 use rand::rngs::StdRng;
@@ -50,9 +51,23 @@ async fn hnsw_past_the_threshold_keeps_recall_and_survives_reopening() {
         let rec = FileRecord { name: "big.txt".into(), chunks: n, text_bytes: 0, created: 0 };
         store.add_file("c", rec, chunks).await.unwrap();
     }
-    // Reopen: the index is rebuilt from disk (and becomes an HNSW graph).
+    // Reopen: the vectors are loaded from disk and searched exactly at once; the HNSW graph is
+    // built in the background.
     let store = EmbeddedStore::open_with_threshold(dir.path(), THRESHOLD).unwrap();
     let queries = vectors(100, 2);
+    let first: Vec<usize> = store
+        .nearest("c", &queries[0], 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.text.trim_start_matches("chunk ").parse().unwrap())
+        .collect();
+    assert_eq!(first, exact(&all, &queries[0], 10));
+    let t = std::time::Instant::now();
+    while store.index_status("c") != Some(IndexStatus { vectors: n, in_graph: n, building: false }) {
+        assert!(t.elapsed().as_secs() < 120, "no graph: {:?}", store.index_status("c"));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let mut hits = 0;
     for q in &queries {
         let want = exact(&all, q, 10);
