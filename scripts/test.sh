@@ -44,6 +44,9 @@ if [ "$status" -ne 0 ]; then
   exit "$status"
 fi
 
+log "hostile suite: OpenAPI validated, schemathesis, attack files, faults (scripts/hostile.sh)"
+bash scripts/hostile.sh
+
 log "scripts/chatqna.sh smoke run (the README's main command, debug build, free ports)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 smoke_dir=$(mktemp -d /tmp/chatqna-smoke.XXXXXX)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The standing hostile suite (tests/hostile/suite.py): the real ChatQnA stack on loopback,
+# its OpenAPI documents validated, fuzzed with schemathesis, attacked with the files and
+# requests that once broke it, and put through faults (a downstream killed and stopped under
+# load, 1,000 dropped streams, overload, kill -9 during ingest). Bounded in requests and time;
+# prints one summary line. Run by scripts/test.sh after the cargo tests.
+#
+#   scripts/hostile.sh            # debug binaries (cargo build --workspace --bins)
+#   scripts/hostile.sh --soak     # the longer version
+#   COMPS_BIN=target/release scripts/hostile.sh
+#
+# Python tools from PyPI, pinned, in .venv-hostile/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv-hostile
+PINS="schemathesis==4.32.5 openapi-spec-validator==0.9.0"
+if [ ! -x "$VENV/bin/st" ] || [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PINS" ]; then
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    # shellcheck disable=SC2086
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check $PINS
+    echo "$PINS" >"$VENV/.pins"
+fi
+bash scripts/fetch-models.sh >/dev/null
+exec "$VENV/bin/python" tests/hostile/suite.py --bin "${COMPS_BIN:-target/debug}" --st "$PWD/$VENV/bin/st" "$@"
