@@ -103,7 +103,9 @@ impl Hooks for ChatQnaHooks {
     fn align_inputs(&self, inputs: Value, ctx: &mut NodeContext<'_>) -> Result<Value, ServiceError> {
         match ctx.service.service_type {
             ServiceType::Guardrail => Ok(json!({ "text": text_of(inputs.get("text")) })),
-            ServiceType::Embedding => Ok(json!({ "inputs": text_of(inputs.get("text")) })),
+            // Length never fails the pipeline: ask TEI (or ours) to cut an over-long question
+            // to the model's window, as OPEA runs TEI with --auto-truncate.
+            ServiceType::Embedding => Ok(json!({ "inputs": text_of(inputs.get("text")), "truncate": true })),
             ServiceType::Retriever => {
                 let mut body = Map::new();
                 body.insert("text".into(), inputs.get("text").cloned().unwrap_or(Value::Null));
@@ -148,7 +150,8 @@ impl Hooks for ChatQnaHooks {
                 let reranks: Vec<String> =
                     ctx.graph.downstream(node).into_iter().filter(|d| self.is(d, ServiceType::Rerank)).collect();
                 if !reranks.is_empty() && !docs.is_empty() {
-                    return Ok(json!({ "query": query, "texts": docs }));
+                    // A chunk longer than the reranker's window is cut, not refused.
+                    return Ok(json!({ "query": query, "texts": docs, "truncate": true }));
                 }
                 // Nothing to rerank: link the retriever straight to what follows rerank.
                 for r in reranks {
