@@ -216,69 +216,6 @@ async fn client_leaving_mid_stream_cancels_upstream_and_pending_returns_to_zero(
     flow.shutdown().await.unwrap();
 }
 
-/// Every `$ref` in `v`.
-fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
-    match v {
-        Value::Object(m) => {
-            if let Some(Value::String(r)) = m.get("$ref") {
-                out.push(r);
-            }
-            m.values().for_each(|v| refs(v, out));
-        }
-        Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
-        _ => {}
-    }
-}
-
-/// `GET /v1/openapi.json` is an OpenAPI 3.1 JSON document whose `paths` hold `routes` (method,
-/// path) and the server's own routes, every POST with a request body schema and every `$ref`
-/// resolving; `GET /docs` is an HTML page.
-async fn check_openapi(url: &str, routes: &[(&str, &str)]) -> Value {
-    let client = comps_core::http_client();
-    let r = client.get(format!("{url}/v1/openapi.json")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let ct = r.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_string();
-    assert!(ct.starts_with("application/json"), "{ct}");
-    let doc: Value = r.json().await.unwrap();
-    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1.")), "{}", doc["openapi"]);
-    let paths = doc["paths"].as_object().expect("paths");
-    let builtin = [
-        ("get", "/health"),
-        ("get", "/v1/health_check"),
-        ("get", "/metrics"),
-        ("get", "/v1/openapi.json"),
-        ("get", "/docs"),
-    ];
-    for (method, path) in routes.iter().chain(&builtin) {
-        assert!(
-            paths.get(*path).is_some_and(|i| i.get(*method).is_some()),
-            "{method} {path} not in {:?}",
-            paths.keys()
-        );
-    }
-    for (path, item) in paths {
-        if let Some(op) = item.get("post") {
-            let content =
-                op["requestBody"]["content"].as_object().unwrap_or_else(|| panic!("POST {path}: no requestBody"));
-            assert!(!content.is_empty(), "POST {path}: empty requestBody");
-            for (ty, c) in content {
-                assert!(c["schema"].is_object(), "POST {path} {ty}: no schema");
-            }
-        }
-    }
-    let mut all = Vec::new();
-    refs(&doc, &mut all);
-    for r in all {
-        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{r}"));
-        assert!(doc["components"]["schemas"].get(name).is_some(), "{r} does not resolve");
-    }
-    let r = client.get(format!("{url}/docs")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let ct = r.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_string();
-    assert!(ct.starts_with("text/html"), "{ct}");
-    doc
-}
-
 /// The flow's OpenAPI document names the endpoint it was configured with: POST, any JSON
 /// object, answered with JSON or server-sent events.
 #[tokio::test]
@@ -287,7 +224,7 @@ async fn openapi_document_names_the_configured_endpoint() {
     let orch = ServiceOrchestrator::from_yaml_str(yaml).expect("valid flow");
     let svc = MicroService::new("flow").host("127.0.0.1").port(0).endpoint("/v1/my/pipeline");
     let flow = comps_flow::server(orch, svc, &common()).bind().await.unwrap().spawn();
-    let doc = check_openapi(&flow.url(), &[("post", "/v1/my/pipeline")]).await;
+    let doc = comps_core::testing::check_openapi(&flow.url(), &[("post", "/v1/my/pipeline")]).await;
     assert!(doc["paths"].get("/v1/flow").is_none(), "only the configured endpoint");
     let op = &doc["paths"]["/v1/my/pipeline"]["post"];
     assert_eq!(op["requestBody"]["required"], true, "{op}");
