@@ -4,8 +4,11 @@ one page of Helvetica text, built by hand (no PDF library), with a correct cross
     python3 scripts/gen-pdf-fixture.py
 """
 import os
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts", "fixtures"))
+from pdfwrite import escape, pdf, stream  # noqa: E402
 OUT = os.path.join(ROOT, "services", "retriever", "tests", "fixtures", "docs", "glacier.pdf")
 LINES = [
     "Field report: the Helmar glacier",
@@ -15,34 +18,19 @@ LINES = [
 ]
 
 
-def escape(s):
-    return s.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-
-
 def main():
     text = ["BT", "/F1 12 Tf", "72 720 Td", "16 TL"]
     for line in LINES:
         text.append(f"({escape(line)}) Tj T*")
     text.append("ET")
-    stream = "\n".join(text).encode("latin-1")
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
+        stream("\n".join(text).encode("latin-1")),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
     ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for i, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{i} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n".encode()
-    out += b"0000000000 65535 f \n"
-    for off in offsets:
-        out += f"{off:010d} 00000 n \n".encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    out = pdf(objects)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "wb") as f:
         f.write(out)

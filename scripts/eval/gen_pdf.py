@@ -4,18 +4,18 @@ scripts/gen-pdf-fixture.py does, but wrapped and spread over as many pages as th
 
     python3 scripts/eval/gen_pdf.py
 """
+import sys
 import textwrap
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from pdfwrite import escape, pdf, stream  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 SRC = DATA / "pdf-source" / "tarrow-observatory.txt"
 OUT = DATA / "tarrow-observatory.pdf"
 WIDTH = 88  # characters a line: fits 468 pt of 11 pt Helvetica
 PER_PAGE = 44  # lines a page at 14 pt leading
-
-
-def escape(s):
-    return s.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
 
 def lines_of(text):
@@ -36,23 +36,12 @@ def pdf_bytes(lines):
     ]
     for i, page in enumerate(pages):
         text = ["BT", "/F1 11 Tf", "72 720 Td", "14 TL"] + [f"({escape(line)}) Tj T*" if line else "T*" for line in page] + ["ET"]
-        stream = "\n".join(text).encode("latin-1")
         objects.append(
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {5 + 2 * i} 0 R "
             "/Resources << /Font << /F1 3 0 R >> >> >>".encode()
         )
-        objects.append(b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream")
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for i, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{i} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    for off in offsets:
-        out += f"{off:010d} 00000 n \n".encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return bytes(out)
+        objects.append(stream("\n".join(text).encode("latin-1")))
+    return pdf(objects)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "scripts" / "fixtures"))
+from pdfwrite import pdf, stream  # noqa: E402
 
 
 class Tally:
@@ -214,28 +216,13 @@ class Stack:
 # Attack files
 
 
-def pdf(objects):
-    out = b"%PDF-1.4\n"
-    offsets = []
-    for i, body in enumerate(objects):
-        offsets.append(len(out))
-        out += f"{i + 1} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    for o in offsets:
-        out += f"{o:010} 00000 n \n".encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return out
-
-
 def one_page_pdf(content, filt="", page_extra=""):
-    stream = f"<< /Length {len(content)} {filt} >>\nstream\n".encode() + content + b"\nendstream"
     return pdf([
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
          f"/Resources << /Font << /F1 5 0 R >> >> {page_extra} >>").encode(),
-        stream,
+        stream(content, filt),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ])
 
