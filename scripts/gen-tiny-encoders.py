@@ -449,7 +449,12 @@ def save_dir(path, model, tok, tok_kwargs):
         os.chmod(os.path.join(path, f), 0o644)  # save_pretrained writes the weights 0600
 
 
-BERT_TOK_KWARGS = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+# The model inputs of BertTokenizer: transformers passes a pair's segment ids to the model only
+# when its tokenizer lists token_type_ids (the generic class it would save otherwise does not).
+BERT_TOK_KWARGS = dict(
+    unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
+    model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+)
 XLMR_TOK_KWARGS = dict(
     bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="</s>", pad_token="<pad>", cls_token="<s>", mask_token="<mask>"
 )

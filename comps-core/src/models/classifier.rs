@@ -2,6 +2,11 @@
 //! (pooler `tanh(W·h[CLS])`, then a linear classifier) and `XLMRobertaForSequenceClassification`
 //! (`out_proj(tanh(dense(h[CLS])))`). Cross-encoder rerankers (ms-marco MiniLM, bge-reranker)
 //! and prompt-injection classifiers of these families load as they are saved.
+//!
+//! A pair's token type (segment) ids reach the encoder only when transformers would pass them,
+//! which its tokenizer decides ([`model_takes_token_type_ids`]): ms-marco's `BertTokenizer`
+//! does, a generic tokenizer saved by transformers 5 does not, and then BERT sees type 0 for
+//! the passage too.
 
 use std::path::Path;
 
@@ -9,7 +14,7 @@ use candle_nn::VarBuilder;
 
 use super::batcher::BatchModel;
 use super::encoder::{Arch, Encoder, ModelDir, get_vec};
-use super::tokenize::TextTokenizer;
+use super::tokenize::{TextTokenizer, model_takes_token_type_ids};
 use super::{ModelError, cpu};
 
 /// `y = W·x + b` for one vector.
@@ -47,11 +52,16 @@ pub struct SequenceClassifier {
     encoder: Encoder,
     head: Head,
     labels: Vec<String>,
+    /// Whether the inputs' token type ids are used (else all zeros, as in transformers).
+    token_types: bool,
 }
 
 impl std::fmt::Debug for SequenceClassifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SequenceClassifier").field("labels", &self.labels).finish_non_exhaustive()
+        f.debug_struct("SequenceClassifier")
+            .field("labels", &self.labels)
+            .field("token_types", &self.token_types)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,7 +108,8 @@ impl SequenceClassifier {
             (0..n_labels).map(|i| format!("LABEL_{i}")).collect()
         };
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), cfg.max_input_tokens())?;
-        Ok((Self { encoder, head, labels }, tokenizer))
+        let token_types = model_takes_token_type_ids(dir, cfg.model_type.as_deref())?;
+        Ok((Self { encoder, head, labels, token_types }, tokenizer))
     }
 
     /// Label names, by logit index.
@@ -106,11 +117,17 @@ impl SequenceClassifier {
         &self.labels
     }
 
+    /// Whether the model is given its inputs' token type ids (see the module docs); when not,
+    /// [`Self::logits`] ignores them.
+    pub fn takes_token_type_ids(&self) -> bool {
+        self.token_types
+    }
+
     /// Logits for each (ids, type ids) input.
     pub fn logits(&self, items: &[(&[u32], &[u32])]) -> Result<Vec<Vec<f32>>, ModelError> {
         let ids: Vec<&[u32]> = items.iter().map(|(i, _)| *i).collect();
         let types: Vec<&[u32]> = items.iter().map(|(_, t)| *t).collect();
-        let hidden = self.encoder.forward(&ids, Some(&types))?;
+        let hidden = self.encoder.forward(&ids, self.token_types.then_some(types.as_slice()))?;
         let h = hidden.hidden;
         Ok((0..hidden.batch())
             .map(|i| {

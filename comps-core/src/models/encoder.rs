@@ -224,7 +224,14 @@ impl Encoder {
         let e = vb.pp("embeddings");
         let word = get_vec(&e.pp("word_embeddings"), &[cfg.vocab_size, h], "weight")?;
         let position = get_vec(&e.pp("position_embeddings"), &[cfg.max_position_embeddings, h], "weight")?;
-        let token_type = get_vec(&e.pp("token_type_embeddings"), &[cfg.type_vocab_size, h], "weight").ok();
+        // No table (or type_vocab_size 0): every token is type 0 and adds nothing. A table whose
+        // shape disagrees with the config is an error, not a silently dropped segment signal.
+        let tt = e.pp("token_type_embeddings");
+        let token_type = if cfg.type_vocab_size > 0 && tt.contains_tensor("weight") {
+            Some(get_vec(&tt, &[cfg.type_vocab_size, h], "weight")?)
+        } else {
+            None
+        };
         let (norm_g, norm_b) = norm_pair(&e.pp("LayerNorm"), h)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {

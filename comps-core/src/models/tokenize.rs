@@ -85,6 +85,48 @@ fn prefix(text: &str, max_bytes: usize) -> &str {
     &text[..text.floor_char_boundary(max_bytes)]
 }
 
+/// Tokenizer classes whose encodings, in transformers, carry no `token_type_ids` (their model
+/// inputs are `input_ids` and `attention_mask`), by name without the `Fast` suffix. The generic
+/// classes are among them: transformers 5 saves a tokenizer built from a `tokenizers` object as
+/// `TokenizersBackend` (`PreTrainedTokenizerFast` is the same class there).
+const CLASSES_WITHOUT_TYPE_IDS: &[&str] = &[
+    "TokenizersBackend",
+    "PreTrainedTokenizer",
+    "XLMRobertaTokenizer",
+    "RobertaTokenizer",
+    "CamembertTokenizer",
+    "DistilBertTokenizer",
+    "MPNetTokenizer",
+    "FunnelTokenizer",
+    "BertJapaneseTokenizer",
+    "BertweetTokenizer",
+    "RemBertTokenizer",
+    "RoCBertTokenizer",
+];
+
+/// Whether transformers hands a model in `dir` the token type (segment) ids of its inputs, as
+/// its tokenizer decides: `model_input_names` in `tokenizer_config.json` when it lists them,
+/// else the default of its `tokenizer_class` (BERT's tokenizers yes, the generic and RoBERTa
+/// family ones no), else the tokenizer of `model_type` (`bert` yes, the RoBERTa family no).
+/// When it does not, the model runs on all-zero token types even for the second text of a
+/// pair, whatever `tokenizer.json`'s pair template says; an unknown class counts as yes.
+pub fn model_takes_token_type_ids(dir: &Path, model_type: Option<&str>) -> Result<bool, ModelError> {
+    let path = dir.join("tokenizer_config.json");
+    let config: serde_json::Value = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| ModelError::Load(format!("{}: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
+        Err(e) => return Err(ModelError::Load(format!("{}: {e}", path.display()))),
+    };
+    if let Some(names) = config.get("model_input_names").and_then(serde_json::Value::as_array) {
+        return Ok(names.iter().any(|n| n.as_str() == Some("token_type_ids")));
+    }
+    if let Some(class) = config.get("tokenizer_class").and_then(serde_json::Value::as_str) {
+        let class = class.strip_suffix("Fast").unwrap_or(class);
+        return Ok(!CLASSES_WITHOUT_TYPE_IDS.contains(&class));
+    }
+    Ok(!matches!(model_type, Some("xlm-roberta" | "roberta" | "camembert" | "distilbert" | "mpnet")))
+}
+
 /// A tokenizer pair: truncating at `max_tokens`, and not truncating.
 #[derive(Clone)]
 pub struct TextTokenizer {
@@ -249,5 +291,46 @@ impl TextTokenizer {
     /// Text back from ids (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
         self.full.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_takes_token_type_ids;
+
+    /// `model_takes_token_type_ids` on a fresh directory holding only this
+    /// `tokenizer_config.json` (none when `config` is `None`).
+    fn takes(config: Option<&str>, model_type: Option<&str>) -> bool {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("comps-type-ids-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(c) = config {
+            std::fs::write(dir.join("tokenizer_config.json"), c).unwrap();
+        }
+        let got = model_takes_token_type_ids(&dir, model_type).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        got
+    }
+
+    #[test]
+    fn segment_ids_follow_the_tokenizers_model_inputs() {
+        // Listed inputs decide, whatever the class.
+        let listed = r#"{"tokenizer_class": "TokenizersBackend", "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}"#;
+        assert!(takes(Some(listed), Some("bert")));
+        let unlisted = r#"{"tokenizer_class": "BertTokenizer", "model_input_names": ["input_ids", "attention_mask"]}"#;
+        assert!(!takes(Some(unlisted), Some("bert")));
+        // Else the class's default: BERT's (ms-marco cross-encoders) yes, generic and RoBERTa no.
+        assert!(takes(Some(r#"{"tokenizer_class": "BertTokenizerFast"}"#), Some("bert")));
+        assert!(takes(Some(r#"{"tokenizer_class": "BertTokenizer"}"#), Some("bert")));
+        assert!(takes(Some(r#"{"tokenizer_class": "ElectraTokenizer"}"#), Some("bert")));
+        assert!(!takes(Some(r#"{"tokenizer_class": "TokenizersBackend", "backend": "tokenizers"}"#), Some("bert")));
+        assert!(!takes(Some(r#"{"tokenizer_class": "PreTrainedTokenizerFast"}"#), Some("bert")));
+        assert!(!takes(Some(r#"{"tokenizer_class": "XLMRobertaTokenizer"}"#), Some("xlm-roberta")));
+        // Else the family's tokenizer.
+        assert!(takes(None, Some("bert")));
+        assert!(takes(Some("{}"), None));
+        assert!(!takes(None, Some("xlm-roberta")));
+        assert!(!takes(Some(r#"{"model_max_length": 512}"#), Some("roberta")));
     }
 }
