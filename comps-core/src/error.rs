@@ -26,6 +26,9 @@ pub enum ServiceError {
     /// The route does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The request names a model this service does not serve (OpenAI's `model_not_found`).
+    #[error("{0}")]
+    ModelNotFound(String),
     /// The body is larger than the configured limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -61,7 +64,7 @@ impl ServiceError {
             Self::MalformedRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -75,7 +78,7 @@ impl ServiceError {
     /// The OpenAI `error.type` string.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::MalformedRequest(_) | Self::InvalidField { .. } => "invalid_request_error",
+            Self::MalformedRequest(_) | Self::InvalidField { .. } | Self::ModelNotFound(_) => "invalid_request_error",
             Self::Unauthorized(_) => "authentication_error",
             Self::NotFound(_) => "not_found_error",
             Self::PayloadTooLarge(_) => "invalid_request_error",
@@ -91,7 +94,13 @@ impl ServiceError {
     pub fn body(&self) -> ErrorResponse {
         let param = match self {
             Self::InvalidField { field, .. } => field.clone(),
+            Self::ModelNotFound(_) => Some("model".into()),
             _ => None,
+        };
+        // OpenAI's code for an unknown model; the status for everything else, as vLLM sends it.
+        let code = match self {
+            Self::ModelNotFound(_) => "model_not_found".to_string(),
+            _ => self.status().as_u16().to_string(),
         };
         ErrorResponse {
             error: ErrorDetail {
@@ -99,7 +108,7 @@ impl ServiceError {
                 message: crate::limits::excerpt_to(&self.to_string(), crate::limits::ERROR_MESSAGE_CHARS),
                 r#type: self.kind().to_string(),
                 param,
-                code: Some(self.status().as_u16().to_string()),
+                code: Some(code),
             },
         }
     }

@@ -79,6 +79,8 @@ pub struct LocalGenerator {
     model: Arc<ChatModel>,
     template: Option<ChatTemplate>,
     engine: Engine,
+    /// The `model` names a request may use besides none (the first is the model's name).
+    names: Vec<String>,
 }
 
 /// A bare prompt for `{context}`-less RAG requests.
@@ -100,7 +102,32 @@ impl LocalGenerator {
         };
         let model = Arc::new(model);
         let engine = Engine::start(model.clone(), cfg)?;
-        Ok(Self { model, template, engine })
+        let names = vec![model.name.clone()];
+        Ok(Self { model, template, engine, names })
+    }
+
+    /// Also answer requests naming one of `aliases` (the served name stays the model's).
+    pub fn with_aliases(mut self, aliases: impl IntoIterator<Item = String>) -> Self {
+        for a in aliases {
+            if !a.is_empty() && !self.names.contains(&a) {
+                self.names.push(a);
+            }
+        }
+        self
+    }
+
+    /// A request naming a model this service does not serve is refused, as vLLM refuses it:
+    /// a deployment pointing at the wrong model should fail loudly, not answer with another.
+    fn check_model(&self, req: &ChatCompletionRequest) -> ServiceResult<()> {
+        match req.model.as_deref() {
+            None | Some("") => Ok(()),
+            Some(m) if self.names.iter().any(|n| n == m) => Ok(()),
+            Some(m) => Err(ServiceError::ModelNotFound(format!(
+                "The model `{}` does not exist: this service serves {} - 'model'",
+                comps_core::limits::excerpt(m),
+                self.names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            ))),
+        }
     }
 
     /// The loaded model.
@@ -306,6 +333,7 @@ impl Generator for LocalGenerator {
     }
 
     async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion> {
+        self.check_model(&req)?;
         let gen_req = self.prepare(&req, &raw).await?;
         let mut events = self.engine.submit(gen_req)?;
         let model = req.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.model.name.clone());

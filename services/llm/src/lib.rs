@@ -59,9 +59,12 @@ pub struct Args {
     /// A Jinja chat template file to use instead of the model's.
     #[arg(long, env = "LLM_CHAT_TEMPLATE")]
     pub chat_template: Option<PathBuf>,
-    /// Name served on /v1/models (default: the model file's name).
-    #[arg(long, env = "LLM_SERVED_MODEL_NAME")]
-    pub served_model_name: Option<String>,
+    /// Names the model is served under, as vLLM's flag: the first is the one `/v1/models`
+    /// and answers report, and a request's `model` must be one of them (or absent / empty),
+    /// else 404 `model_not_found`. Default: the model file's name, also accepted as `--model`
+    /// was given and as that path's last component.
+    #[arg(long, env = "LLM_SERVED_MODEL_NAME", num_args = 1.., value_delimiter = ',')]
+    pub served_model_name: Vec<String>,
     /// Sequences decoding at once (each with its own KV cache).
     #[arg(long, env = "LLM_MAX_ACTIVE_SEQUENCES", default_value_t = 4)]
     pub max_active_sequences: usize,
@@ -128,9 +131,17 @@ pub async fn build_generator(args: &Args) -> anyhow::Result<Arc<dyn Generator>> 
     let backend = Backend::parse(&args.backend)
         .ok_or_else(|| anyhow::anyhow!("--backend must be auto or candle (got '{}')", args.backend))?;
     let mut model = tokio::task::spawn_blocking(move || ChatModel::load_with(&path, quantize, backend)).await??;
-    if let Some(name) = &args.served_model_name {
-        model.name = name.clone();
-    }
+    let aliases: Vec<String> = match args.served_model_name.split_first() {
+        Some((first, rest)) => {
+            model.name = first.clone();
+            rest.to_vec()
+        }
+        None => {
+            let given = args.model.trim_end_matches('/').to_string();
+            let last = given.rsplit('/').next().unwrap_or_default().to_string();
+            vec![given, last]
+        }
+    };
     tracing::info!(
         model = %model.name,
         kind = %model.description,
@@ -143,7 +154,7 @@ pub async fn build_generator(args: &Args) -> anyhow::Result<Arc<dyn Generator>> 
         max_queued: args.max_queued_requests,
         prefill_chunk: args.prefill_chunk.max(1),
     };
-    Ok(Arc::new(LocalGenerator::new(model, template, cfg)?))
+    Ok(Arc::new(LocalGenerator::new(model, template, cfg)?.with_aliases(aliases)))
 }
 
 /// The server for a generator (tests use this with port 0).

@@ -373,3 +373,41 @@ async fn models_lists_the_served_model() {
     assert_eq!(v["data"][0]["max_model_len"], 8192);
     h.shutdown().await.unwrap();
 }
+
+/// A request's `model` must be the served name or an alias (or absent / empty), as vLLM
+/// checks it; anything else is OpenAI's 404 `model_not_found`, naming what is served.
+#[tokio::test]
+async fn an_unknown_model_name_is_404_and_aliases_are_served() {
+    let g = LocalGenerator::new(model(), None, EngineConfig::default())
+        .expect("generator starts")
+        .with_aliases(["smol".to_string(), "models/SmolLM2-135M-Instruct".to_string()]);
+    let h = serve(Arc::new(g)).await;
+    let one = |m: Value| {
+        let mut b = ask("Say hi.");
+        b["max_tokens"] = json!(2);
+        if !m.is_null() {
+            b["model"] = m;
+        }
+        b
+    };
+    for name in [
+        json!("SmolLM2-135M-Instruct.Q4_1"),
+        json!("smol"),
+        json!("models/SmolLM2-135M-Instruct"),
+        json!(""),
+        Value::Null,
+    ] {
+        let (status, v) = post(&h, one(name.clone())).await;
+        assert_eq!(status, 200, "{name}: {v}");
+    }
+    let (status, v) = post(&h, one(json!("gpt-4o"))).await;
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(v["error"]["code"], "model_not_found", "{v}");
+    assert_eq!(v["error"]["param"], "model", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("gpt-4o") && msg.contains("`smol`"), "{msg}");
+    // OPEA's LLMParamsDoc carries `model` too.
+    let (status, v) = post(&h, json!({"query": "hi", "model": "gpt-4o", "max_tokens": 2, "stream": false})).await;
+    assert_eq!(status, 404, "{v}");
+    h.shutdown().await.unwrap();
+}
