@@ -771,16 +771,18 @@ impl VectorStore for EmbeddedStore {
     }
 
     async fn nearest(&self, collection: &str, query: &[f32], k: usize) -> Result<Vec<Hit>, StoreError> {
-        let found: Vec<(u64, f32, Vec<f32>)> = {
-            let index = self.shared.collections.read().map_err(backend)?;
-            let Some(ix) = index.get(collection) else { return Ok(Vec::new()) };
-            if ix.dim != query.len() {
-                return Err(StoreError::Dimension { want: ix.dim, got: query.len() });
-            }
-            ix.nearest(query, k)
-        };
-        let (db, c) = (self.db.clone(), collection.to_string());
+        let (shared, db, c, query) = (self.shared.clone(), self.db.clone(), collection.to_string(), query.to_vec());
+        // On the blocking pool: while a graph builds, the exact part may be the whole
+        // collection (100k x 384: ~10 ms of CPU), which must not hold an async worker.
         blocking(move || {
+            let found: Vec<(u64, f32, Vec<f32>)> = {
+                let index = shared.collections.read().map_err(backend)?;
+                let Some(ix) = index.get(&c) else { return Ok(Vec::new()) };
+                if ix.dim != query.len() {
+                    return Err(StoreError::Dimension { want: ix.dim, got: query.len() });
+                }
+                ix.nearest(&query, k)
+            };
             let r = db.begin_read().map_err(backend)?;
             let t = r.open_table(CHUNKS).map_err(backend)?;
             let mut hits = Vec::with_capacity(found.len());

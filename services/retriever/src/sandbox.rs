@@ -125,15 +125,14 @@ impl Extractor {
             .map_err(|e| IngestError::Internal(format!("waiting for the extraction worker: {e}")))?;
         let reason = String::from_utf8_lossy(&err).trim().to_string();
         if status.success() {
-            let text = out
-                .strip_prefix(HEADER)
-                .ok_or_else(|| {
-                    IngestError::Internal(format!(
-                        "{} is not a comps-retriever extraction worker (no header on its output)",
-                        self.exe.display()
-                    ))
-                })?
-                .to_vec();
+            let mut text = out;
+            if !text.starts_with(HEADER) {
+                return Err(IngestError::Internal(format!(
+                    "{} is not a comps-retriever extraction worker (no header on its output)",
+                    self.exe.display()
+                )));
+            }
+            text.drain(..HEADER.len());
             return String::from_utf8(text)
                 .map_err(|e| IngestError::Internal(format!("the extraction worker wrote non-UTF-8 text: {e}")));
         }
