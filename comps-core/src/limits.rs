@@ -16,6 +16,22 @@ pub const MIN_CHUNK_SIZE: usize = 50;
 /// Largest `chunk_size` dataprep accepts, in characters.
 pub const MAX_CHUNK_SIZE: usize = 100_000;
 
+/// Dataprep's default `chunk_size` in characters (OPEA's), used when a request gives none and
+/// the retriever has no `--chunk-tokenizer` to cut by tokens.
+pub const DEFAULT_CHUNK_SIZE: usize = 1_500;
+
+/// Dataprep's default `chunk_overlap` in characters (OPEA's).
+pub const DEFAULT_CHUNK_OVERLAP: usize = 100;
+
+/// Default for the retriever's `--chunk-tokens`: the tokens of one chunk, special tokens
+/// included, when chunks are cut by the embedder's tokenizer. all-MiniLM-L6-v2 (and TEI
+/// serving it) reads 256; a chunk past the window would be embedded by its head only.
+pub const DEFAULT_CHUNK_TOKENS: usize = 256;
+
+/// Default for the retriever's `--chunk-token-overlap`: tokens shared by consecutive chunks
+/// (about a tenth of a chunk, as OPEA's 100 of 1,500 characters is about a fifteenth).
+pub const DEFAULT_CHUNK_TOKEN_OVERLAP: usize = 24;
+
 /// Inputs of one OpenAI `/v1/embeddings` request (OpenAI's own limit). TEI's `/embed` keeps
 /// its configurable `--max-client-batch-size`.
 pub const OPENAI_MAX_EMBEDDING_INPUTS: usize = 2_048;

@@ -20,6 +20,26 @@ pub struct EmbeddingClient {
     tei: bool,
     batch: usize,
     policy: NodePolicy,
+    /// TEI `prompt_name`s for documents and for questions (E5: `passage`, `query`).
+    prompts: Prompts,
+}
+
+/// The embedding model's prompts the retriever asks for, by TEI `prompt_name`.
+#[derive(Debug, Clone, Default)]
+pub struct Prompts {
+    /// For chunks being ingested.
+    pub passage: Option<String>,
+    /// For a query text that comes without its embedding.
+    pub query: Option<String>,
+}
+
+/// What a text is embedded as.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    /// A chunk of a document.
+    Passage,
+    /// A question.
+    Query,
 }
 
 impl EmbeddingClient {
@@ -33,7 +53,22 @@ impl EmbeddingClient {
         } else {
             format!("{trimmed}/v1/embeddings")
         };
-        Self { url, tei, batch: batch.max(1), policy: NodePolicy { timeout, ..NodePolicy::default() } }
+        Self {
+            url,
+            tei,
+            batch: batch.max(1),
+            policy: NodePolicy { timeout, ..NodePolicy::default() },
+            prompts: Prompts::default(),
+        }
+    }
+
+    /// Name these prompts in each call (TEI's `prompt_name`; the OpenAI form has none).
+    pub fn with_prompts(mut self, prompts: Prompts) -> anyhow::Result<Self> {
+        if !self.tei && (prompts.passage.is_some() || prompts.query.is_some()) {
+            anyhow::bail!("prompt names need the TEI form of the embedding URL (.../embed), not {}", self.url);
+        }
+        self.prompts = prompts;
+        Ok(self)
     }
 
     fn parse(&self, v: &Value, n: usize) -> ServiceResult<Vec<Vec<f32>>> {
@@ -53,12 +88,20 @@ impl EmbeddingClient {
         Ok(vecs)
     }
 
-    /// Unit-length embeddings of `texts`, in order.
-    pub async fn embed(&self, texts: &[String]) -> ServiceResult<Vec<Vec<f32>>> {
+    /// Unit-length embeddings of `texts`, in order, embedded as `role`.
+    pub async fn embed(&self, texts: &[String], role: Role) -> ServiceResult<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(texts.len());
         let target = Target { node: NODE, url: &self.url, api_key: None, policy: &self.policy };
+        let prompt = match role {
+            Role::Passage => self.prompts.passage.as_deref(),
+            Role::Query => self.prompts.query.as_deref(),
+        };
         for batch in texts.chunks(self.batch) {
-            let body = if self.tei { json!({"inputs": batch, "truncate": true}) } else { json!({"input": batch}) };
+            let body = match (self.tei, prompt) {
+                (true, Some(p)) => json!({"inputs": batch, "truncate": true, "prompt_name": p}),
+                (true, None) => json!({"inputs": batch, "truncate": true}),
+                (false, _) => json!({"input": batch}),
+            };
             let v = call_json(&target, &body).await?;
             for mut e in self.parse(&v, batch.len())? {
                 normalize(&mut e);

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use comps_core::limits::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use serde_json::Value;
-use text_splitter::{ChunkConfig, TextSplitter};
 
 /// Why a document could not be ingested (answered 400 unless said otherwise).
 #[derive(Debug, thiserror::Error)]
@@ -145,11 +144,7 @@ fn html_text(bytes: &[u8]) -> String {
 /// turns 23 KB of text into half a minute of work) and `overlap` below it.
 pub fn chunk(text: &str, size: usize, overlap: usize) -> Result<Vec<String>, IngestError> {
     check_chunking(size, overlap)?;
-    let cfg = ChunkConfig::new(size)
-        .with_overlap(overlap)
-        .map_err(|e| IngestError::BadInput(format!("chunk_overlap: {e}")))?
-        .with_trim(true);
-    Ok(TextSplitter::new(cfg).chunks(text).map(str::to_string).filter(|c| !c.is_empty()).collect())
+    crate::chunking::Chunking::Characters { size, overlap }.cut(text)
 }
 
 /// Check dataprep's chunking parameters against the limits.

@@ -12,6 +12,7 @@
 //! curl localhost:7000/v1/retrieval -d '{"text": "what do the notes say about X?"}'
 //! ```
 
+pub mod chunking;
 pub mod embed;
 pub mod embedded;
 pub mod html;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use comps_core::{CommonArgs, MicroService, Server, ServiceType, limits};
 
+pub use chunking::DefaultChunking;
 pub use embed::EmbeddingClient;
 pub use embedded::EmbeddedStore;
 pub use ingest::LinkPolicy;
@@ -48,12 +50,32 @@ pub struct Args {
     /// `.../v1/embeddings` (OpenAI form).
     #[arg(long, env = "TEI_EMBEDDING_ENDPOINT", default_value = "http://localhost:6006/embed")]
     pub embedding_url: String,
+    /// TEI `prompt_name` sent with the chunks being ingested (`passage` for E5 models).
+    #[arg(long, env = "EMBEDDING_PASSAGE_PROMPT_NAME")]
+    pub passage_prompt_name: Option<String>,
+    /// TEI `prompt_name` sent with a query text that comes without its embedding (`query`
+    /// for E5 models).
+    #[arg(long, env = "EMBEDDING_QUERY_PROMPT_NAME")]
+    pub query_prompt_name: Option<String>,
     /// Texts per embedding call.
     #[arg(long, env = "EMBEDDING_BATCH_SIZE", default_value_t = 32)]
     pub embedding_batch: usize,
     /// Seconds to wait for one embedding call.
     #[arg(long, env = "EMBEDDING_TIMEOUT", default_value_t = 120)]
     pub embedding_timeout_secs: u64,
+    /// The embedding model's tokenizer (`tokenizer.json`, or the model directory holding it).
+    /// With it, a dataprep request that gives no `chunk_size` / `chunk_overlap` is cut into
+    /// chunks that fit the embedder's window (`--chunk-tokens`); without it, into OPEA's
+    /// 1,500 characters.
+    #[arg(long, env = "CHUNK_TOKENIZER")]
+    pub chunk_tokenizer: Option<PathBuf>,
+    /// Tokens of one chunk with `--chunk-tokenizer`, the special tokens the embedder adds
+    /// included: the embedder's window (256 for all-MiniLM-L6-v2).
+    #[arg(long, env = "CHUNK_TOKENS", default_value_t = limits::DEFAULT_CHUNK_TOKENS)]
+    pub chunk_tokens: usize,
+    /// Tokens shared by consecutive chunks with `--chunk-tokenizer`.
+    #[arg(long, env = "CHUNK_TOKEN_OVERLAP", default_value_t = limits::DEFAULT_CHUNK_TOKEN_OVERLAP)]
+    pub chunk_token_overlap: usize,
     /// Where the embedded store and uploaded files live.
     #[arg(long, env = "RETRIEVER_DATA_DIR", default_value = "data/retriever")]
     pub data_dir: PathBuf,
@@ -109,18 +131,31 @@ pub struct AppState {
     pub links: LinkPolicy,
     /// Reads uploaded documents in worker processes.
     pub extractor: Extractor,
+    /// How documents are cut when a request does not say.
+    pub chunking: DefaultChunking,
 }
 
 impl AppState {
-    /// State for `args` over `store`.
-    pub fn new(args: &Args, store: Arc<dyn VectorStore>) -> Self {
-        Self {
+    /// State for `args` over `store` (fails on an unreadable `--chunk-tokenizer`).
+    pub fn new(args: &Args, store: Arc<dyn VectorStore>) -> anyhow::Result<Self> {
+        let chunking = match &args.chunk_tokenizer {
+            Some(p) => {
+                DefaultChunking::tokens(chunking::TokenSizer::load(p)?, args.chunk_tokens, args.chunk_token_overlap)?
+            }
+            None => DefaultChunking::Characters,
+        };
+        tracing::info!(chunks = %chunking.describe(), "default chunking");
+        Ok(Self {
             store,
             embedder: EmbeddingClient::new(
                 &args.embedding_url,
                 args.embedding_batch,
                 Duration::from_secs(args.embedding_timeout_secs.max(1)),
-            ),
+            )
+            .with_prompts(embed::Prompts {
+                passage: args.passage_prompt_name.clone().filter(|p| !p.is_empty()),
+                query: args.query_prompt_name.clone().filter(|p| !p.is_empty()),
+            })?,
             index_name: args.index_name.clone(),
             upload_dir: args.data_dir.join("uploads"),
             max_upload_bytes: args.max_upload_bytes,
@@ -134,7 +169,8 @@ impl AppState {
                 timeout: Duration::from_secs(args.extract_timeout_secs.max(1)),
                 max_text_bytes: args.max_extracted_bytes,
             }),
-        }
+            chunking,
+        })
     }
 }
 
@@ -169,7 +205,7 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16, dataprep:
 /// Open the store and serve until SIGTERM / ctrl-c.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
-    let state = AppState::new(&args, store);
+    let state = AppState::new(&args, store)?;
     server(state, &args.common, DEFAULT_PORT, !args.disable_dataprep).bind().await?.serve().await?;
     Ok(())
 }

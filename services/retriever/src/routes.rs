@@ -18,7 +18,9 @@ use comps_core::{ServiceError, ServiceResult};
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
-use crate::ingest::{IngestError, check_chunking, check_file_name, chunk, fetch_link};
+use crate::chunking::Chunking;
+use crate::embed::Role;
+use crate::ingest::{IngestError, check_file_name, fetch_link};
 use crate::store::{FileRecord, Hit, NewChunk, SearchType, StoreError, search};
 
 /// The OpenAPI document of the retrieval route.
@@ -119,7 +121,7 @@ async fn query_vector(s: &AppState, given: Option<&[f32]>, text: &str) -> Servic
             if text.trim().is_empty() {
                 return Err(ServiceError::invalid("text", "a query text or an embedding is required - 'text'"));
             }
-            s.embedder.embed(&[text.to_string()]).await?.remove(0)
+            s.embedder.embed(&[text.to_string()], Role::Query).await?.remove(0)
         }
     };
     crate::store::normalize(&mut v);
@@ -319,11 +321,14 @@ fn multipart_error(msg: &str, status: axum::http::StatusCode) -> ServiceError {
     }
 }
 
-fn parse_number(field: &str, v: Option<&str>, default: usize) -> ServiceResult<usize> {
+fn parse_optional(field: &str, v: Option<&str>) -> ServiceResult<Option<usize>> {
     match v.map(str::trim) {
-        None | Some("") => Ok(default),
-        Some(t) => t.parse().map_err(|_| {
-            ServiceError::invalid(field, format!("{field} must be a whole number, got {t:?} - '{field}'"))
+        None | Some("") => Ok(None),
+        Some(t) => t.parse().map(Some).map_err(|_| {
+            ServiceError::invalid(
+                field,
+                format!("{field} must be a whole number, got {:?} - '{field}'", comps_core::limits::excerpt(t)),
+            )
         }),
     }
 }
@@ -339,20 +344,18 @@ fn parse_links(v: Option<&str>) -> ServiceResult<Vec<String>> {
 }
 
 /// Extract, chunk, embed and store one document.
-async fn store_document(
-    s: &AppState,
-    coll: &str,
-    name: &str,
-    text: &str,
-    size: usize,
-    overlap: usize,
-) -> ServiceResult<usize> {
-    let pieces = chunk(text, size, overlap).map_err(ingest_error)?;
+async fn store_document(s: &AppState, coll: &str, name: &str, text: &str, chunking: &Chunking) -> ServiceResult<usize> {
+    // Token chunking tokenizes the text several times over: off the async workers.
+    let (c, t) = (chunking.clone(), text.to_string());
+    let pieces = tokio::task::spawn_blocking(move || c.cut(&t))
+        .await
+        .map_err(|e| ServiceError::Internal(format!("chunking: {e}")))?
+        .map_err(ingest_error)?;
     if pieces.is_empty() {
         return Err(ServiceError::MalformedRequest(format!("{name} contains no text")));
     }
     let started = std::time::Instant::now();
-    let vectors = s.embedder.embed(&pieces).await?;
+    let vectors = s.embedder.embed(&pieces, Role::Passage).await?;
     let n = pieces.len();
     let chunks = pieces
         .into_iter()
@@ -391,16 +394,17 @@ async fn ingest_inner(s: &AppState, mp: Multipart) -> ServiceResult<Response> {
         .map_err(|e| ServiceError::Internal(format!("creating {}: {e}", staging_dir.display())))?;
     let staging = Staging(staging_dir);
     let form = read_form(s, mp, &staging.0).await?;
-    let size = parse_number("chunk_size", form.chunk_size.as_deref(), 1500)?;
-    let overlap = parse_number("chunk_overlap", form.chunk_overlap.as_deref(), 100)?;
-    if let Err(e) = check_chunking(size, overlap) {
-        let field = if (comps_core::limits::MIN_CHUNK_SIZE..=comps_core::limits::MAX_CHUNK_SIZE).contains(&size) {
-            "chunk_overlap"
-        } else {
-            "chunk_size"
-        };
-        return Err(ServiceError::invalid(field, format!("{e} - '{field}'")));
-    }
+    let size = parse_optional("chunk_size", form.chunk_size.as_deref())?;
+    let overlap = parse_optional("chunk_overlap", form.chunk_overlap.as_deref())?;
+    let chunking = match Chunking::for_request(size, overlap, &s.chunking) {
+        Ok(c) => c,
+        Err(e) => {
+            let in_range = (comps_core::limits::MIN_CHUNK_SIZE..=comps_core::limits::MAX_CHUNK_SIZE)
+                .contains(&size.unwrap_or(comps_core::limits::DEFAULT_CHUNK_SIZE));
+            let field = if in_range { "chunk_overlap" } else { "chunk_size" };
+            return Err(ServiceError::invalid(field, format!("{e} - '{field}'")));
+        }
+    };
     let links = parse_links(form.link_list.as_deref())?;
     if form.files.is_empty() && links.is_empty() {
         return Err(ServiceError::MalformedRequest("Must provide either a file or a string list.".into()));
@@ -434,7 +438,7 @@ async fn ingest_inner(s: &AppState, mp: Multipart) -> ServiceResult<Response> {
     let total = texts.len();
     for (i, (name, text, path)) in texts.into_iter().enumerate() {
         tracing::info!(file = %name, n = i + 1, of = total, "ingesting");
-        store_document(s, &coll, &name, &text, size, overlap).await?;
+        store_document(s, &coll, &name, &text, &chunking).await?;
         if let Some(p) = path {
             let _ = tokio::fs::rename(&p, keep_dir.join(&name)).await;
         }

@@ -66,7 +66,7 @@ pub async fn serve_with(args: Args) -> ServerHandle {
         Some(url) => Arc::new(comps_retriever::PgStore::connect(url, 384).await.unwrap()),
         None => Arc::new(EmbeddedStore::open(&args.data_dir.join("store")).unwrap()),
     };
-    let mut state = AppState::new(&args, store);
+    let mut state = AppState::new(&args, store).expect("state");
     // Uploads are read by the retriever binary in a worker process; this process is the test.
     state.extractor.exe = PathBuf::from(env!("CARGO_BIN_EXE_comps-retriever"));
     let common = CommonArgs::local();
