@@ -1,6 +1,7 @@
 //! Sentence embeddings: tokenizer + encoder + pooling from one model directory, runnable in the
 //! batcher.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::batcher::BatchModel;
@@ -19,6 +20,64 @@ pub struct EmbeddingInfo {
     pub max_input_tokens: usize,
     /// Pooling.
     pub pooling: Pooling,
+    /// The model's named prompts.
+    pub prompts: Prompts,
+}
+
+/// The named prompts of a sentence-transformers model (`config_sentence_transformers.json`:
+/// `prompts` and `default_prompt_name`), put before a text when a request names one, as TEI's
+/// `prompt_name` does. Asymmetric models such as E5 embed questions as `query: ...` and
+/// documents as `passage: ...`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prompts {
+    /// Name -> the text put before the input.
+    pub named: BTreeMap<String, String>,
+    /// The prompt used when a request names none.
+    pub default_name: Option<String>,
+}
+
+impl Prompts {
+    /// The prompts of a model directory (none when it has no sentence-transformers config).
+    pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("config_sentence_transformers.json");
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Self::default()) };
+        #[derive(serde::Deserialize)]
+        struct Config {
+            #[serde(default)]
+            prompts: BTreeMap<String, String>,
+            #[serde(default)]
+            default_prompt_name: Option<String>,
+        }
+        let c: Config =
+            serde_json::from_str(&text).map_err(|e| ModelError::Load(format!("{}: {e}", path.display())))?;
+        if let Some(d) = &c.default_prompt_name
+            && !c.prompts.contains_key(d)
+        {
+            return Err(ModelError::Load(format!("{}: default_prompt_name {d:?} is not a prompt", path.display())));
+        }
+        Ok(Self { named: c.prompts, default_name: c.default_prompt_name })
+    }
+
+    /// The text of prompt `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.named.get(name).map(String::as_str)
+    }
+
+    /// The prompt for a request naming `name` (or the default when it names none); `Err`
+    /// with the names there are when the model has no such prompt.
+    pub fn resolve(&self, name: Option<&str>) -> Result<Option<&str>, String> {
+        match name.or(self.default_name.as_deref()) {
+            None => Ok(None),
+            Some(n) => self.get(n).map(Some).ok_or_else(|| {
+                let names: Vec<&str> = self.named.keys().map(String::as_str).collect();
+                if names.is_empty() {
+                    format!("the model has no prompts, so prompt_name {n:?} cannot be used")
+                } else {
+                    format!("prompt_name {n:?} is not one of the model's prompts: {}", names.join(", "))
+                }
+            }),
+        }
+    }
 }
 
 /// The encoder half, owned by the batcher thread.
@@ -51,6 +110,7 @@ impl EmbeddingModel {
             dim: cfg.hidden_size,
             max_input_tokens: max,
             pooling,
+            prompts: Prompts::from_dir(dir)?,
         };
         Ok((Self { encoder, pooling }, tokenizer, info))
     }

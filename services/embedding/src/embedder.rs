@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use comps_core::health::HealthCheck;
-use comps_core::models::embed::EmbeddingInfo;
+use comps_core::models::embed::{EmbeddingInfo, Prompts};
 use comps_core::models::encoder::normalize;
 use comps_core::models::{BatchConfig, Batcher, EmbeddingModel, Pooling, TextTokenizer};
 use comps_core::orchestrator::NodePolicy;
@@ -74,6 +74,8 @@ pub struct EmbedderInfo {
     pub vocab_size: Option<usize>,
     /// `local` or `remote`.
     pub backend: &'static str,
+    /// Named prompts put before inputs (TEI's `prompt_name`; none for a remote).
+    pub prompts: Prompts,
 }
 
 /// Turns inputs into vectors.
@@ -114,8 +116,20 @@ impl LocalEmbedder {
                 pooling: Some(info.pooling.name().to_string()),
                 vocab_size: Some(vocab),
                 backend: "local",
+                prompts: info.prompts,
             },
         })
+    }
+
+    /// Use prompt `name` when a request names none (TEI's `--default-prompt-name`).
+    pub fn with_default_prompt(mut self, name: Option<String>) -> anyhow::Result<Self> {
+        if let Some(n) = name {
+            if self.info.prompts.get(&n).is_none() {
+                anyhow::bail!("--default-prompt-name {n:?}: {}", self.info.prompts.resolve(Some(&n)).unwrap_err());
+            }
+            self.info.prompts.default_name = Some(n);
+        }
+        Ok(self)
     }
 
     /// The batcher's counters.
@@ -210,6 +224,7 @@ impl RemoteEmbedder {
                 pooling: None,
                 vocab_size: None,
                 backend: "remote",
+                prompts: Prompts::default(),
             },
             model,
             policy: NodePolicy { timeout, stream_idle_timeout: timeout, ..NodePolicy::default() },

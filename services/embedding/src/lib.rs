@@ -61,6 +61,10 @@ pub struct Args {
     /// `/v1/embeddings` requests take up to OpenAI's 2048.
     #[arg(long, env = "MAX_CLIENT_BATCH_SIZE", default_value_t = 32)]
     pub max_client_batch_size: usize,
+    /// The model prompt (from its `config_sentence_transformers.json`) put before inputs of
+    /// requests that name none (TEI's --default-prompt-name).
+    #[arg(long, env = "DEFAULT_PROMPT_NAME")]
+    pub default_prompt_name: Option<String>,
     /// Truncate over-long inputs when a request does not say (TEI's --auto-truncate).
     #[arg(long, env = "AUTO_TRUNCATE", default_value_t = false)]
     pub auto_truncate: bool,
@@ -101,7 +105,7 @@ pub async fn build_embedder(args: &Args) -> anyhow::Result<Arc<dyn Embedder>> {
         None => None,
     };
     let batch = args.batch.config(args.common.max_concurrent_requests);
-    Ok(Arc::new(LocalEmbedder::load(&dir, pooling, batch)?))
+    Ok(Arc::new(LocalEmbedder::load(&dir, pooling, batch)?.with_default_prompt(args.default_prompt_name.clone())?))
 }
 
 /// The server for an embedder (tests use this with port 0); its `/health` fails while the

@@ -175,8 +175,8 @@ async fn openai(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
     let req: EmbeddingRequest = parse_json(body)?;
     req.validate()?;
     let input = match req.input {
-        EmbeddingInput::Text(t) => EmbedInput::Texts(vec![t]),
-        EmbeddingInput::Texts(t) => EmbedInput::Texts(t),
+        EmbeddingInput::Text(t) => EmbedInput::Texts(with_prompt(s, None, vec![t])?),
+        EmbeddingInput::Texts(t) => EmbedInput::Texts(with_prompt(s, None, t)?),
         EmbeddingInput::Tokens(t) => EmbedInput::Tokens(vec![t]),
         EmbeddingInput::TokenBatches(t) => EmbedInput::Tokens(t),
     };
@@ -229,7 +229,7 @@ async fn opea(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
     };
     check_count("text", texts.len(), InputLimit::ClientBatch(s.max_client_batch_size))?;
     let opts = EmbedOptions { normalize: true, truncate: true, field: "text" };
-    let out = s.embedder.embed(EmbedInput::Texts(texts.clone()), opts).await?;
+    let out = s.embedder.embed(EmbedInput::Texts(with_prompt(s, None, texts.clone())?), opts).await?;
     let embedding = if single {
         Embedding::Single(out.vectors.into_iter().next().unwrap_or_default())
     } else {
@@ -243,6 +243,16 @@ async fn opea(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
     ed.text = text;
     ed.embedding = embedding;
     Ok(axum::Json(ed).into_response())
+}
+
+/// `texts` with the prompt a request names (or the model's default) put before each; `Err`
+/// naming `prompt_name` when the model has no such prompt.
+fn with_prompt(s: &AppState, name: Option<&str>, texts: Vec<String>) -> ServiceResult<Vec<String>> {
+    match s.embedder.info().prompts.resolve(name) {
+        Ok(None) => Ok(texts),
+        Ok(Some(p)) => Ok(texts.into_iter().map(|t| format!("{p}{t}")).collect()),
+        Err(e) => Err(ServiceError::invalid("prompt_name", format!("{e} - 'prompt_name'"))),
+    }
 }
 
 /// TEI's embed request.
@@ -265,6 +275,10 @@ struct TeiEmbedRequest {
     #[serde(default)]
     #[schema(minimum = 1)]
     dimensions: Option<u32>,
+    /// A prompt of the model (`config_sentence_transformers.json`) to put before each input,
+    /// e.g. `query` or `passage` for E5; default: the service's `--default-prompt-name`.
+    #[serde(default)]
+    prompt_name: Option<String>,
 }
 
 fn yes() -> bool {
@@ -293,6 +307,7 @@ async fn tei_embed(State(s): State<AppState>, comps_core::Json(req): comps_core:
     let texts = req.inputs.to_vec();
     let run = async {
         check_count("inputs", texts.len(), InputLimit::ClientBatch(s.max_client_batch_size))?;
+        let texts = with_prompt(&s, req.prompt_name.as_deref(), texts)?;
         let opts = EmbedOptions {
             normalize: req.normalize,
             truncate: req.truncate.unwrap_or(s.auto_truncate),

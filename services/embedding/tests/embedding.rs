@@ -369,6 +369,7 @@ async fn health_asks_the_model_worker() {
         pooling: None,
         vocab_size: None,
         backend: "local",
+        prompts: Default::default(),
     };
     let h = serve(Arc::new(DeadWorker(info)), 64).await;
     let r = client().get(format!("{}/health", h.url())).send().await.unwrap();
@@ -403,4 +404,68 @@ async fn openapi_document_covers_every_route() {
         assert!(info.get(field).is_some(), "{field}: {info}");
     }
     h.shutdown().await.unwrap();
+}
+
+/// TEI's `prompt_name`: a prompt of the model's `config_sentence_transformers.json` put before
+/// each input, the service's `--default-prompt-name` when a request names none, and a 422
+/// naming `prompt_name` for a prompt the model does not have.
+#[tokio::test]
+async fn prompt_names_put_the_models_prompts_before_the_inputs() {
+    let dir = std::env::temp_dir().join(format!("comps-embedding-prompts-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for f in
+        ["config.json", "model.safetensors", "tokenizer.json", "sentence_bert_config.json", "1_Pooling/config.json"]
+    {
+        let _ = std::fs::remove_file(dir.join(f));
+        std::os::unix::fs::symlink(model_dir().join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.join("config_sentence_transformers.json"),
+        r#"{"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": null}"#,
+    )
+    .unwrap();
+    let with_prompts = Arc::new(LocalEmbedder::load(&dir, None, BatchConfig::default()).unwrap());
+    let h = serve(with_prompts, 64).await;
+    let (s1, named) = post(&h, "/embed", json!({"inputs": "the harbour", "prompt_name": "query"})).await;
+    let (s2, spelled) = post(&h, "/embed", json!({"inputs": "query: the harbour"})).await;
+    let (s3, bare) = post(&h, "/embed", json!({"inputs": "the harbour"})).await;
+    assert_eq!((s1, s2, s3), (200, 200, 200));
+    assert_eq!(named, spelled, "prompt_name puts the prompt before the text");
+    assert_ne!(named, bare);
+    let (status, err) = post(&h, "/embed", json!({"inputs": "the harbour", "prompt_name": "document"})).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["param"], "prompt_name", "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("passage, query"), "{err}");
+    h.shutdown().await.unwrap();
+
+    // --default-prompt-name applies to every route when a request names none.
+    let defaulted = LocalEmbedder::load(&dir, None, BatchConfig::default())
+        .unwrap()
+        .with_default_prompt(Some("passage".into()))
+        .unwrap();
+    let h = serve(Arc::new(defaulted), 64).await;
+    let (_, tei) = post(&h, "/embed", json!({"inputs": "the harbour"})).await;
+    let (_, openai) = post(&h, "/v1/embeddings", json!({"input": "the harbour"})).await;
+    let (_, spelled) = post(&h, "/embed", json!({"inputs": "passage: the harbour", "prompt_name": "query"})).await;
+    let (_, passage) = post(&h, "/embed", json!({"inputs": "the harbour", "prompt_name": "passage"})).await;
+    assert_eq!(tei, passage);
+    let v: Vec<f32> = serde_json::from_value(openai["data"][0]["embedding"].clone()).unwrap();
+    let t: Vec<f32> = serde_json::from_value(tei[0].clone()).unwrap();
+    assert!(cosine(&v, &t) > 0.9999, "the OpenAI route gets the default prompt too");
+    assert_ne!(spelled, passage, "a request's prompt_name wins over the default");
+    h.shutdown().await.unwrap();
+    assert!(
+        LocalEmbedder::load(&dir, None, BatchConfig::default())
+            .unwrap()
+            .with_default_prompt(Some("nope".into()))
+            .is_err()
+    );
+
+    // A model without prompts refuses a prompt_name.
+    let h = serve(embedder(), 64).await;
+    let (status, err) = post(&h, "/embed", json!({"inputs": "the harbour", "prompt_name": "query"})).await;
+    assert_eq!(status, 422, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("no prompts"), "{err}");
+    h.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

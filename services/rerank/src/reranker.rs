@@ -150,13 +150,21 @@ enum Vectors {
 pub struct BiEncoder {
     vectors: Vectors,
     info: RerankerInfo,
+    /// Put before the query and before each text: the model's `query` and `passage` prompts,
+    /// for an asymmetric model such as E5 (which compares `query: q` with `passage: t`).
+    prefixes: (String, String),
 }
 
 impl BiEncoder {
     /// A sentence-embedding model in this process.
     pub fn load(dir: &Path, batch: BatchConfig) -> anyhow::Result<Self> {
         let (model, tokenizer, info) = EmbeddingModel::load(dir, None)?;
+        let prefixes = match (info.prompts.get("query"), info.prompts.get("passage")) {
+            (Some(q), Some(p)) => (q.to_string(), p.to_string()),
+            _ => Default::default(),
+        };
         Ok(Self {
+            prefixes,
             info: RerankerInfo {
                 model_id: info.model_id,
                 kind: "bi-encoder",
@@ -173,6 +181,7 @@ impl BiEncoder {
     pub fn remote(url: &str, timeout: Duration) -> Self {
         Self {
             info: RerankerInfo { model_id: url.to_string(), kind: "bi-encoder", max_input_tokens: None },
+            prefixes: Default::default(),
             vectors: Vectors::Service {
                 url: url.to_string(),
                 policy: NodePolicy { timeout, stream_idle_timeout: timeout, ..NodePolicy::default() },
@@ -224,9 +233,10 @@ impl Reranker for BiEncoder {
     }
 
     async fn score(&self, query: &str, texts: &[String], opts: ScoreOptions) -> ServiceResult<Vec<f32>> {
+        let (qp, pp) = &self.prefixes;
         let mut all = Vec::with_capacity(texts.len() + 1);
-        all.push(query.to_string());
-        all.extend(texts.iter().cloned());
+        all.push(format!("{qp}{query}"));
+        all.extend(texts.iter().map(|t| format!("{pp}{t}")));
         let mut vecs = self.embed(all, opts.truncate).await?;
         if vecs.len() != texts.len() + 1 {
             return Err(ServiceError::Upstream(format!(
