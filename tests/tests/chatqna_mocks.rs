@@ -212,10 +212,12 @@ async fn each_backend_gets_its_native_format_and_the_request_settings() {
     assert_eq!(llm["max_tokens"], 64);
     assert_eq!(llm["seed"], 5);
     assert_eq!(llm["stream"], false);
+    // OPEA's template, as OPEA's chatqna.py renders it.
     let prompt = prompt_sent(&p.llm);
-    assert!(prompt.contains("### Search results: Paris is the capital of France.\n"), "{prompt}");
+    assert!(prompt.starts_with("\n### You are a helpful, respectful and honest assistant"), "{prompt}");
+    assert!(prompt.contains("### Search results: Paris is the capital of France. \n\n"), "{prompt}");
     assert!(!prompt.contains("Berlin"), "{prompt}");
-    assert!(prompt.contains(&format!("### Question: {q}\n")), "{prompt}");
+    assert!(prompt.ends_with(&format!("### Question: {q} \n\n### Answer:\n")), "{prompt}");
 
     // top_n keeps more documents; a request template replaces the default one.
     let r = p
@@ -284,12 +286,34 @@ async fn openai_route_sends_standard_chunks() {
 }
 
 #[tokio::test]
-async fn no_documents_skip_rerank_and_send_the_question_alone() {
+async fn no_documents_skip_rerank_and_send_the_empty_template_or_the_question_alone() {
+    // OPEA's template (the default) is sent with an empty context, as OPEA sends it.
     let p = Pipeline::start(&[], llm_reply).await;
     let r = p.post("/v1/chatqna", json!({"messages": "Tell me nothing", "stream": false})).await;
     assert_eq!(r.status(), 200);
     assert_eq!(p.tei_calls(), 1, "only the embedding is called; rerank is skipped");
+    let prompt = prompt_sent(&p.llm);
+    assert!(prompt.contains("### Search results:  \n\n### Question: Tell me nothing \n\n"), "{prompt:?}");
+    // Ours sends the bare question.
+    let p = Pipeline::start(&["--rag-template=comps"], llm_reply).await;
+    let r = p.post("/v1/chatqna", json!({"messages": "Tell me nothing", "stream": false})).await;
+    assert_eq!(r.status(), 200);
     assert_eq!(prompt_sent(&p.llm), "Tell me nothing");
+}
+
+/// `--top-n` is the deployment's default for requests without `top_n`; a request's own wins.
+#[tokio::test]
+async fn the_deployments_top_n_applies_when_the_request_sets_none() {
+    let p = Pipeline::start(&["--top-n=2"], llm_reply).await;
+    let q = "What is the capital of France?";
+    let r = p.post("/v1/chatqna", json!({"messages": q, "stream": false})).await;
+    assert_eq!(r.status(), 200);
+    let prompt = prompt_sent(&p.llm);
+    assert!(prompt.contains("Paris") && prompt.contains("Berlin") && !prompt.contains("Nile"), "{prompt}");
+    let r = p.post("/v1/chatqna", json!({"messages": q, "stream": false, "top_n": 1})).await;
+    assert_eq!(r.status(), 200);
+    let prompt = prompt_sent(&p.llm);
+    assert!(prompt.contains("Paris") && !prompt.contains("Berlin"), "{prompt}");
 }
 
 #[tokio::test]

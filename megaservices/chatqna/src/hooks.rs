@@ -10,7 +10,7 @@
 //! | llm | OpenAI chat completion | `chat.completion` / chunks (also OPEA `GeneratedDoc`) |
 //!
 //! When the retriever finds nothing, rerank is taken out of this request's graph and the LLM
-//! gets the question alone.
+//! gets the template with an empty context (OPEA's), or the question alone (`--rag-template comps`).
 
 use std::collections::HashMap;
 
@@ -20,7 +20,7 @@ use comps_core::{Hooks, RerankerParms, RetrieverParms, ServiceError, ServiceType
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
-use crate::prompt;
+use crate::prompt::{self, RagTemplate};
 
 /// How a request's stream is written to its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,12 +47,20 @@ pub struct RequestOptions {
 #[derive(Debug, Clone)]
 pub struct ChatQnaHooks {
     types: HashMap<String, ServiceType>,
+    template: RagTemplate,
+    query_prompt: Option<String>,
 }
 
 impl ChatQnaHooks {
-    /// Hooks for nodes of these types (node id -> type).
-    pub fn new(types: HashMap<String, ServiceType>) -> Self {
-        Self { types }
+    /// Hooks for nodes of these types (node id -> type), prompting with `template`.
+    pub fn new(types: HashMap<String, ServiceType>, template: RagTemplate) -> Self {
+        Self { types, template, query_prompt: None }
+    }
+
+    /// Ask the embedding node for this TEI `prompt_name` for the question (`query` for E5).
+    pub fn with_query_prompt(mut self, name: Option<String>) -> Self {
+        self.query_prompt = name.filter(|n| !n.is_empty());
+        self
     }
 
     fn is(&self, node: &str, ty: ServiceType) -> bool {
@@ -105,7 +113,13 @@ impl Hooks for ChatQnaHooks {
             ServiceType::Guardrail => Ok(json!({ "text": text_of(inputs.get("text")) })),
             // Length never fails the pipeline: ask TEI (or ours) to cut an over-long question
             // to the model's window, as OPEA runs TEI with --auto-truncate.
-            ServiceType::Embedding => Ok(json!({ "inputs": text_of(inputs.get("text")), "truncate": true })),
+            ServiceType::Embedding => {
+                let mut body = json!({ "inputs": text_of(inputs.get("text")), "truncate": true });
+                if let Some(p) = &self.query_prompt {
+                    body["prompt_name"] = json!(p);
+                }
+                Ok(body)
+            }
             ServiceType::Retriever => {
                 let mut body = Map::new();
                 body.insert("text".into(), inputs.get("text").cloned().unwrap_or(Value::Null));
@@ -221,7 +235,7 @@ impl Hooks for ChatQnaHooks {
 impl ChatQnaHooks {
     fn prompt(&self, query: &str, docs: &[String], ctx: &NodeContext<'_>) -> String {
         let language = ctx.extras.get::<RequestOptions>().map_or("auto", |o| o.language.as_str());
-        prompt::build(query, docs, language, ctx.llm_params.chat_template.as_deref())
+        prompt::build(query, docs, language, ctx.llm_params.chat_template.as_deref(), self.template)
     }
 }
 

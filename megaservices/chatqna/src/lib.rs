@@ -51,6 +51,11 @@ pub struct Args {
     #[arg(long, env = "EMBEDDING_SERVER_ENDPOINT", default_value = "/embed")]
     pub embedding_endpoint: String,
 
+    /// TEI `prompt_name` sent with the question to the embedding server (`query` for E5
+    /// models, whose documents the retriever embeds with `passage`).
+    #[arg(long, env = "EMBEDDING_QUERY_PROMPT_NAME")]
+    pub embedding_prompt_name: Option<String>,
+
     /// Retriever service host.
     #[arg(long, env = "RETRIEVER_SERVICE_HOST_IP", default_value = "127.0.0.1")]
     pub retriever_host: String,
@@ -114,6 +119,14 @@ pub struct Args {
     #[arg(long, env = "CHATQNA_WITH_OUTPUT_GUARD")]
     pub with_output_guard: bool,
 
+    /// Reranked chunks given to the LLM when a request sets no `top_n` (OPEA's default is 1).
+    #[arg(long, env = "CHATQNA_TOP_N", default_value_t = 1)]
+    pub top_n: u32,
+    /// The RAG prompt: `opea` (OPEA ChatQnA's English / Chinese templates, exactly) or `comps`
+    /// (a shorter wording; a bare question when nothing was retrieved).
+    #[arg(long, env = "CHATQNA_RAG_TEMPLATE", default_value = "opea")]
+    pub rag_template: prompt::RagTemplate,
+
     /// Timeout of each call to a backend (for a stream: until its headers), in seconds.
     #[arg(long, env = "CHATQNA_NODE_TIMEOUT", default_value_t = 120)]
     pub node_timeout_secs: u64,
@@ -174,8 +187,11 @@ pub fn orchestrator(args: &Args) -> anyhow::Result<ServiceOrchestrator> {
     }
 
     let types: HashMap<String, ServiceType> = chain.iter().map(|s| (s.node_id(), s.service_type)).collect();
-    let mut orch =
-        ServiceOrchestrator::new().with_hooks(Arc::new(ChatQnaHooks::new(types))).with_default_policy(policy);
+    let mut orch = ServiceOrchestrator::new()
+        .with_hooks(Arc::new(
+            ChatQnaHooks::new(types, args.rag_template).with_query_prompt(args.embedding_prompt_name.clone()),
+        ))
+        .with_default_policy(policy);
     for s in &chain {
         orch.add(s.clone())?;
     }
@@ -209,6 +225,7 @@ pub fn server(args: &Args) -> anyhow::Result<Server> {
     let state = routes::AppState {
         orch: Arc::new(orch),
         default_model: args.llm_model.clone().filter(|m| !m.is_empty()),
+        default_top_n: args.top_n.max(1),
         dataprep: Arc::new(routes::Dataprep {
             base: dataprep_base(args),
             timeout: Duration::from_secs(args.dataprep_timeout_secs.max(1)),

@@ -37,6 +37,8 @@ pub struct AppState {
     pub orch: Arc<ServiceOrchestrator>,
     /// `LLM_MODEL`: the model sent to the LLM when the request names none.
     pub default_model: Option<String>,
+    /// `--top-n`: the reranked chunks that reach the LLM when the request gives no `top_n`.
+    pub default_top_n: u32,
     /// The dataprep forwarder's target.
     pub dataprep: Arc<Dataprep>,
 }
@@ -168,7 +170,8 @@ async fn answer(s: &AppState, body: &[u8], framing: Framing) -> ServiceResult<Re
         score_threshold: req.score_threshold,
         ..RetrieverParms::default()
     });
-    extras.insert(RerankerParms { top_n: req.top_n, ..RerankerParms::default() });
+    let top_n = if raw.get("top_n").is_some_and(|v| !v.is_null()) { req.top_n } else { s.default_top_n };
+    extras.insert(RerankerParms { top_n, ..RerankerParms::default() });
     extras.insert(RequestOptions { framing, language: req.language.clone(), llm_body: llm_body(&req, &raw, &params) });
 
     let mut result = s.orch.schedule(json!({ "text": question }), params, extras).await?;
