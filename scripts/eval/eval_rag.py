@@ -10,7 +10,10 @@ data event; the stream is closed there).
   answer correct  the answer holds one of the accepted strings (case-insensitive; a number
                   must not be part of a longer number)
 
-    python3 scripts/eval/eval_rag.py [--models a,b] [--bin DIR] [--out FILE] [--limit N]
+    python3 scripts/eval/eval_rag.py [--models a,b] [--bin DIR] [--out FILE] [--limit N] [--set K=V ...]
+
+--set puts an environment variable into every service's environment (each flag of a service
+has one), e.g. --set CHATQNA_RAG_TEMPLATE=comps, to compare a setting against the default.
 """
 
 import argparse
@@ -148,17 +151,36 @@ def ask(url, log, q):
     return r
 
 
-def run_model(model, bin_dir, questions):
+def configure(stack, bin_dir, embedder):
+    """The retrieval side as scripts/chatqna.sh runs it: `embedder` embeds and reranks, chunks
+    are cut by its tokenizer, and E5's `query` / `passage` prompts are named when it has them."""
+    prompts = "passage" in (embedder / "config_sentence_transformers.json").read_text() \
+        if (embedder / "config_sentence_transformers.json").exists() else False
+    emb, ret, rr = stack["embedding"], stack["retriever"], stack["rerank"]
+    emb.argv = [str(bin_dir / "comps-embedding"), "--model", str(embedder)]
+    rr.argv = [str(bin_dir / "comps-rerank"), "--model", str(embedder)]
+    i = ret.argv.index("--chunk-tokenizer")
+    ret.argv[i + 1] = str(embedder)
+    if prompts:
+        ret.argv += ["--passage-prompt-name", "passage", "--query-prompt-name", "query"]
+        stack["chatqna"].env["EMBEDDING_QUERY_PROMPT_NAME"] = "query"
+
+
+def run_model(model, bin_dir, questions, settings=None, embedder=None, top_n=3):
     name = model.name
     print(f"\n== {name} ({bin_dir}) ==", flush=True)
     work = Path(tempfile.mkdtemp(prefix="eval-rag-"))
     stack = Stack(bin_dir, work)
+    configure(stack, bin_dir, embedder)
+    stack["chatqna"].env["CHATQNA_TOP_N"] = str(top_n)
     port = stack["llm"].port
     stack.services["llm"] = JsonLogService(
         "llm", [str(bin_dir / "comps-llm"), "--model", str(model)], port, stack.logs,
         {"RUST_LOG": "info,comps_llm=debug"},
     )
     stack["chatqna"].env.pop("CHATQNA_NODE_TIMEOUT", None)  # the suite's 10 s is short for a debug LLM
+    for svc in stack.services.values():
+        svc.env.update(settings or {})
     ok = False
     try:
         stack.start()
@@ -250,7 +272,13 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "bench-results" / "eval-rag.json"))
     ap.add_argument("--questions", default=str(DATA / "questions.jsonl"))
     ap.add_argument("--limit", type=int, help="ask only the first N questions of each document")
+    ap.add_argument("--embedder", default="models/multilingual-e5-small",
+                    help="the embedding (and bi-encoder rerank) model, as scripts/chatqna.sh runs it")
+    ap.add_argument("--top-n", type=int, default=3, help="chunks reaching the LLM (chatqna's --top-n)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable for every service (repeatable)")
     args = ap.parse_args()
+    settings = dict(kv.split("=", 1) for kv in args.set)
 
     release = ROOT / "target" / "release"
     bin_dir = Path(args.bin).resolve() if args.bin else (
@@ -268,7 +296,11 @@ def main():
     print(f"{len(questions)} questions on {len({q['doc'] for q in questions})} documents, "
           f"{len(models)} model(s), binaries in {bin_dir}")
 
-    summaries = [run_model(m, bin_dir, questions) for m in models]
+    if settings:
+        print(f"settings: {settings}")
+    embedder = Path(args.embedder) if Path(args.embedder).is_absolute() else ROOT / args.embedder
+    print(f"embedder {embedder.name}, top_n {args.top_n}")
+    summaries = [run_model(m, bin_dir, questions, settings, embedder, args.top_n) for m in models]
 
     print(f"\n{'model':<30} {'retrieval':>13} {'answer':>13} {'lat p50':>8} {'lat p95':>8} "
           f"{'TTFT p50':>9} {'TTFT p95':>9}")
@@ -279,7 +311,9 @@ def main():
               f"{secs(s['ttft_s']['p50']):>9} {secs(s['ttft_s']['p95']):>9}   (seconds)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"bin": str(bin_dir), "questions": len(questions), "models": summaries},
+    out.write_text(json.dumps({"bin": str(bin_dir), "questions": len(questions), "settings": settings,
+                               "embedder": embedder.name, "top_n": args.top_n,
+                               "models": summaries},
                               ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     print(f"results in {out}")
 

@@ -177,7 +177,7 @@ class Stack:
             "retriever": Service(
                 "retriever",
                 [b("comps-retriever"), "--data-dir", str(work / "retriever"),
-                 "--embedding-url", f"http://127.0.0.1:{p['embedding']}/embed"],
+                 "--embedding-url", f"http://127.0.0.1:{p['embedding']}/embed", "--chunk-tokenizer", minilm],
                 p["retriever"], self.logs,
             ),
             "rerank": Service("rerank", [b("comps-rerank"), "--model", minilm], p["rerank"], self.logs),
