@@ -344,10 +344,18 @@ fn parse_links(v: Option<&str>) -> ServiceResult<Vec<String>> {
 }
 
 /// Extract, chunk, embed and store one document.
-async fn store_document(s: &AppState, coll: &str, name: &str, text: &str, chunking: &Chunking) -> ServiceResult<usize> {
-    // Token chunking tokenizes the text several times over: off the async workers.
-    let (c, t) = (chunking.clone(), text.to_string());
-    let pieces = tokio::task::spawn_blocking(move || c.cut(&t))
+async fn store_document(
+    s: &AppState,
+    coll: &str,
+    name: &str,
+    text: String,
+    chunking: &Chunking,
+) -> ServiceResult<usize> {
+    // Token chunking tokenizes the text several times over: off the async workers. The text
+    // (up to --max-extracted-bytes) moves there; only its length is needed afterwards.
+    let text_bytes = text.len();
+    let c = chunking.clone();
+    let pieces = tokio::task::spawn_blocking(move || c.cut(&text))
         .await
         .map_err(|e| ServiceError::Internal(format!("chunking: {e}")))?
         .map_err(ingest_error)?;
@@ -367,12 +375,8 @@ async fn store_document(s: &AppState, coll: &str, name: &str, text: &str, chunki
             NewChunk { text, vector, metadata }
         })
         .collect();
-    let record = FileRecord {
-        name: name.to_string(),
-        chunks: n,
-        text_bytes: text.len(),
-        created: comps_core::protocol::unix_now(),
-    };
+    let record =
+        FileRecord { name: name.to_string(), chunks: n, text_bytes, created: comps_core::protocol::unix_now() };
     s.store.add_file(coll, record, chunks).await.map_err(store_error)?;
     tracing::info!(file = name, chunks = n, ms = started.elapsed().as_millis() as u64, collection = coll, "ingested");
     Ok(n)
@@ -438,7 +442,7 @@ async fn ingest_inner(s: &AppState, mp: Multipart) -> ServiceResult<Response> {
     let total = texts.len();
     for (i, (name, text, path)) in texts.into_iter().enumerate() {
         tracing::info!(file = %name, n = i + 1, of = total, "ingesting");
-        store_document(s, &coll, &name, &text, &chunking).await?;
+        store_document(s, &coll, &name, text, &chunking).await?;
         if let Some(p) = path {
             let _ = tokio::fs::rename(&p, keep_dir.join(&name)).await;
         }
