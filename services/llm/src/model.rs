@@ -26,7 +26,7 @@ pub enum Quantize {
     /// Keep the file's types.
     None,
     /// Requantize to Q8_0 only the types without a SIMD kernel here: Q4_1, Q5_0 and Q5_1 for
-    /// candle's models; nothing for a llama the native backend runs (it has a Q4_1 kernel).
+    /// candle's models; nothing for a model the native backend runs (it has kernels for all).
     Auto,
     /// Every weight matrix to Q8_0.
     Q8_0,
@@ -63,7 +63,8 @@ impl Quantize {
 /// Which implementation runs a GGUF llama model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// Our own forward pass when every matrix is Q8_0, Q4_0 or Q4_1, candle's otherwise.
+    /// Our own forward pass (llama, qwen2, qwen3) when every matrix is in a format of
+    /// `comps_core::models::quant`, candle's otherwise.
     Auto,
     /// Always candle-transformers' models.
     Candle,
@@ -312,14 +313,17 @@ fn load_gguf(path: &Path, quantize: Quantize, backend: Backend) -> anyhow::Resul
         from_gguf_metadata(&md)?
     };
 
-    // The native llama has its own Q4_1 kernel: `auto` leaves such a file as it is.
-    let quantize =
-        if quantize == Quantize::Auto && arch == "llama" && backend == Backend::Auto && native::runs_natively(&content)
-        {
-            Quantize::None
-        } else {
-            quantize
-        };
+    // The native backend has kernels for every format it accepts: `auto` leaves such a file
+    // as it is.
+    let quantize = if quantize == Quantize::Auto
+        && native::ARCHITECTURES.contains(&arch.as_str())
+        && backend == Backend::Auto
+        && native::runs_natively(&content)
+    {
+        Quantize::None
+    } else {
+        quantize
+    };
     let requantized = requantize(&content, &mut file, quantize)?;
     let device = Device::Cpu;
     let (weights, chunked_prefill) = match requantized {
@@ -372,7 +376,7 @@ fn load_arch<R: std::io::Read + std::io::Seek>(
     backend: Backend,
 ) -> anyhow::Result<(Loaded, bool)> {
     Ok(match arch {
-        "llama"
+        "llama" | "qwen2" | "qwen3"
             if backend == Backend::Auto
                 && let Some(m) = NativeLlama::from_gguf(&content, reader)? =>
         {

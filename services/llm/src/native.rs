@@ -1,17 +1,29 @@
-//! Our own forward pass for GGUF llama models whose matrices are Q8_0, Q4_0 or Q4_1 (the
-//! packaged SmolLM2 as it is, or requantized): the block-quantized products of `comps_core::models::quant`
-//! on fused Q·K·V and gate·up matrices, a KV cache that grows in place (candle's quantized
-//! llama concatenates its whole cache every step, so its decode slows down as the context
-//! grows), and attention spread over the heads. Numerics follow llama.cpp: activations are
+//! Our own forward pass for GGUF llama, qwen2 and qwen3 models whose matrices are in a format
+//! of `comps_core::models::quant` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: the
+//! packaged SmolLM2 and Qwen2.5 files as they are): fused Q·K·V and gate·up products where a
+//! layer's matrices share a format, QKV biases (qwen2), per-head Q/K norms (qwen3), grouped
+//! KV heads, rotary embeddings in the file's layout (adjacent pairs for llama, halves for the
+//! qwen family) with the base from the metadata, tied or separate output, and a KV cache that
+//! grows in place (candle's quantized models concatenate their whole cache every step, so
+//! their decode slows down as the context grows). Numerics follow llama.cpp: activations are
 //! quantized to Q8_0 before each product, everything else is f32.
 
 use std::io::{Read, Seek};
 
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, gguf_file};
-use comps_core::models::kernels::dot;
 use comps_core::models::quant::{QActs, QKind, QMatrix, qgemm};
+use comps_core::vector::dot;
 use rayon::prelude::*;
+
+/// How rotary embeddings pair a head's dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rope {
+    /// Adjacent pairs (2i, 2i + 1): GGUF llama files are permuted for this.
+    Adjacent,
+    /// Halves (i, i + d/2), as the qwen family is stored ("NEOX" in llama.cpp).
+    Halves,
+}
 
 /// Shapes and constants from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -20,25 +32,82 @@ pub struct Config {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
+    /// `n_head * head_dim` (qwen3's heads are not `n_embd / n_head` wide).
+    q_dim: usize,
     n_ff: usize,
     eps: f32,
     rope_base: f32,
     rope_dim: usize,
+    rope: Rope,
     vocab: usize,
+}
+
+/// Matrices applied to the same input: stacked into one when their formats agree, else run
+/// one after the other into the same output rows.
+enum Proj {
+    One(QMatrix),
+    Split(Vec<QMatrix>),
+}
+
+impl Proj {
+    fn new(parts: Vec<QMatrix>) -> Self {
+        let refs: Vec<&QMatrix> = parts.iter().collect();
+        match QMatrix::stack(&refs) {
+            Ok(m) => Self::One(m),
+            Err(_) => Self::Split(parts),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        match self {
+            Self::One(m) => m.rows(),
+            Self::Split(parts) => parts.iter().map(QMatrix::rows).sum(),
+        }
+    }
+
+    fn cols(&self) -> usize {
+        match self {
+            Self::One(m) => m.cols(),
+            Self::Split(parts) => parts[0].cols(),
+        }
+    }
+
+    /// `out[t][..rows]`: every part's products side by side.
+    fn run(&self, acts: &QActs, out: &mut [f32], scratch: &mut Vec<f32>) {
+        match self {
+            Self::One(m) => qgemm(m, acts, out),
+            Self::Split(parts) => {
+                let (t, width) = (acts.rows(), self.rows());
+                let mut at = 0;
+                for p in parts {
+                    scratch.resize(t * p.rows(), 0.0);
+                    qgemm(p, acts, scratch);
+                    for (o, s) in out.chunks_exact_mut(width).zip(scratch.chunks_exact(p.rows())) {
+                        o[at..at + p.rows()].copy_from_slice(s);
+                    }
+                    at += p.rows();
+                }
+            }
+        }
+    }
 }
 
 struct Layer {
     attn_norm: Vec<f32>,
-    /// Q, K and V stacked.
-    qkv: QMatrix,
+    /// Q, K and V.
+    qkv: Proj,
+    /// Q, K and V's biases side by side (qwen2).
+    qkv_bias: Option<Vec<f32>>,
+    /// Per-head RMS norms of Q and K (qwen3).
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     wo: QMatrix,
     ffn_norm: Vec<f32>,
-    /// Gate and up stacked.
-    gate_up: QMatrix,
+    /// Gate and up.
+    gate_up: Proj,
     down: QMatrix,
 }
 
-/// A llama model's weights.
+/// A llama-family model's weights.
 pub struct NativeLlama {
     cfg: Config,
     embd: QMatrix,
@@ -56,6 +125,7 @@ pub struct Cache {
     v: Vec<Vec<f32>>,
     len: usize,
     acts: QActs,
+    scratch: Vec<f32>,
 }
 
 fn md_u32(md: &std::collections::HashMap<String, gguf_file::Value>, key: &str) -> Option<usize> {
@@ -66,80 +136,101 @@ fn md_f32(md: &std::collections::HashMap<String, gguf_file::Value>, key: &str) -
     md.get(key).and_then(|v| v.to_f32().ok())
 }
 
+/// The architectures this forward pass runs.
+pub const ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "qwen3"];
+
 impl NativeLlama {
-    /// Load a llama GGUF, or `None` when a matrix is in a format these kernels do not run
-    /// (the caller then uses candle's implementation).
+    /// Load a llama / qwen2 / qwen3 GGUF, or `None` when a matrix is in a format these kernels
+    /// do not run (the caller then uses candle's implementation).
     pub fn from_gguf<R: Read + Seek>(content: &gguf_file::Content, reader: &mut R) -> anyhow::Result<Option<Self>> {
         let md = &content.metadata;
-        let need = |k: &str| md_u32(md, k).ok_or_else(|| anyhow::anyhow!("GGUF metadata has no {k}"));
-        let n_embd = need("llama.embedding_length")?;
-        let n_head = need("llama.attention.head_count")?;
-        let n_kv_head = md_u32(md, "llama.attention.head_count_kv").unwrap_or(n_head);
-        let n_layer = need("llama.block_count")?;
-        let n_ff = need("llama.feed_forward_length")?;
-        let head_dim = n_embd / n_head;
-        let rope_dim = md_u32(md, "llama.rope.dimension_count").unwrap_or(head_dim);
-        if n_head == 0 || n_embd % n_head != 0 || n_head % n_kv_head.max(1) != 0 || rope_dim > head_dim {
-            anyhow::bail!("inconsistent llama shapes: {n_embd} wide, {n_head} heads, {n_kv_head} KV heads");
-        }
-        if !runs_natively(content) {
+        let arch = md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        if !ARCHITECTURES.contains(&arch.as_str()) || !runs_natively(content) {
             return Ok(None);
         }
+        let key = |k: &str| format!("{arch}.{k}");
+        let need = |k: &str| md_u32(md, &key(k)).ok_or_else(|| anyhow::anyhow!("GGUF metadata has no {}", key(k)));
+        let n_embd = need("embedding_length")?;
+        let n_head = need("attention.head_count")?;
+        let n_kv_head = md_u32(md, &key("attention.head_count_kv")).unwrap_or(n_head);
+        let n_layer = need("block_count")?;
+        let n_ff = need("feed_forward_length")?;
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+            anyhow::bail!("inconsistent {arch} shapes: {n_head} heads, {n_kv_head} KV heads");
+        }
+        let head_dim = md_u32(md, &key("attention.key_length")).unwrap_or(n_embd / n_head);
+        let rope_dim = md_u32(md, &key("rope.dimension_count")).unwrap_or(head_dim);
+        if head_dim == 0 || head_dim % 2 != 0 || rope_dim > head_dim || rope_dim % 2 != 0 {
+            anyhow::bail!("inconsistent {arch} shapes: heads {head_dim} wide, rotary part {rope_dim}");
+        }
+        let has = |name: &str| content.tensor_infos.contains_key(name);
         let embd = matrix(content, reader, "token_embd.weight")?;
-        let output = if content.tensor_infos.contains_key("output.weight") {
-            Some(matrix(content, reader, "output.weight")?)
-        } else {
-            None
-        };
+        let output = if has("output.weight") { Some(matrix(content, reader, "output.weight")?) } else { None };
+        let (q_dim, kv) = (n_head * head_dim, n_kv_head * head_dim);
         let mut layers = Vec::with_capacity(n_layer);
         for l in 0..n_layer {
             let p = format!("blk.{l}");
-            let (q, k, v) = (
-                matrix(content, reader, &format!("{p}.attn_q.weight"))?,
-                matrix(content, reader, &format!("{p}.attn_k.weight"))?,
-                matrix(content, reader, &format!("{p}.attn_v.weight"))?,
-            );
-            let (gate, up) = (
-                matrix(content, reader, &format!("{p}.ffn_gate.weight"))?,
-                matrix(content, reader, &format!("{p}.ffn_up.weight"))?,
-            );
-            // Files that mix formats inside a layer (Q and V in different types, say) are left to
-            // candle: the stacked products need one format.
-            let (Ok(qkv), Ok(gate_up)) = (QMatrix::stack(&[&q, &k, &v]), QMatrix::stack(&[&gate, &up])) else {
-                return Ok(None);
+            let mut m = |n: &str| matrix(content, &mut *reader, &format!("{p}.{n}.weight"));
+            let qkv = Proj::new(vec![m("attn_q")?, m("attn_k")?, m("attn_v")?]);
+            let gate_up = Proj::new(vec![m("ffn_gate")?, m("ffn_up")?]);
+            let wo = m("attn_output")?;
+            let down = m("ffn_down")?;
+            let qkv_bias = if has(&format!("{p}.attn_q.bias")) {
+                let mut b = Vec::with_capacity(q_dim + 2 * kv);
+                for n in ["attn_q", "attn_k", "attn_v"] {
+                    b.extend(vector(content, reader, &format!("{p}.{n}.bias"))?);
+                }
+                Some(b)
+            } else {
+                None
             };
-            layers.push(Layer {
+            let qk_norm = if has(&format!("{p}.attn_q_norm.weight")) {
+                Some((
+                    vector(content, reader, &format!("{p}.attn_q_norm.weight"))?,
+                    vector(content, reader, &format!("{p}.attn_k_norm.weight"))?,
+                ))
+            } else {
+                None
+            };
+            let layer = Layer {
                 attn_norm: vector(content, reader, &format!("{p}.attn_norm.weight"))?,
                 qkv,
-                wo: matrix(content, reader, &format!("{p}.attn_output.weight"))?,
+                qkv_bias,
+                qk_norm,
+                wo,
                 ffn_norm: vector(content, reader, &format!("{p}.ffn_norm.weight"))?,
                 gate_up,
-                down: matrix(content, reader, &format!("{p}.ffn_down.weight"))?,
-            });
+                down,
+            };
+            let shapes_ok = layer.qkv.rows() == q_dim + 2 * kv
+                && layer.qkv.cols() == n_embd
+                && layer.qkv_bias.as_ref().is_none_or(|b| b.len() == q_dim + 2 * kv)
+                && layer.qk_norm.as_ref().is_none_or(|(q, k)| q.len() == head_dim && k.len() == head_dim)
+                && (layer.wo.rows(), layer.wo.cols()) == (n_embd, q_dim)
+                && (layer.gate_up.rows(), layer.gate_up.cols()) == (2 * n_ff, n_embd)
+                && (layer.down.rows(), layer.down.cols()) == (n_embd, n_ff)
+                && layer.attn_norm.len() == n_embd
+                && layer.ffn_norm.len() == n_embd;
+            if !shapes_ok {
+                anyhow::bail!("layer {l}'s tensors do not have {arch}'s shapes for width {n_embd}");
+            }
+            layers.push(layer);
         }
         let cfg = Config {
             n_embd,
             n_head,
             n_kv_head,
             head_dim,
+            q_dim,
             n_ff,
-            eps: md_f32(md, "llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-            rope_base: md_f32(md, "llama.rope.freq_base").unwrap_or(10_000.0),
+            eps: md_f32(md, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            rope_base: md_f32(md, &key("rope.freq_base")).unwrap_or(10_000.0),
             rope_dim,
+            rope: if arch == "llama" { Rope::Adjacent } else { Rope::Halves },
             vocab: embd.rows(),
         };
-        let kv = n_kv_head * head_dim;
-        for (l, layer) in layers.iter().enumerate() {
-            let shapes_ok = layer.qkv.rows() == n_embd + 2 * kv
-                && layer.qkv.cols() == n_embd
-                && (layer.wo.rows(), layer.wo.cols()) == (n_embd, n_embd)
-                && (layer.gate_up.rows(), layer.gate_up.cols()) == (2 * n_ff, n_embd)
-                && (layer.down.rows(), layer.down.cols()) == (n_embd, n_ff)
-                && layer.attn_norm.len() == n_embd
-                && layer.ffn_norm.len() == n_embd;
-            if !shapes_ok {
-                anyhow::bail!("layer {l}'s tensors do not have llama's shapes for width {n_embd}");
-            }
+        if embd.cols() != n_embd || output.as_ref().is_some_and(|o| o.cols() != n_embd) {
+            anyhow::bail!("the embedding or output matrix is not {n_embd} wide");
         }
         let out_norm = vector(content, reader, "output_norm.weight")?;
         Ok(Some(Self { cfg, embd, layers, out_norm, output }))
@@ -153,99 +244,170 @@ impl NativeLlama {
     /// Run `ids` at positions `pos..` (which must continue the cache) and return the logits of
     /// the last one.
     pub fn forward(&self, cache: &mut Cache, ids: &[u32], pos: usize) -> anyhow::Result<Vec<f32>> {
-        let c = &self.cfg;
         if pos != cache.len {
             anyhow::bail!("position {pos} does not continue a cache of {} positions", cache.len);
         }
-        if ids.is_empty() {
-            anyhow::bail!("no tokens to run");
+        let mut out = self.forward_batch(&mut [Step { cache, ids, logits: true }])?;
+        out.pop().flatten().ok_or_else(|| anyhow::anyhow!("no logits"))
+    }
+
+    /// One step of several sequences at once: each runs its `ids` at the end of its own cache,
+    /// and all of their rows go through every weight matrix in one pass (continuous batching:
+    /// prompt chunks and single decode tokens side by side). Returns, per sequence, the logits
+    /// of its last token where `logits` asked for them. Nothing is changed when an input is
+    /// refused.
+    pub fn forward_batch(&self, steps: &mut [Step<'_>]) -> anyhow::Result<Vec<Option<Vec<f32>>>> {
+        let c = &self.cfg;
+        if steps.is_empty() {
+            return Ok(Vec::new());
         }
-        let (t, e, kv) = (ids.len(), c.n_embd, c.n_kv_head * c.head_dim);
-        let mut x = vec![0f32; t * e];
-        for (row, &id) in x.chunks_exact_mut(e).zip(ids) {
-            if id as usize >= c.vocab {
+        for s in steps.iter() {
+            if s.ids.is_empty() {
+                anyhow::bail!("no tokens to run");
+            }
+            if let Some(id) = s.ids.iter().find(|&&id| id as usize >= c.vocab) {
                 anyhow::bail!("token id {id} is outside the vocabulary of {}", c.vocab);
             }
+        }
+        let (e, qd, kv, hd) = (c.n_embd, c.q_dim, c.n_kv_head * c.head_dim, c.head_dim);
+        // Row offsets of each sequence in the batch, and each row's position.
+        let mut offsets = Vec::with_capacity(steps.len() + 1);
+        let mut positions = Vec::new();
+        offsets.push(0);
+        for s in steps.iter() {
+            positions.extend(s.cache.len..s.cache.len + s.ids.len());
+            offsets.push(positions.len());
+        }
+        let t = positions.len();
+        // The first sequence lends its scratch buffers to the whole batch.
+        let mut acts = std::mem::take(&mut steps[0].cache.acts);
+        let mut scratch = std::mem::take(&mut steps[0].cache.scratch);
+        let mut x = vec![0f32; t * e];
+        for (row, &id) in x.chunks_exact_mut(e).zip(steps.iter().flat_map(|s| s.ids.iter())) {
             self.embd.dequantize_row(id as usize, row);
         }
-        let (cos, sin) = rope_tables(c, pos, t);
+        let (cos, sin) = rope_tables(c, &positions);
+        let half = c.rope_dim / 2;
         let mut h = vec![0f32; t * e];
-        let mut qkv = vec![0f32; t * (e + 2 * kv)];
-        let mut q = vec![0f32; t * e];
-        let mut attn = vec![0f32; t * e];
+        let mut qkv = vec![0f32; t * (qd + 2 * kv)];
+        let mut q = vec![0f32; t * qd];
+        let mut attn = vec![0f32; t * qd];
         let mut proj = vec![0f32; t * e];
         let mut gu = vec![0f32; t * 2 * c.n_ff];
         let mut act = vec![0f32; t * c.n_ff];
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.eps, &mut h);
-            cache.acts.quantize(&h, t, e);
-            qgemm(&layer.qkv, &cache.acts, &mut qkv);
-            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
-            for (i, row) in qkv.chunks_exact_mut(e + 2 * kv).enumerate() {
-                let (qr, rest) = row.split_at_mut(e);
-                let (kr, vr) = rest.split_at_mut(kv);
-                for head in qr.chunks_exact_mut(c.head_dim).chain(kr.chunks_exact_mut(c.head_dim)) {
-                    rope(
-                        head,
-                        &cos[i * c.rope_dim / 2..(i + 1) * c.rope_dim / 2],
-                        &sin[i * c.rope_dim / 2..(i + 1) * c.rope_dim / 2],
-                    );
+            acts.quantize(&h, t, e);
+            layer.qkv.run(&acts, &mut qkv, &mut scratch);
+            for (si, s) in steps.iter_mut().enumerate() {
+                let (kc, vc) = (&mut s.cache.k[l], &mut s.cache.v[l]);
+                for i in offsets[si]..offsets[si + 1] {
+                    let row = &mut qkv[i * (qd + 2 * kv)..(i + 1) * (qd + 2 * kv)];
+                    if let Some(b) = &layer.qkv_bias {
+                        row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                    }
+                    let (qr, rest) = row.split_at_mut(qd);
+                    let (kr, vr) = rest.split_at_mut(kv);
+                    if let Some((qn, kn)) = &layer.qk_norm {
+                        qr.chunks_exact_mut(hd).for_each(|head| rms_norm_in_place(head, qn, c.eps));
+                        kr.chunks_exact_mut(hd).for_each(|head| rms_norm_in_place(head, kn, c.eps));
+                    }
+                    let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+                    for head in qr.chunks_exact_mut(hd).chain(kr.chunks_exact_mut(hd)) {
+                        rope(c.rope, &mut head[..c.rope_dim], cs, sn);
+                    }
+                    q[i * qd..(i + 1) * qd].copy_from_slice(qr);
+                    kc.extend_from_slice(kr);
+                    vc.extend_from_slice(vr);
                 }
-                q[i * e..(i + 1) * e].copy_from_slice(qr);
-                kc.extend_from_slice(kr);
-                vc.extend_from_slice(vr);
+                let (a, b) = (offsets[si], offsets[si + 1]);
+                attention(c, &q[a * qd..b * qd], kc, vc, s.cache.len, &mut attn[a * qd..b * qd]);
             }
-            attention(c, &q, kc, vc, pos, &mut attn);
-            cache.acts.quantize(&attn, t, e);
-            qgemm(&layer.wo, &cache.acts, &mut proj);
+            acts.quantize(&attn, t, qd);
+            qgemm(&layer.wo, &acts, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
 
             rms_norm(&x, &layer.ffn_norm, c.eps, &mut h);
-            cache.acts.quantize(&h, t, e);
-            qgemm(&layer.gate_up, &cache.acts, &mut gu);
+            acts.quantize(&h, t, e);
+            layer.gate_up.run(&acts, &mut gu, &mut scratch);
             for (row, out) in gu.chunks_exact(2 * c.n_ff).zip(act.chunks_exact_mut(c.n_ff)) {
                 let (gate, up) = row.split_at(c.n_ff);
                 for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
                     *o = g / (1.0 + (-g).exp()) * u;
                 }
             }
-            cache.acts.quantize(&act, t, c.n_ff);
-            qgemm(&layer.down, &cache.acts, &mut proj);
+            acts.quantize(&act, t, c.n_ff);
+            qgemm(&layer.down, &acts, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
-        cache.len += t;
-        let mut last = vec![0f32; e];
-        rms_norm(&x[(t - 1) * e..], &self.out_norm, c.eps, &mut last);
-        cache.acts.quantize(&last, 1, e);
+        for (si, s) in steps.iter_mut().enumerate() {
+            s.cache.len += offsets[si + 1] - offsets[si];
+        }
+        // The output head, for the last row of each sequence that wants logits.
+        let wanted: Vec<usize> = (0..steps.len()).filter(|&si| steps[si].logits).collect();
+        let mut last = vec![0f32; wanted.len() * e];
+        for (o, &si) in last.chunks_exact_mut(e).zip(&wanted) {
+            let r = offsets[si + 1] - 1;
+            rms_norm(&x[r * e..(r + 1) * e], &self.out_norm, c.eps, o);
+        }
         let head = self.output.as_ref().unwrap_or(&self.embd);
-        let mut logits = vec![0f32; head.rows()];
-        qgemm(head, &cache.acts, &mut logits);
-        Ok(logits)
+        let mut logits = vec![0f32; wanted.len() * head.rows()];
+        if !wanted.is_empty() {
+            acts.quantize(&last, wanted.len(), e);
+            qgemm(head, &acts, &mut logits);
+        }
+        steps[0].cache.acts = acts;
+        steps[0].cache.scratch = scratch;
+        let mut rows = logits.chunks_exact(head.rows().max(1));
+        Ok(steps.iter().map(|s| if s.logits { rows.next().map(<[f32]>::to_vec) } else { None }).collect())
     }
+}
+
+/// One sequence's part of [`NativeLlama::forward_batch`].
+pub struct Step<'a> {
+    /// Its cache: the tokens run at its end.
+    pub cache: &'a mut Cache,
+    /// The tokens.
+    pub ids: &'a [u32],
+    /// Whether the logits of the last token are wanted (not for a prompt chunk that others follow).
+    pub logits: bool,
+}
+
+/// The quantized formats of `comps_core::models::quant`.
+fn qkind(t: GgmlDType) -> Option<QKind> {
+    Some(match t {
+        GgmlDType::Q8_0 => QKind::Q8_0,
+        GgmlDType::Q4_0 => QKind::Q4_0,
+        GgmlDType::Q4_1 => QKind::Q4_1,
+        GgmlDType::Q5_0 => QKind::Q5_0,
+        GgmlDType::Q5_1 => QKind::Q5_1,
+        GgmlDType::Q4K => QKind::Q4K,
+        GgmlDType::Q5K => QKind::Q5K,
+        GgmlDType::Q6K => QKind::Q6K,
+        _ => return None,
+    })
 }
 
 /// Whether every matrix of the file is in a format these kernels run.
 pub fn runs_natively(content: &gguf_file::Content) -> bool {
-    content
-        .tensor_infos
-        .values()
-        .all(|i| i.shape.rank() != 2 || matches!(i.ggml_dtype, GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1))
+    content.tensor_infos.values().all(|i| i.shape.rank() != 2 || qkind(i.ggml_dtype).is_some())
 }
 
 fn matrix<R: Read + Seek>(content: &gguf_file::Content, reader: &mut R, name: &str) -> anyhow::Result<QMatrix> {
     let t = content.tensor(reader, name, &Device::Cpu)?;
-    let kind = match t.dtype() {
-        GgmlDType::Q8_0 => QKind::Q8_0,
-        GgmlDType::Q4_0 => QKind::Q4_0,
-        GgmlDType::Q4_1 => QKind::Q4_1,
-        other => anyhow::bail!("{name} is {other:?}"),
-    };
+    let kind = qkind(t.dtype()).ok_or_else(|| anyhow::anyhow!("{name} is {:?}", t.dtype()))?;
     let &[rows, cols] = t.shape().dims() else { anyhow::bail!("{name} is not a matrix") };
     QMatrix::from_ggml(kind, rows, cols, &t.data()?).map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }
 
 fn vector<R: Read + Seek>(content: &gguf_file::Content, reader: &mut R, name: &str) -> anyhow::Result<Vec<f32>> {
     Ok(content.tensor(reader, name, &Device::Cpu)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    x.iter_mut().zip(w).for_each(|(v, g)| *v *= inv * g);
 }
 
 /// `out[row] = x[row] / rms(x[row]) * w`.
@@ -259,14 +421,14 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// cos / sin of each rotated pair at positions `pos..pos + t`, `[t][rope_dim / 2]`.
-fn rope_tables(c: &Config, pos: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
+/// cos / sin of each rotated pair at each of `positions`, `[row][rope_dim / 2]`.
+fn rope_tables(c: &Config, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
     let half = c.rope_dim / 2;
-    let mut cos = Vec::with_capacity(t * half);
-    let mut sin = Vec::with_capacity(t * half);
-    for p in pos..pos + t {
-        for i in 0..half {
-            let freq = 1.0 / c.rope_base.powf(2.0 * i as f32 / c.rope_dim as f32);
+    let freqs: Vec<f32> = (0..half).map(|i| 1.0 / c.rope_base.powf(2.0 * i as f32 / c.rope_dim as f32)).collect();
+    let mut cos = Vec::with_capacity(positions.len() * half);
+    let mut sin = Vec::with_capacity(positions.len() * half);
+    for &p in positions {
+        for &freq in &freqs {
             let angle = p as f32 * freq;
             cos.push(angle.cos());
             sin.push(angle.sin());
@@ -275,12 +437,17 @@ fn rope_tables(c: &Config, pos: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// Rotate adjacent pairs (GGUF llama's weights are permuted for this layout).
-fn rope(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+/// Rotate the pairs of `head` (its rotary part) by the angles of one position.
+fn rope(style: Rope, head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = head.len() / 2;
     for (i, (c, s)) in cos.iter().zip(sin).enumerate() {
-        let (a, b) = (head[2 * i], head[2 * i + 1]);
-        head[2 * i] = a * c - b * s;
-        head[2 * i + 1] = a * s + b * c;
+        let (a, b) = match style {
+            Rope::Adjacent => (2 * i, 2 * i + 1),
+            Rope::Halves => (i, i + half),
+        };
+        let (x, y) = (head[a], head[b]);
+        head[a] = x * c - y * s;
+        head[b] = x * s + y * c;
     }
 }
 
@@ -293,7 +460,7 @@ fn attention(c: &Config, q: &[f32], k: &[f32], v: &[f32], pos: usize, out: &mut 
     out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
         let (i, h) = (idx / c.n_head, idx % c.n_head);
         let g = h / group;
-        let qh = &q[i * c.n_embd + h * hd..][..hd];
+        let qh = &q[i * c.q_dim + h * hd..][..hd];
         let n = pos + i + 1;
         let mut scores: Vec<f32> = (0..n).map(|j| dot(qh, &k[j * kv + g * hd..][..hd]) * scale).collect();
         let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);

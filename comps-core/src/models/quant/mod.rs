@@ -1,0 +1,507 @@
+//! Block-quantized matrix products for LLM inference: ggml's Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and
+//! the K-quants Q4_K, Q5_K and Q6_K as weights, against activations quantized to Q8_0 blocks of
+//! 32 (with their block sums, for the formats whose values carry an offset or a minimum).
+//!
+//! Weights are repacked once at load ([`ggml`] decodes every format into one canonical form):
+//! rows in groups of eight, each 32-value block's low four bits interleaved four bytes at a
+//! time across the group (Q8_0: the whole byte, offset to unsigned), the fifth and sixth bits
+//! as bit planes laid out as AVX-512 byte masks, scales (and minimums) as f32. K-quant
+//! super-blocks become eight 32-value blocks whose scales are ggml's own products of the
+//! super-block scale and the 6-bit sub-block scales, so the weights are exactly ggml's; Q6_K
+//! keeps its two scales per 32 values. One AVX-512 VNNI `dpbusd` then multiplies four values
+//! of eight rows against a broadcast of four activation values, the unpacking of a block is
+//! shared by up to four activation rows ([`ROWS`]), and each task keeps its weight groups in
+//! L1 across every activation row.
+//!
+//! Numerics follow llama.cpp (integer block products, f32 scales) but for the K-quants, whose
+//! activations llama.cpp quantizes in blocks of 256 (Q8_K): ours keep blocks of 32, which is
+//! at least as accurate. Besides [`super::kernels`], this is the one module that needs
+//! `unsafe` (the SIMD intrinsics and the disjoint output writes); every slice is bounds-checked
+//! before them.
+
+#![allow(unsafe_code)]
+
+mod ggml;
+mod portable;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl",
+    target_feature = "avx512bw",
+    target_feature = "fma"
+))]
+mod simd;
+
+use rayon::prelude::*;
+
+/// Values per block.
+pub const BLOCK: usize = 32;
+
+/// Rows interleaved together.
+pub const GROUP: usize = 8;
+
+/// Activation rows whose products share one unpacking of each weight block.
+pub const ROWS: usize = 4;
+
+/// Whether the AVX-512 VNNI kernels were compiled in (else the portable ones run).
+pub const SIMD: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl",
+    target_feature = "avx512bw",
+    target_feature = "fma"
+));
+
+/// A weight format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QKind {
+    /// 32 × i8 and an f16 scale (34 bytes in GGUF).
+    Q8_0,
+    /// 32 × 4-bit (value − 8) and an f16 scale (18 bytes).
+    Q4_0,
+    /// 32 × 4-bit, an f16 scale and an f16 minimum: value = q · d + m (20 bytes).
+    Q4_1,
+    /// 32 × 5-bit (value − 16) and an f16 scale (22 bytes).
+    Q5_0,
+    /// 32 × 5-bit, an f16 scale and an f16 minimum (24 bytes).
+    Q5_1,
+    /// 256 × 4-bit in eight sub-blocks with 6-bit scales and minimums (144 bytes).
+    Q4K,
+    /// 256 × 5-bit in eight sub-blocks with 6-bit scales and minimums (176 bytes).
+    Q5K,
+    /// 256 × 6-bit (value − 32) with an 8-bit scale per 16 values (210 bytes).
+    Q6K,
+}
+
+impl QKind {
+    /// Every format, for tests and loaders.
+    pub const ALL: [QKind; 8] =
+        [Self::Q8_0, Self::Q4_0, Self::Q4_1, Self::Q5_0, Self::Q5_1, Self::Q4K, Self::Q5K, Self::Q6K];
+
+    /// Values and bytes of one block in a GGUF file.
+    pub fn ggml_block(self) -> (usize, usize) {
+        match self {
+            Self::Q8_0 => (32, 34),
+            Self::Q4_0 => (32, 18),
+            Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
+            Self::Q5_1 => (32, 24),
+            Self::Q4K => (256, 144),
+            Self::Q5K => (256, 176),
+            Self::Q6K => (256, 210),
+        }
+    }
+
+    /// Bytes of one block in a GGUF file (of [`QKind::ggml_block`]'s values).
+    pub fn ggml_block_bytes(self) -> usize {
+        self.ggml_block().1
+    }
+
+    /// Whether values are whole bytes (Q8_0) rather than nibbles with bit planes.
+    fn bytes(self) -> bool {
+        self == Self::Q8_0
+    }
+
+    /// Bytes of one 32-value block's packed values.
+    fn packed(self) -> usize {
+        if self.bytes() { 32 } else { 16 }
+    }
+
+    /// Bit planes above the low nibble (the fifth bit, then the sixth).
+    fn planes(self) -> usize {
+        match self {
+            Self::Q5_0 | Self::Q5_1 | Self::Q5K => 1,
+            Self::Q6K => 2,
+            _ => 0,
+        }
+    }
+
+    /// What the stored unsigned values carry above the signed ones.
+    fn offset(self) -> i32 {
+        match self {
+            Self::Q8_0 => 128,
+            Self::Q4_0 => 8,
+            Self::Q5_0 => 16,
+            Self::Q6K => 32,
+            _ => 0,
+        }
+    }
+
+    /// Scales per 32-value block.
+    fn halves(self) -> usize {
+        if self == Self::Q6K { 2 } else { 1 }
+    }
+
+    /// Whether blocks carry an additive minimum.
+    fn has_min(self) -> bool {
+        matches!(self, Self::Q4_1 | Self::Q5_1 | Self::Q4K | Self::Q5K)
+    }
+
+    /// Whether the minimum multiplies the activations' block sum rounded through f16, as
+    /// llama.cpp's Q8_1 stores it (Q4_1 and Q5_1), rather than exactly (the K-quants).
+    fn min_uses_f16_sum(self) -> bool {
+        matches!(self, Self::Q4_1 | Self::Q5_1)
+    }
+}
+
+/// A row-major matrix of quantized rows (`cols` a multiple of 32, and of 256 for the
+/// K-quants as read from GGUF).
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    kind: QKind,
+    rows: usize,
+    cols: usize,
+    /// `[group][block][piece][row in group][4 bytes]`: piece `k` holds packed bytes `4k..4k+4`
+    /// of the block. Q8_0: value + 128. Otherwise byte `j` = low nibble of value `j` | low
+    /// nibble of value `j + 16` << 4. Rows past `rows` are zeros (with zero scales).
+    qs: Vec<u8>,
+    /// `[group][block][plane][piece][half]`: bit `4i + m` is bit `4 + plane` of value
+    /// `16·half + 4·piece + m` of row `i` (a byte mask over one piece's 32 bytes).
+    hb: Vec<u32>,
+    /// `[group][block][half][row in group]`.
+    d: Vec<f32>,
+    /// The minimums, `[group][block][row in group]` (empty for formats without).
+    m: Vec<f32>,
+}
+
+/// One group's packed weights, as the kernels read them.
+#[derive(Clone, Copy)]
+pub(crate) struct Group<'a> {
+    qs: &'a [u8],
+    hb: &'a [u32],
+    d: &'a [f32],
+    m: &'a [f32],
+}
+
+/// One activation row, as the kernels read it.
+#[derive(Clone, Copy)]
+pub(crate) struct Act<'a> {
+    q: &'a [i8],
+    d: &'a [f32],
+    /// Per 32-value block: Σ q.
+    s32: &'a [i32],
+    /// Per 16 values: Σ q.
+    s16: &'a [i32],
+    /// Per block: what the minimum multiplies (d · Σ q, exact or through f16).
+    smin: &'a [f32],
+}
+
+impl QMatrix {
+    /// Read `rows × cols` values stored as ggml blocks.
+    pub fn from_ggml(kind: QKind, rows: usize, cols: usize, data: &[u8]) -> Result<Self, String> {
+        let (per, bytes) = kind.ggml_block();
+        if !cols.is_multiple_of(per) {
+            return Err(format!("{cols} columns is not a multiple of {kind:?}'s {per}-value blocks"));
+        }
+        let want = rows * cols / per * bytes;
+        if data.len() != want {
+            return Err(format!("{} bytes for a {rows}×{cols} {kind:?} matrix, expected {want}", data.len()));
+        }
+        Ok(Self::interleave(kind, rows, cols, &ggml::decode(kind, data)))
+    }
+
+    /// Lay out canonical rows in groups.
+    fn interleave(kind: QKind, rows: usize, cols: usize, c: &ggml::Canon) -> Self {
+        let (nb, p, planes, halves) = (cols / BLOCK, kind.packed(), kind.planes(), kind.halves());
+        let groups = rows.div_ceil(GROUP);
+        let mut qs = vec![0u8; groups * nb * GROUP * p];
+        let mut hb = vec![0u32; groups * nb * planes * 8];
+        let mut d = vec![0f32; groups * nb * halves * GROUP];
+        let mut m = vec![0f32; if kind.has_min() { groups * nb * GROUP } else { 0 }];
+        for r in 0..rows {
+            let (g, i) = (r / GROUP, r % GROUP);
+            for b in 0..nb {
+                let q = &c.q[r * cols + b * BLOCK..][..BLOCK];
+                let gb = g * nb + b;
+                for k in 0..p / 4 {
+                    for j in 0..4 {
+                        let v = 4 * k + j;
+                        qs[(gb * p / 4 + k) * GROUP * 4 + i * 4 + j] =
+                            if kind.bytes() { q[v] } else { (q[v] & 0x0f) | ((q[v + 16] & 0x0f) << 4) };
+                    }
+                }
+                for plane in 0..planes {
+                    for k in 0..4 {
+                        for half in 0..2 {
+                            let mut bits = 0u32;
+                            for j in 0..4 {
+                                bits |= (((q[16 * half + 4 * k + j] >> (4 + plane)) & 1) as u32) << j;
+                            }
+                            hb[((gb * planes + plane) * 4 + k) * 2 + half] |= bits << (4 * i);
+                        }
+                    }
+                }
+                for h in 0..halves {
+                    d[(gb * halves + h) * GROUP + i] = c.d[(r * nb + b) * halves + h];
+                }
+                if kind.has_min() {
+                    m[gb * GROUP + i] = c.m[r * nb + b];
+                }
+            }
+        }
+        Self { kind, rows, cols, qs, hb, d, m }
+    }
+
+    /// Row `r` in canonical form (values, scales, minimums).
+    fn canon_row(&self, r: usize) -> ggml::Canon {
+        let (nb, p, planes, halves) = (self.cols / BLOCK, self.kind.packed(), self.kind.planes(), self.kind.halves());
+        let (g, i) = (r / GROUP, r % GROUP);
+        let mut c = ggml::Canon::default();
+        for b in 0..nb {
+            let gb = g * nb + b;
+            let byte = |v: usize| self.qs[(gb * p / 4 + v / 4) * GROUP * 4 + i * 4 + v % 4];
+            let mut q = [0u8; BLOCK];
+            for (v, o) in q.iter_mut().enumerate() {
+                *o = if self.kind.bytes() {
+                    byte(v)
+                } else if v < 16 {
+                    byte(v) & 0x0f
+                } else {
+                    byte(v - 16) >> 4
+                };
+                for plane in 0..planes {
+                    let (half, k, j) = (v / 16, v % 16 / 4, v % 4);
+                    let mask = self.hb[((gb * planes + plane) * 4 + k) * 2 + half];
+                    *o |= (((mask >> (4 * i + j)) & 1) as u8) << (4 + plane);
+                }
+            }
+            c.q.extend_from_slice(&q);
+            for h in 0..halves {
+                c.d.push(self.d[(gb * halves + h) * GROUP + i]);
+            }
+            if self.kind.has_min() {
+                c.m.push(self.m[gb * GROUP + i]);
+            }
+        }
+        c
+    }
+
+    /// Several matrices with the same format and width stacked row-wise (one product instead
+    /// of several: Q, K and V; gate and up).
+    pub fn stack(parts: &[&QMatrix]) -> Result<Self, String> {
+        let first = parts.first().ok_or("nothing to stack")?;
+        if parts.iter().any(|p| p.kind != first.kind || p.cols != first.cols) {
+            return Err("stacked matrices must share their format and width".into());
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let mut all = ggml::Canon::default();
+        for part in parts {
+            for r in 0..part.rows {
+                let c = part.canon_row(r);
+                all.q.extend(c.q);
+                all.d.extend(c.d);
+                all.m.extend(c.m);
+            }
+        }
+        Ok(Self::interleave(first.kind, rows, first.cols, &all))
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The format.
+    pub fn kind(&self) -> QKind {
+        self.kind
+    }
+
+    /// Bytes held (weights, bit planes, scales).
+    pub fn bytes(&self) -> usize {
+        self.qs.len() + 4 * (self.hb.len() + self.d.len() + self.m.len())
+    }
+
+    /// Row `r` as f32 (an embedding lookup).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows && out.len() == self.cols, "dequantize_row out of range");
+        let c = self.canon_row(r);
+        let (off, halves) = (self.kind.offset(), self.kind.halves());
+        for (b, o) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let min = if self.kind.has_min() { c.m[b] } else { 0.0 };
+            for (v, x) in o.iter_mut().enumerate() {
+                let d = c.d[b * halves + v * halves / BLOCK];
+                *x = d * (c.q[b * BLOCK + v] as i32 - off) as f32 + min;
+            }
+        }
+    }
+
+    fn group(&self, g: usize) -> Group<'_> {
+        let nb = self.cols / BLOCK;
+        let (p, planes, halves) = (self.kind.packed(), self.kind.planes(), self.kind.halves());
+        Group {
+            qs: &self.qs[g * nb * GROUP * p..(g + 1) * nb * GROUP * p],
+            hb: &self.hb[g * nb * planes * 8..(g + 1) * nb * planes * 8],
+            d: &self.d[g * nb * halves * GROUP..(g + 1) * nb * halves * GROUP],
+            m: if self.kind.has_min() { &self.m[g * nb * GROUP..(g + 1) * nb * GROUP] } else { &[] },
+        }
+    }
+}
+
+/// Activation rows quantized to Q8_0 (reused between calls to keep allocations out of the
+/// decode loop).
+#[derive(Debug, Clone, Default)]
+pub struct QActs {
+    n: usize,
+    cols: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    /// Sum of each block's values (for the weight offsets).
+    sums: Vec<i32>,
+    /// Sum of each 16 values (Q6_K's half-block offsets).
+    sums16: Vec<i32>,
+    /// Q8_1's `s`: the f32 scale × the block sum, rounded to f16 (Q4_1's and Q5_1's minimums).
+    scaled_sums: Vec<f32>,
+    /// The f32 scale × the block sum (the K-quants' minimums).
+    dsums: Vec<f32>,
+}
+
+impl QActs {
+    /// Empty buffers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Quantize `n` rows of `cols` values (`x.len() == n * cols`, `cols` a multiple of 32).
+    pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize) {
+        assert!(cols.is_multiple_of(BLOCK) && x.len() == n * cols, "quantize: {} values for {n}×{cols}", x.len());
+        let nb = n * cols / BLOCK;
+        self.n = n;
+        self.cols = cols;
+        self.qs.resize(n * cols, 0);
+        self.d.resize(nb, 0.0);
+        self.sums.resize(nb, 0);
+        self.sums16.resize(2 * nb, 0);
+        self.scaled_sums.resize(nb, 0.0);
+        self.dsums.resize(nb, 0.0);
+        for (b, block) in x.chunks_exact(BLOCK).enumerate() {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let q = &mut self.qs[b * BLOCK..(b + 1) * BLOCK];
+            // Round half to even, as llama.cpp's SIMD quantizer does (and one instruction).
+            for (o, v) in q.iter_mut().zip(block) {
+                *o = (v * id).round_ties_even() as i8;
+            }
+            // ggml stores the scale as f16 (the values were rounded with the f32 one).
+            let d = half::f16::from_f32(d).to_f32();
+            self.d[b] = d;
+            let lo: i32 = q[..16].iter().map(|&v| v as i32).sum();
+            let hi: i32 = q[16..].iter().map(|&v| v as i32).sum();
+            self.sums16[2 * b] = lo;
+            self.sums16[2 * b + 1] = hi;
+            self.sums[b] = lo + hi;
+            self.scaled_sums[b] = half::f16::from_f32(d * (lo + hi) as f32).to_f32();
+            self.dsums[b] = d * (lo + hi) as f32;
+        }
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    fn row(&self, t: usize, kind: QKind) -> Act<'_> {
+        let nb = self.cols / BLOCK;
+        let b = t * nb..(t + 1) * nb;
+        Act {
+            q: &self.qs[t * self.cols..(t + 1) * self.cols],
+            d: &self.d[b.clone()],
+            s32: &self.sums[b.clone()],
+            s16: &self.sums16[2 * b.start..2 * b.end],
+            smin: if kind.min_uses_f16_sum() { &self.scaled_sums[b] } else { &self.dsums[b] },
+        }
+    }
+}
+
+/// Row groups handed to one task.
+const GROUPS_PER_TASK: usize = 4;
+
+/// The output, written by tasks at disjoint places.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: `qgemm` hands each task a disjoint set of weight rows, so no two tasks write the same
+// element, and the pointer outlives the parallel loop that uses it.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// `out[t * w.rows + r] = w[r] · x[t]` for every weight row `r` and activation row `t`, split
+/// over the rayon pool by groups of weight rows. Each task runs its groups (a few KiB, kept in
+/// L1) against every activation row, [`ROWS`] activation rows per unpacking of a block.
+pub fn qgemm(w: &QMatrix, x: &QActs, out: &mut [f32]) {
+    qgemm_with(w, x, out, SIMD);
+}
+
+/// [`qgemm`] on the SIMD kernels or the portable ones (`simd` is ignored where they were not
+/// compiled in): the tests compare the two.
+pub fn qgemm_with(w: &QMatrix, x: &QActs, out: &mut [f32], simd: bool) {
+    assert_eq!(w.cols, x.cols, "qgemm: weight columns vs activation columns");
+    assert_eq!(out.len(), x.n * w.rows, "qgemm: output size");
+    let (n, rows) = (x.n, w.rows);
+    let groups = rows.div_ceil(GROUP);
+    let ptr = Out(out.as_mut_ptr());
+    (0..groups.div_ceil(GROUPS_PER_TASK)).into_par_iter().for_each(|task| {
+        let ptr = ptr;
+        for g in task * GROUPS_PER_TASK..((task + 1) * GROUPS_PER_TASK).min(groups) {
+            let wg = w.group(g);
+            let valid = (rows - g * GROUP).min(GROUP);
+            let mut t = 0;
+            while t < n {
+                let take = (n - t).min(ROWS);
+                let mut res = [[0f32; GROUP]; ROWS];
+                run_group(w.kind, wg, x, t, take, simd, &mut res);
+                for (dt, r) in res.iter().take(take).enumerate() {
+                    let at = (t + dt) * rows + g * GROUP;
+                    // SAFETY: `at + valid <= n * rows == out.len()` (asserted above), and only
+                    // this task writes rows `g * GROUP..g * GROUP + valid` of any output row.
+                    unsafe { std::ptr::copy_nonoverlapping(r.as_ptr(), ptr.0.add(at), valid) };
+                }
+                t += take;
+            }
+        }
+    });
+}
+
+/// Group `wg` against activation rows `t..t + take` (`take <= ROWS`).
+fn run_group(kind: QKind, wg: Group, x: &QActs, t: usize, take: usize, simd: bool, res: &mut [[f32; GROUP]; ROWS]) {
+    let acts: [Act; ROWS] = std::array::from_fn(|i| x.row(t + i.min(take - 1), kind));
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx512vnni",
+        target_feature = "avx512vl",
+        target_feature = "avx512bw",
+        target_feature = "fma"
+    ))]
+    if simd {
+        macro_rules! rows {
+            ($f:ident $(, $c:expr)*) => {
+                match take {
+                    1 => res[..1].copy_from_slice(&simd::$f::<1 $(, $c)*>(wg, &[acts[0]])),
+                    2 => res[..2].copy_from_slice(&simd::$f::<2 $(, $c)*>(wg, &[acts[0], acts[1]])),
+                    3 => res[..3].copy_from_slice(&simd::$f::<3 $(, $c)*>(wg, &[acts[0], acts[1], acts[2]])),
+                    _ => *res = simd::$f::<4 $(, $c)*>(wg, &acts),
+                }
+            };
+        }
+        match kind {
+            QKind::Q8_0 => rows!(bytes),
+            QKind::Q4_0 => rows!(nibbles, 0, 8, false, false),
+            QKind::Q4_1 | QKind::Q4K => rows!(nibbles, 0, 0, false, true),
+            QKind::Q5_0 => rows!(nibbles, 1, 16, false, false),
+            QKind::Q5_1 | QKind::Q5K => rows!(nibbles, 1, 0, false, true),
+            QKind::Q6K => rows!(nibbles, 2, 32, true, false),
+        }
+        return;
+    }
+    let _ = simd;
+    for (r, a) in res.iter_mut().zip(&acts).take(take) {
+        *r = portable::group(kind, wg, a);
+    }
+}
+
+#[cfg(test)]
+mod tests;

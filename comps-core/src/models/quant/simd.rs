@@ -1,0 +1,136 @@
+//! The AVX-512 VNNI kernels (compiled where the target has VNNI, VL, BW and FMA): one group
+//! of eight weight rows against `T` activation rows, each weight block unpacked once for all
+//! of them.
+
+use std::arch::x86_64::*;
+
+use super::{Act, BLOCK, GROUP, Group};
+
+fn check<const T: usize>(w: &Group, x: &[Act; T], packed: usize, planes: usize, halves: usize, min: bool) -> usize {
+    let nb = x[0].d.len();
+    assert!(
+        w.qs.len() == nb * GROUP * packed
+            && w.hb.len() == nb * planes * 8
+            && w.d.len() == nb * halves * GROUP
+            && (!min || w.m.len() == nb * GROUP),
+        "group of the wrong size"
+    );
+    for a in x {
+        assert!(a.q.len() == nb * BLOCK && a.d.len() == nb && a.s32.len() == nb && a.s16.len() == 2 * nb);
+        assert!(a.smin.len() == nb);
+    }
+    nb
+}
+
+#[inline(always)]
+fn store<const T: usize>(acc: [[__m256; 2]; T]) -> [[f32; GROUP]; T] {
+    let mut out = [[0f32; GROUP]; T];
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 8 floats; AVX is enabled at compile time (module cfg).
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), _mm256_add_ps(a[0], a[1])) };
+    }
+    out
+}
+
+/// Q8_0 weights (stored + 128) against Q8_0 activations.
+#[inline(always)]
+pub(super) fn bytes<const T: usize>(w: Group, x: &[Act; T]) -> [[f32; GROUP]; T] {
+    let nb = check(&w, x, 32, 0, 1, false);
+    // SAFETY: the target features are enabled at compile time (module cfg). For `b < nb` and
+    // `k < 8`, the weight loads read 32 bytes at `b * 256 + k * 32` (inside `w.qs`), the
+    // activation loads 4 bytes at `b * 32 + 4k` (inside each `q`) and the scale loads 8 floats
+    // at `b * 8` (inside `w.d`), as `check` asserted.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; T];
+        for b in 0..nb {
+            let wp = w.qs.as_ptr().add(b * GROUP * 32);
+            // Two integer chains per row halve the dpbusd latency per block.
+            let mut s = [[_mm256_setzero_si256(); 2]; T];
+            for k in 0..8 {
+                let wv = _mm256_loadu_si256(wp.add(k * 32).cast());
+                for t in 0..T {
+                    let xv = _mm256_set1_epi32(x[t].q.as_ptr().add(b * 32 + 4 * k).cast::<i32>().read_unaligned());
+                    s[t][k & 1] = _mm256_dpbusd_epi32(s[t][k & 1], wv, xv);
+                }
+            }
+            let wd = _mm256_loadu_ps(w.d.as_ptr().add(b * GROUP));
+            for t in 0..T {
+                // The weights carry +128: take 128 × the block's activation sum back out, in
+                // integers, so the float sum never holds the large offset term.
+                let si = _mm256_sub_epi32(_mm256_add_epi32(s[t][0], s[t][1]), _mm256_set1_epi32(128 * x[t].s32[b]));
+                let scale = _mm256_mul_ps(wd, _mm256_set1_ps(x[t].d[b]));
+                acc[t][b & 1] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(si), acc[t][b & 1]);
+            }
+        }
+        store(acc)
+    }
+}
+
+/// Nibble formats: `PLANES` extra bit planes (the fifth and sixth bits), values carrying
+/// `OFF`, two scales per block (`HALVES`, Q6_K) and an additive minimum (`MIN`).
+#[inline(always)]
+pub(super) fn nibbles<const T: usize, const PLANES: usize, const OFF: i32, const HALVES: bool, const MIN: bool>(
+    w: Group,
+    x: &[Act; T],
+) -> [[f32; GROUP]; T] {
+    let halves = if HALVES { 2 } else { 1 };
+    let nb = check(&w, x, 16, PLANES, halves, MIN);
+    // SAFETY: the target features are enabled at compile time (module cfg). For `b < nb` and
+    // `k < 4`: the weight loads read 32 bytes at `b * 128 + k * 32` (inside `w.qs`), the mask
+    // loads one u32 at `(b * PLANES + plane) * 8 + 2k + half` (inside `w.hb`), the activation
+    // loads 4 bytes at `b * 32 + 4k` and `b * 32 + 16 + 4k` (inside each `q`), and the scale
+    // and minimum loads 8 floats at `(b * halves + h) * 8` and `b * 8` (inside `w.d`, `w.m`),
+    // all as `check` asserted.
+    unsafe {
+        let low = _mm256_set1_epi8(0x0f);
+        let bit = [_mm256_set1_epi8(0x10), _mm256_set1_epi8(0x20)];
+        let mut acc = [[_mm256_setzero_ps(); 2]; T];
+        for b in 0..nb {
+            let wp = w.qs.as_ptr().add(b * GROUP * 16);
+            let hp = w.hb.as_ptr().add(b * PLANES * 8);
+            // Per row: values 0..16 (low nibbles) and 16..32 (high nibbles) apart.
+            let mut s = [[_mm256_setzero_si256(); 2]; T];
+            for k in 0..4 {
+                let v = _mm256_loadu_si256(wp.add(k * 32).cast());
+                let mut lo = _mm256_and_si256(v, low);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                for (plane, add) in bit.iter().enumerate().take(PLANES) {
+                    let m = hp.add(plane * 8 + 2 * k);
+                    lo = _mm256_mask_add_epi8(lo, m.read(), lo, *add);
+                    hi = _mm256_mask_add_epi8(hi, m.add(1).read(), hi, *add);
+                }
+                for t in 0..T {
+                    let xp = x[t].q.as_ptr().add(b * 32);
+                    let xlo = _mm256_set1_epi32(xp.add(4 * k).cast::<i32>().read_unaligned());
+                    let xhi = _mm256_set1_epi32(xp.add(16 + 4 * k).cast::<i32>().read_unaligned());
+                    s[t][0] = _mm256_dpbusd_epi32(s[t][0], lo, xlo);
+                    s[t][1] = _mm256_dpbusd_epi32(s[t][1], hi, xhi);
+                }
+            }
+            for t in 0..T {
+                let dx = _mm256_set1_ps(x[t].d[b]);
+                if HALVES {
+                    for h in 0..2 {
+                        let si = _mm256_sub_epi32(s[t][h], _mm256_set1_epi32(OFF * x[t].s16[2 * b + h]));
+                        let scale = _mm256_mul_ps(_mm256_loadu_ps(w.d.as_ptr().add((2 * b + h) * GROUP)), dx);
+                        acc[t][h] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(si), acc[t][h]);
+                    }
+                } else {
+                    let mut si = _mm256_add_epi32(s[t][0], s[t][1]);
+                    if OFF != 0 {
+                        si = _mm256_sub_epi32(si, _mm256_set1_epi32(OFF * x[t].s32[b]));
+                    }
+                    let scale = _mm256_mul_ps(_mm256_loadu_ps(w.d.as_ptr().add(b * GROUP)), dx);
+                    let chain = if MIN { 0 } else { b & 1 };
+                    acc[t][chain] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(si), acc[t][chain]);
+                }
+                if MIN {
+                    // Σ (q·d + m)·x = d·dx·Σ q·xq + m·(dx·Σ xq).
+                    let mv = _mm256_loadu_ps(w.m.as_ptr().add(b * GROUP));
+                    acc[t][1] = _mm256_fmadd_ps(mv, _mm256_set1_ps(x[t].smin[b]), acc[t][1]);
+                }
+            }
+        }
+        store(acc)
+    }
+}
