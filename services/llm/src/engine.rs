@@ -1,6 +1,10 @@
-//! The decoding scheduler: one thread owns the compute and interleaves the steps of every
-//! active sequence (a prompt chunk or one token each, round robin), so a short request is
-//! never stuck behind a long one. Each sequence has its own KV cache. Requests beyond the
+//! The decoding scheduler: one thread owns the compute and steps every active sequence, so a
+//! short request is never stuck behind a long one. Each sequence has its own KV cache. With
+//! the native backend this is continuous batching, as vLLM and llama-server do it: each step
+//! is one pass over the weights for one token of every decoding sequence plus up to
+//! `prefill_chunk` prompt tokens, given to the oldest prompts first; a sequence joins the
+//! batch the step after it is admitted and leaves it when it ends. Other backends step the
+//! sequences one after the other (a prompt chunk or one token each, round robin). Requests beyond the
 //! active limit wait in a bounded queue; beyond that they are refused (429). A sequence whose
 //! client went away is dropped before its next step, freeing its slot at once.
 
@@ -15,7 +19,7 @@ use comps_core::protocol::FinishReason;
 use tokio::sync::mpsc as tmpsc;
 
 use crate::decode::{StopMatcher, StopOutcome, TextStream};
-use crate::model::{ChatModel, SequenceModel};
+use crate::model::{BatchInput, ChatModel, SequenceModel};
 use crate::sampling::{Sampler, SamplingParams};
 
 /// One generation to run.
@@ -84,6 +88,10 @@ pub struct EngineLoad {
     pub in_flight: AtomicUsize,
     /// Decoding now.
     pub active: AtomicUsize,
+    /// Sequences in the last batched step (0 for backends that step them one by one).
+    pub batch: AtomicUsize,
+    /// The most sequences one batched step has run.
+    pub max_batch: AtomicUsize,
 }
 
 /// Handle to the scheduler thread.
@@ -156,6 +164,17 @@ impl Sequence<'_> {
         }
     }
 
+    /// The tokens of this sequence's next step (at most `chunk` of its prompt where prompts
+    /// may be chunked) and whether that step ends the prompt or decodes, i.e. needs logits.
+    fn next_input(&self, chunked: bool, chunk: usize) -> (&[u32], bool) {
+        if self.pos < self.prompt.len() {
+            let end = if chunked { (self.pos + chunk.max(1)).min(self.prompt.len()) } else { self.prompt.len() };
+            (&self.prompt[self.pos..end], end == self.prompt.len())
+        } else {
+            (std::slice::from_ref(&self.last), true)
+        }
+    }
+
     fn step(
         &mut self,
         chunked: bool,
@@ -163,19 +182,25 @@ impl Sequence<'_> {
         stop_ids: &BTreeSet<u32>,
         context_len: usize,
     ) -> anyhow::Result<Step> {
-        let mut logits = if self.pos < self.prompt.len() {
-            let end = if chunked { (self.pos + chunk.max(1)).min(self.prompt.len()) } else { self.prompt.len() };
-            let logits = self.model.forward(&self.prompt[self.pos..end], self.pos)?;
-            self.pos = end;
-            if end < self.prompt.len() {
-                return Ok(Step::Running);
-            }
-            logits
-        } else {
-            let logits = self.model.forward(&[self.last], self.pos)?;
-            self.pos += 1;
-            logits
-        };
+        let ids = self.next_input(chunked, chunk).0.to_vec();
+        let logits = self.model.forward(&ids, self.pos)?;
+        self.accept(ids.len(), Some(logits), stop_ids, context_len)
+    }
+
+    /// Take the result of a step that ran `n` tokens: the logits of the last one, which are
+    /// needed when the step ended the prompt or decoded.
+    fn accept(
+        &mut self,
+        n: usize,
+        logits: Option<Vec<f32>>,
+        stop_ids: &BTreeSet<u32>,
+        context_len: usize,
+    ) -> anyhow::Result<Step> {
+        self.pos += n;
+        if self.pos < self.prompt.len() {
+            return Ok(Step::Running);
+        }
+        let mut logits = logits.ok_or_else(|| anyhow::anyhow!("the step returned no logits"))?;
         let id = self.sampler.next(&mut logits);
         self.last = id;
         self.generated += 1;
@@ -274,40 +299,141 @@ fn run(model: &ChatModel, cfg: EngineConfig, jobs: mpsc::Receiver<Job>, load: &E
         }
         load.active.store(active.len(), Ordering::SeqCst);
 
-        // One step of every active sequence.
-        let mut i = 0;
-        while i < active.len() {
-            let seq = &mut active[i];
-            let outcome = if seq.events.is_closed() {
-                tracing::debug!("client gone; generation stopped");
-                None
-            } else {
-                let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    seq.step(model.chunked_prefill, cfg.prefill_chunk, &model.stop_ids, model.context_len)
-                }));
-                match stepped {
-                    Ok(Ok(Step::Running)) => Some(false),
-                    Ok(Ok(Step::Finished(reason))) => {
-                        seq.finish(reason);
-                        None
-                    }
-                    Ok(Err(e)) => {
-                        let _ = seq.events.send(GenEvent::Failed(format!("generation failed: {e}")));
-                        None
-                    }
-                    Err(_) => {
-                        let _ = seq.events.send(GenEvent::Failed("generation failed: the model panicked".into()));
-                        None
-                    }
-                }
-            };
-            if outcome.is_none() {
-                active.swap_remove(i);
-                load.in_flight.fetch_sub(1, Ordering::SeqCst);
-            } else {
-                i += 1;
-            }
+        if model.batched() {
+            batched_step(model, cfg, &mut active, load);
+        } else {
+            one_by_one(model, cfg, &mut active, load);
         }
         load.active.store(active.len(), Ordering::SeqCst);
     }
+}
+
+/// What became of a sequence after a step: still running, or ended (and told its client).
+fn settle(seq: &mut Sequence<'_>, stepped: std::thread::Result<anyhow::Result<Step>>) -> bool {
+    match stepped {
+        Ok(Ok(Step::Running)) => true,
+        Ok(Ok(Step::Finished(reason))) => {
+            seq.finish(reason);
+            false
+        }
+        Ok(Err(e)) => {
+            let _ = seq.events.send(GenEvent::Failed(format!("generation failed: {e}")));
+            false
+        }
+        Err(_) => {
+            let _ = seq.events.send(GenEvent::Failed("generation failed: the model panicked".into()));
+            false
+        }
+    }
+}
+
+/// Drop the sequences `keep` rejects, releasing their slots.
+fn retire(active: &mut Vec<Sequence<'_>>, keep: &[bool], load: &EngineLoad) {
+    let mut i = 0;
+    active.retain(|_| {
+        let k = keep[i];
+        i += 1;
+        if !k {
+            load.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        k
+    });
+}
+
+/// Sequences whose client went away are dropped before the step.
+fn drop_abandoned(active: &mut Vec<Sequence<'_>>, load: &EngineLoad) {
+    let keep: Vec<bool> = active.iter().map(|s| !s.events.is_closed()).collect();
+    if keep.iter().any(|k| !k) {
+        tracing::debug!("client gone; generation stopped");
+    }
+    retire(active, &keep, load);
+}
+
+/// One step of every active sequence, one after the other (backends without batched steps).
+fn one_by_one(model: &ChatModel, cfg: EngineConfig, active: &mut Vec<Sequence<'_>>, load: &EngineLoad) {
+    drop_abandoned(active, load);
+    let keep: Vec<bool> = active
+        .iter_mut()
+        .map(|seq| {
+            let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                seq.step(model.chunked_prefill, cfg.prefill_chunk, &model.stop_ids, model.context_len)
+            }));
+            settle(seq, stepped)
+        })
+        .collect();
+    retire(active, &keep, load);
+}
+
+/// One pass over the weights for every active sequence: one token of each decoding sequence,
+/// and prompt tokens up to `prefill_chunk` for the prompts, oldest first.
+fn batched_step(model: &ChatModel, cfg: EngineConfig, active: &mut Vec<Sequence<'_>>, load: &EngineLoad) {
+    drop_abandoned(active, load);
+    if active.is_empty() {
+        return;
+    }
+    let mut budget = cfg.prefill_chunk.max(1);
+    // Per sequence: how many tokens it runs this step (0: it waits) and whether it wants logits.
+    let plan: Vec<(usize, bool)> = active
+        .iter()
+        .map(|seq| {
+            let (ids, ends) = seq.next_input(true, budget);
+            if seq.pos < seq.prompt.len() {
+                if budget == 0 {
+                    return (0, false);
+                }
+                budget -= ids.len();
+            }
+            (ids.len(), ends)
+        })
+        .collect();
+    let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut inputs: Vec<BatchInput<'_>> = active
+            .iter_mut()
+            .zip(&plan)
+            .filter(|(_, (n, _))| *n > 0)
+            .map(|(seq, &(n, logits))| {
+                let start = seq.pos.min(seq.prompt.len());
+                let ids = if seq.pos < seq.prompt.len() {
+                    &seq.prompt[start..start + n]
+                } else {
+                    std::slice::from_ref(&seq.last)
+                };
+                BatchInput { seq: &mut seq.model, ids, logits }
+            })
+            .collect();
+        load.batch.store(inputs.len(), Ordering::SeqCst);
+        load.max_batch.fetch_max(inputs.len(), Ordering::SeqCst);
+        model.forward_batch(&mut inputs)
+    }));
+    let outputs = match stepped {
+        Ok(Ok(outputs)) => outputs,
+        failed => {
+            // The batch's caches are in an unknown state: every sequence in it ends.
+            let why = match failed {
+                Ok(Err(e)) => format!("generation failed: {e}"),
+                _ => "generation failed: the model panicked".into(),
+            };
+            for seq in active.iter() {
+                let _ = seq.events.send(GenEvent::Failed(why.clone()));
+            }
+            retire(active, &vec![false; active.len()], load);
+            return;
+        }
+    };
+    let mut outputs = outputs.into_iter();
+    let keep: Vec<bool> = active
+        .iter_mut()
+        .zip(&plan)
+        .map(|(seq, &(n, _))| {
+            if n == 0 {
+                return true;
+            }
+            let logits = outputs.next().flatten();
+            let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                seq.accept(n, logits, &model.stop_ids, model.context_len)
+            }));
+            settle(seq, stepped)
+        })
+        .collect();
+    retire(active, &keep, load);
 }

@@ -32,7 +32,7 @@ use comps_core::{CommonArgs, MicroService, Server, ServiceType};
 
 pub use engine::{Engine, EngineConfig, GenDone, GenEvent, GenRequest};
 pub use generator::{Completion, Generator, LocalGenerator, RemoteGenerator};
-pub use model::{Backend, ChatModel, Quantize};
+pub use model::{Backend, BatchInput, ChatModel, Quantize};
 
 /// Default port (OPEA's compose).
 pub const DEFAULT_PORT: u16 = 9009;
@@ -71,7 +71,8 @@ pub struct Args {
     /// Requests waiting for a sequence slot; beyond this they get 429.
     #[arg(long, env = "LLM_MAX_QUEUED_REQUESTS", default_value_t = 64)]
     pub max_queued_requests: usize,
-    /// Prompt tokens processed per scheduling step (smaller: fairer to running requests).
+    /// Prompt tokens processed per scheduling step, beside one token of every decoding
+    /// sequence (smaller: fairer to running requests; larger: faster first tokens).
     #[arg(long, env = "LLM_PREFILL_CHUNK", default_value_t = 128)]
     pub prefill_chunk: usize,
     /// Proxy to this OpenAI-compatible server instead of running a model.

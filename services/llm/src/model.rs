@@ -168,6 +168,16 @@ impl SequenceModel {
     }
 }
 
+/// One sequence's part of [`ChatModel::forward_batch`].
+pub struct BatchInput<'a> {
+    /// The sequence.
+    pub seq: &'a mut SequenceModel,
+    /// The tokens to run at the end of its cache.
+    pub ids: &'a [u32],
+    /// Whether the logits of its last token are wanted.
+    pub logits: bool,
+}
+
 /// A loaded chat model (cloning shares the weights).
 #[derive(Clone)]
 pub struct ChatModel {
@@ -208,6 +218,26 @@ impl ChatModel {
             _ => None,
         };
         Ok(SequenceModel { weights: self.weights.clone(), llama_cache, qwen2, native_cache })
+    }
+
+    /// Whether several sequences can step together in one pass over the weights
+    /// ([`ChatModel::forward_batch`]): the native backend.
+    pub fn batched(&self) -> bool {
+        matches!(self.weights, Weights::Native(_))
+    }
+
+    /// One step of several sequences of this model at once (see [`ChatModel::batched`]):
+    /// per input, the logits of its last token where they were asked for.
+    pub fn forward_batch(&self, inputs: &mut [BatchInput<'_>]) -> anyhow::Result<Vec<Option<Vec<f32>>>> {
+        let Weights::Native(m) = &self.weights else {
+            anyhow::bail!("batched steps need the native backend");
+        };
+        let mut steps = Vec::with_capacity(inputs.len());
+        for input in inputs.iter_mut() {
+            let cache = input.seq.native_cache.as_mut().ok_or_else(|| anyhow::anyhow!("no native cache"))?;
+            steps.push(native::Step { cache, ids: input.ids, logits: input.logits });
+        }
+        m.forward_batch(&mut steps)
     }
 
     /// Which implementation runs this model: `native` or `candle`.

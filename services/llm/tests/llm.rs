@@ -411,3 +411,58 @@ async fn an_unknown_model_name_is_404_and_aliases_are_served() {
     assert_eq!(status, 404, "{v}");
     h.shutdown().await.unwrap();
 }
+
+/// Continuous batching: greedy answers to three prompts sent together (decoded in shared
+/// steps, prompt chunks of 8 tokens beside the others' decode tokens) are token for token the
+/// answers each gets alone.
+#[test]
+fn batched_sequences_answer_as_they_do_alone() {
+    use comps_llm::{Engine, GenEvent, GenRequest};
+    let m = Arc::new(model());
+    assert!(m.batched(), "{}", m.description);
+    let prompts: Vec<Vec<u32>> = ["What is 2+2?", "Name three rivers of Europe.", "Write a haiku about rain."]
+        .iter()
+        .map(|q| {
+            let text = format!("<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n");
+            m.tokenizer.encode(text, false).unwrap().get_ids().to_vec()
+        })
+        .collect();
+    let run = |max_active: usize| {
+        let engine = Engine::start(m.clone(), EngineConfig { max_active, max_queued: 8, prefill_chunk: 8 }).unwrap();
+        let mut streams: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let req = GenRequest {
+                    prompt_ids: p.clone(),
+                    max_tokens: 24,
+                    sampling: Default::default(),
+                    stop: Vec::new(),
+                    ignore_eos: true,
+                };
+                engine.submit(req).unwrap()
+            })
+            .collect();
+        let texts: Vec<String> = streams
+            .iter_mut()
+            .map(|rx| {
+                let mut text = String::new();
+                loop {
+                    match rx.blocking_recv().expect("the engine answers") {
+                        GenEvent::Text(t) => text.push_str(&t),
+                        GenEvent::Done(d) => {
+                            assert_eq!(d.completion_tokens, 24);
+                            return text;
+                        }
+                        GenEvent::Failed(e) => panic!("generation failed: {e}"),
+                    }
+                }
+            })
+            .collect();
+        (texts, engine.load().max_batch.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    let (alone, one) = run(1);
+    let (together, three) = run(3);
+    assert_eq!((one, three), (1, 3), "steps ran one sequence, then all three");
+    assert_eq!(together, alone);
+    assert!(alone.iter().all(|t| !t.is_empty()));
+}
