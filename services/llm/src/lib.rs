@@ -49,11 +49,12 @@ pub struct Args {
     #[arg(long, env = "LLM_MODEL_PATH", default_value = "models/SmolLM2-135M-Instruct")]
     pub model: String,
     /// Requantize GGUF weights at load: none, auto (types without a fast kernel here -> Q8_0;
-    /// a llama the native backend runs is kept as it is), q8_0 or q4_0.
+    /// a file the native backend runs is kept as it is), q8_0 or q4_0.
     #[arg(long, env = "LLM_QUANTIZE", default_value = "auto")]
     pub quantize: String,
-    /// How GGUF llama models run: auto (our own Q8_0/Q4_0/Q4_1 forward pass when every matrix
-    /// is in one of those formats, candle otherwise) or candle (always candle-transformers).
+    /// How GGUF models run: auto (our own llama / qwen2 / qwen3 forward pass, with continuous
+    /// batching, when every matrix is Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K; candle
+    /// otherwise) or candle (always candle-transformers, one sequence at a time).
     #[arg(long, env = "LLM_BACKEND", default_value = "auto")]
     pub backend: String,
     /// A Jinja chat template file to use instead of the model's.
