@@ -155,12 +155,12 @@ impl NativeLlama {
         let n_kv_head = md_u32(md, &key("attention.head_count_kv")).unwrap_or(n_head);
         let n_layer = need("block_count")?;
         let n_ff = need("feed_forward_length")?;
-        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+        if n_head == 0 || n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
             anyhow::bail!("inconsistent {arch} shapes: {n_head} heads, {n_kv_head} KV heads");
         }
         let head_dim = md_u32(md, &key("attention.key_length")).unwrap_or(n_embd / n_head);
         let rope_dim = md_u32(md, &key("rope.dimension_count")).unwrap_or(head_dim);
-        if head_dim == 0 || head_dim % 2 != 0 || rope_dim > head_dim || rope_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || rope_dim > head_dim || !rope_dim.is_multiple_of(2) {
             anyhow::bail!("inconsistent {arch} shapes: heads {head_dim} wide, rotary part {rope_dim}");
         }
         let has = |name: &str| content.tensor_infos.contains_key(name);

@@ -197,15 +197,13 @@ mod tiny_gguf {
         native.forward(&mut cache, &prompt[..4], 0).unwrap();
         let mut ours = native.forward(&mut cache, &prompt[4..], 4).unwrap();
         let mut theirs = candle.forward(&prompt, 0);
-        let mut pos = prompt.len();
         let mut greedy = Vec::new();
-        for step in 0..8 {
+        for (step, pos) in (prompt.len()..prompt.len() + 8).enumerate() {
             close(&ours, &theirs, &format!("{arch} step {step}"));
             let next = argmax(&theirs);
             greedy.push(next);
             ours = native.forward(&mut cache, &[next], pos).unwrap();
             theirs = candle.forward(&[next], pos);
-            pos += 1;
         }
 
         // A batched step equals the same sequences run one by one: one sequence decoding, one

@@ -429,6 +429,13 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// The element at `i` (a method, so that closures capture the whole `Send` wrapper).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// `out[t * w.rows + r] = w[r] · x[t]` for every weight row `r` and activation row `t`, split
 /// over the rayon pool by groups of weight rows. Each task runs its groups (a few KiB, kept in
 /// L1) against every activation row, [`ROWS`] activation rows per unpacking of a block.
@@ -445,7 +452,6 @@ pub fn qgemm_with(w: &QMatrix, x: &QActs, out: &mut [f32], simd: bool) {
     let groups = rows.div_ceil(GROUP);
     let ptr = Out(out.as_mut_ptr());
     (0..groups.div_ceil(GROUPS_PER_TASK)).into_par_iter().for_each(|task| {
-        let ptr = ptr;
         for g in task * GROUPS_PER_TASK..((task + 1) * GROUPS_PER_TASK).min(groups) {
             let wg = w.group(g);
             let valid = (rows - g * GROUP).min(GROUP);
@@ -458,7 +464,7 @@ pub fn qgemm_with(w: &QMatrix, x: &QActs, out: &mut [f32], simd: bool) {
                     let at = (t + dt) * rows + g * GROUP;
                     // SAFETY: `at + valid <= n * rows == out.len()` (asserted above), and only
                     // this task writes rows `g * GROUP..g * GROUP + valid` of any output row.
-                    unsafe { std::ptr::copy_nonoverlapping(r.as_ptr(), ptr.0.add(at), valid) };
+                    unsafe { std::ptr::copy_nonoverlapping(r.as_ptr(), ptr.at(at), valid) };
                 }
                 t += take;
             }
