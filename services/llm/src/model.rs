@@ -406,9 +406,9 @@ fn load_arch<R: std::io::Read + std::io::Seek>(
     backend: Backend,
 ) -> anyhow::Result<(Loaded, bool)> {
     Ok(match arch {
-        "llama" | "qwen2" | "qwen3"
-            if backend == Backend::Auto
-                && let Some(m) = NativeLlama::from_gguf(&content, reader)? =>
+        arch if backend == Backend::Auto
+            && native::ARCHITECTURES.contains(&arch)
+            && let Some(m) = NativeLlama::from_gguf(&content, reader)? =>
         {
             (Loaded::Shared(Weights::Native(Arc::new(m))), true)
         }

@@ -23,14 +23,38 @@
 
 mod ggml;
 mod portable;
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx512vnni",
-    target_feature = "avx512vl",
-    target_feature = "avx512bw",
-    target_feature = "fma"
-))]
-mod simd;
+/// Items for targets with the AVX-512 VNNI kernels (`simd { .. }`) and for the others (`portable { .. }`):
+/// the one place that names the CPU features they need.
+macro_rules! by_target {
+    (simd { $($s:item)* } portable { $($p:item)* }) => {
+        $(#[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx512vnni",
+            target_feature = "avx512vl",
+            target_feature = "avx512bw",
+            target_feature = "fma"
+        ))] $s)*
+        $(#[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx512vnni",
+            target_feature = "avx512vl",
+            target_feature = "avx512bw",
+            target_feature = "fma"
+        )))] $p)*
+    };
+}
+
+by_target! {
+    simd {
+        mod simd;
+        /// Whether the AVX-512 VNNI kernels were compiled in (else the portable ones run).
+        pub const SIMD: bool = true;
+    }
+    portable {
+        /// Whether the AVX-512 VNNI kernels were compiled in (else the portable ones run).
+        pub const SIMD: bool = false;
+    }
+}
 
 use rayon::prelude::*;
 
@@ -42,15 +66,6 @@ pub const GROUP: usize = 8;
 
 /// Activation rows whose products share one unpacking of each weight block.
 pub const ROWS: usize = 4;
-
-/// Whether the AVX-512 VNNI kernels were compiled in (else the portable ones run).
-pub const SIMD: bool = cfg!(all(
-    target_arch = "x86_64",
-    target_feature = "avx512vnni",
-    target_feature = "avx512vl",
-    target_feature = "avx512bw",
-    target_feature = "fma"
-));
 
 /// A weight format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,36 +490,27 @@ pub fn qgemm_with(w: &QMatrix, x: &QActs, out: &mut [f32], simd: bool) {
 /// Group `wg` against activation rows `t..t + take` (`take <= ROWS`).
 fn run_group(kind: QKind, wg: Group, x: &QActs, t: usize, take: usize, simd: bool, res: &mut [[f32; GROUP]; ROWS]) {
     let acts: [Act; ROWS] = std::array::from_fn(|i| x.row(t + i.min(take - 1), kind));
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx512vnni",
-        target_feature = "avx512vl",
-        target_feature = "avx512bw",
-        target_feature = "fma"
-    ))]
-    if simd {
-        macro_rules! rows {
-            ($f:ident $(, $c:expr)*) => {
-                match take {
-                    1 => res[..1].copy_from_slice(&simd::$f::<1 $(, $c)*>(wg, &[acts[0]])),
-                    2 => res[..2].copy_from_slice(&simd::$f::<2 $(, $c)*>(wg, &[acts[0], acts[1]])),
-                    3 => res[..3].copy_from_slice(&simd::$f::<3 $(, $c)*>(wg, &[acts[0], acts[1], acts[2]])),
-                    _ => *res = simd::$f::<4 $(, $c)*>(wg, &acts),
-                }
-            };
+    by_target! {
+        simd {
+            fn kernels(kind: QKind, wg: Group, acts: &[Act; ROWS], take: usize, res: &mut [[f32; GROUP]; ROWS]) {
+                simd::run(kind, wg, acts, take, res);
+            }
         }
-        match kind {
-            QKind::Q8_0 => rows!(bytes),
-            QKind::Q4_0 => rows!(nibbles, 0, 8, false, false),
-            QKind::Q4_1 | QKind::Q4K => rows!(nibbles, 0, 0, false, true),
-            QKind::Q5_0 => rows!(nibbles, 1, 16, false, false),
-            QKind::Q5_1 | QKind::Q5K => rows!(nibbles, 1, 0, false, true),
-            QKind::Q6K => rows!(nibbles, 2, 32, true, false),
+        portable {
+            fn kernels(kind: QKind, wg: Group, acts: &[Act; ROWS], take: usize, res: &mut [[f32; GROUP]; ROWS]) {
+                portable_rows(kind, wg, acts, take, res);
+            }
         }
-        return;
     }
-    let _ = simd;
-    for (r, a) in res.iter_mut().zip(&acts).take(take) {
+    if simd {
+        kernels(kind, wg, &acts, take, res);
+    } else {
+        portable_rows(kind, wg, &acts, take, res);
+    }
+}
+
+fn portable_rows(kind: QKind, wg: Group, acts: &[Act; ROWS], take: usize, res: &mut [[f32; GROUP]; ROWS]) {
+    for (r, a) in res.iter_mut().zip(acts).take(take) {
         *r = portable::group(kind, wg, a);
     }
 }

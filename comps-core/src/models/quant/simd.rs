@@ -4,7 +4,29 @@
 
 use std::arch::x86_64::*;
 
-use super::{Act, BLOCK, GROUP, Group};
+use super::{Act, BLOCK, GROUP, Group, QKind, ROWS};
+
+/// Group `w` against the first `take` rows of `x` with the kernel of `kind`.
+pub(super) fn run(kind: QKind, w: Group, x: &[Act; ROWS], take: usize, res: &mut [[f32; GROUP]; ROWS]) {
+    macro_rules! rows {
+        ($f:ident $(, $c:expr)*) => {
+            match take {
+                1 => res[..1].copy_from_slice(&$f::<1 $(, $c)*>(w, &[x[0]])),
+                2 => res[..2].copy_from_slice(&$f::<2 $(, $c)*>(w, &[x[0], x[1]])),
+                3 => res[..3].copy_from_slice(&$f::<3 $(, $c)*>(w, &[x[0], x[1], x[2]])),
+                _ => *res = $f::<4 $(, $c)*>(w, x),
+            }
+        };
+    }
+    match kind {
+        QKind::Q8_0 => rows!(bytes),
+        QKind::Q4_0 => rows!(nibbles, 0, 8, false, false),
+        QKind::Q4_1 | QKind::Q4K => rows!(nibbles, 0, 0, false, true),
+        QKind::Q5_0 => rows!(nibbles, 1, 16, false, false),
+        QKind::Q5_1 | QKind::Q5K => rows!(nibbles, 1, 0, false, true),
+        QKind::Q6K => rows!(nibbles, 2, 32, true, false),
+    }
+}
 
 fn check<const T: usize>(w: &Group, x: &[Act; T], packed: usize, planes: usize, halves: usize, min: bool) -> usize {
     let nb = x[0].d.len();
@@ -34,7 +56,7 @@ fn store<const T: usize>(acc: [[__m256; 2]; T]) -> [[f32; GROUP]; T] {
 
 /// Q8_0 weights (stored + 128) against Q8_0 activations.
 #[inline(always)]
-pub(super) fn bytes<const T: usize>(w: Group, x: &[Act; T]) -> [[f32; GROUP]; T] {
+fn bytes<const T: usize>(w: Group, x: &[Act; T]) -> [[f32; GROUP]; T] {
     let nb = check(&w, x, 32, 0, 1, false);
     // SAFETY: the target features are enabled at compile time (module cfg). For `b < nb` and
     // `k < 8`, the weight loads read 32 bytes at `b * 256 + k * 32` (inside `w.qs`), the
@@ -69,7 +91,7 @@ pub(super) fn bytes<const T: usize>(w: Group, x: &[Act; T]) -> [[f32; GROUP]; T]
 /// Nibble formats: `PLANES` extra bit planes (the fifth and sixth bits), values carrying
 /// `OFF`, two scales per block (`HALVES`, Q6_K) and an additive minimum (`MIN`).
 #[inline(always)]
-pub(super) fn nibbles<const T: usize, const PLANES: usize, const OFF: i32, const HALVES: bool, const MIN: bool>(
+fn nibbles<const T: usize, const PLANES: usize, const OFF: i32, const HALVES: bool, const MIN: bool>(
     w: Group,
     x: &[Act; T],
 ) -> [[f32; GROUP]; T] {
