@@ -5,7 +5,9 @@
 # PyPI by scripts/llama-cpp-env.sh) on the same files, in one run, at 1 and 2 threads. Both sides
 # prefill the same 128-token prompt and decode 128 tokens after it; llama.cpp runs with flash
 # attention on and off and each of its figures is the better one.
-# Usage: scripts/bench-llm.sh [THREADS...]     (default: 1 2)
+# Then the served benchmark: comps-llm beside llama-server (scripts/llama-server-build.sh, the same
+# llama.cpp) on the Qwen file, streamed clients at c=1, 4 and 16, 2 threads (scripts/bench/llm_served.py).
+# Usage: scripts/bench-llm.sh [THREADS...]     (default: 1 2; BENCH_SERVED=0 skips the served part)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=("${@:-1 2}")
@@ -15,7 +17,7 @@ SMOL=models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 QWEN=models/Qwen2.5-Coder-0.5B-Instruct/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf
 PY="$(bash scripts/llama-cpp-env.sh | tail -n 1)"
 "$PY" scripts/bench/llamacpp_requantize.py >/dev/null
-[[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release -p comps-llm --example llm_bench
+[[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p comps-llm --example llm_bench --bins
 
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -33,3 +35,9 @@ for t in "${threads[@]}"; do
   awk -v t="$t" '{ kind=$1; q=$2; pre=$4; dec=$7; if (kind=="llama.cpp") { lp[q]=pre; ld[q]=dec } else { k=kind " " q; op[k]=pre; od[k]=dec; oq[k]=q } }
        END { for (k in od) { q=oq[k]; if (q in ld) printf "ratio %st  %-14s prefill %6.2fx          decode %6.2fx  (/ llama.cpp)\n", t, k, op[k]/lp[q], od[k]/ld[q] } }' "$out" | sort
 done
+
+if [[ "${BENCH_SERVED:-1}" != 0 ]]; then
+  SERVER="$(bash scripts/llama-server-build.sh | tail -n 1)"
+  python3 scripts/bench/llm_served.py --llama-server "$SERVER" --model-dir models/Qwen2.5-Coder-0.5B-Instruct \
+    --gguf "$QWEN" --threads 2
+fi
