@@ -5,10 +5,11 @@
 //! Weights are repacked once at load ([`ggml`] decodes every format into one canonical form):
 //! rows in groups of eight, each 32-value block's low four bits interleaved four bytes at a
 //! time across the group (Q8_0: the whole byte, offset to unsigned), the fifth and sixth bits
-//! as bit planes laid out as AVX-512 byte masks, scales (and minimums) as f32. K-quant
-//! super-blocks become eight 32-value blocks whose scales are ggml's own products of the
-//! super-block scale and the 6-bit sub-block scales, so the weights are exactly ggml's; Q6_K
-//! keeps its two scales per 32 values. One AVX-512 VNNI `dpbusd` then multiplies four values
+//! as bit planes laid out as AVX-512 byte masks, and the scales (and minimums) as the file
+//! stores them: f16, or for the K-quants their byte sub-block scales under the super-block's
+//! f16 scales, multiplied in f32 as ggml does, so the weights are exactly ggml's, in about as
+//! many bytes as ggml's (K-quants: an eighth of a bit more per weight). Q6_K keeps
+//! its two scales per 32 values. One AVX-512 VNNI `dpbusd` then multiplies four values
 //! of eight rows against a broadcast of four activation values, the unpacking of a block is
 //! shared by up to four activation rows ([`ROWS`]), and each task keeps its weight groups in
 //! L1 across every activation row.
@@ -32,14 +33,16 @@ macro_rules! by_target {
             target_feature = "avx512vnni",
             target_feature = "avx512vl",
             target_feature = "avx512bw",
-            target_feature = "fma"
+            target_feature = "fma",
+            target_feature = "f16c"
         ))] $s)*
         $(#[cfg(not(all(
             target_arch = "x86_64",
             target_feature = "avx512vnni",
             target_feature = "avx512vl",
             target_feature = "avx512bw",
-            target_feature = "fma"
+            target_feature = "fma",
+            target_feature = "f16c"
         )))] $p)*
     };
 }
@@ -152,6 +155,16 @@ impl QKind {
         matches!(self, Self::Q4_1 | Self::Q5_1 | Self::Q4K | Self::Q5K)
     }
 
+    /// Bytes per stored scale or minimum: f16, or the K-quants' sub-block byte.
+    fn code_bytes(self) -> usize {
+        if self.is_k() { 1 } else { 2 }
+    }
+
+    /// Whether this is a K-quant (256-value super-blocks of eight 32-value blocks).
+    fn is_k(self) -> bool {
+        matches!(self, Self::Q4K | Self::Q5K | Self::Q6K)
+    }
+
     /// Whether the minimum multiplies the activations' block sum rounded through f16, as
     /// llama.cpp's Q8_1 stores it (Q4_1 and Q5_1), rather than exactly (the K-quants).
     fn min_uses_f16_sum(self) -> bool {
@@ -173,10 +186,13 @@ pub struct QMatrix {
     /// `[group][block][plane][piece][half]`: bit `4i + m` is bit `4 + plane` of value
     /// `16·half + 4·piece + m` of row `i` (a byte mask over one piece's 32 bytes).
     hb: Vec<u32>,
-    /// `[group][block][half][row in group]`.
-    d: Vec<f32>,
-    /// The minimums, `[group][block][row in group]` (empty for formats without).
-    m: Vec<f32>,
+    /// `[group][block][half][row in group]`, each [`QKind::code_bytes`] bytes: f16, or the
+    /// K-quants' sub-block scale byte.
+    d: Vec<u8>,
+    /// The minimums, `[group][block][row in group]` like `d` (empty for formats without).
+    m: Vec<u8>,
+    /// K-quants: `[group][super-block][scale, minimum scale][row in group]`, f16 bits.
+    sup: Vec<u16>,
 }
 
 /// One group's packed weights, as the kernels read them.
@@ -184,8 +200,9 @@ pub struct QMatrix {
 pub(crate) struct Group<'a> {
     qs: &'a [u8],
     hb: &'a [u32],
-    d: &'a [f32],
-    m: &'a [f32],
+    d: &'a [u8],
+    m: &'a [u8],
+    sup: &'a [u16],
 }
 
 /// One activation row, as the kernels read it.
@@ -217,12 +234,22 @@ impl QMatrix {
 
     /// Lay out canonical rows in groups.
     fn interleave(kind: QKind, rows: usize, cols: usize, c: &ggml::Canon) -> Self {
-        let (nb, p, planes, halves) = (cols / BLOCK, kind.packed(), kind.planes(), kind.halves());
+        let (nb, p, planes, halves, dw) =
+            (cols / BLOCK, kind.packed(), kind.planes(), kind.halves(), kind.code_bytes());
+        let nsb = if kind.is_k() { nb / ggml::SUPER } else { 0 };
         let groups = rows.div_ceil(GROUP);
         let mut qs = vec![0u8; groups * nb * GROUP * p];
         let mut hb = vec![0u32; groups * nb * planes * 8];
-        let mut d = vec![0f32; groups * nb * halves * GROUP];
-        let mut m = vec![0f32; if kind.has_min() { groups * nb * GROUP } else { 0 }];
+        let mut d = vec![0u8; groups * nb * halves * GROUP * dw];
+        let mut m = vec![0u8; if kind.has_min() { groups * nb * GROUP * dw } else { 0 }];
+        let mut sup = vec![0u16; groups * nsb * 2 * GROUP];
+        let put = |out: &mut [u8], e: usize, code: u16| {
+            if dw == 2 {
+                out[2 * e..2 * e + 2].copy_from_slice(&code.to_le_bytes());
+            } else {
+                out[e] = code as u8;
+            }
+        };
         for r in 0..rows {
             let (g, i) = (r / GROUP, r % GROUP);
             for b in 0..nb {
@@ -247,45 +274,43 @@ impl QMatrix {
                     }
                 }
                 for h in 0..halves {
-                    d[(gb * halves + h) * GROUP + i] = c.d[(r * nb + b) * halves + h];
+                    put(&mut d, (gb * halves + h) * GROUP + i, c.d[(r * nb + b) * halves + h]);
                 }
                 if kind.has_min() {
-                    m[gb * GROUP + i] = c.m[r * nb + b];
+                    put(&mut m, gb * GROUP + i, c.m[r * nb + b]);
+                }
+            }
+            for s in 0..nsb {
+                let at = (g * nsb + s) * 2 * GROUP + i;
+                sup[at] = c.sd[r * nsb + s];
+                if kind.has_min() {
+                    sup[at + GROUP] = c.sm[r * nsb + s];
                 }
             }
         }
-        Self { kind, rows, cols, qs, hb, d, m }
+        Self { kind, rows, cols, qs, hb, d, m, sup }
     }
 
     /// Row `r` in canonical form (values, scales, minimums).
     fn canon_row(&self, r: usize) -> ggml::Canon {
-        let (nb, p, planes, halves) = (self.cols / BLOCK, self.kind.packed(), self.kind.planes(), self.kind.halves());
+        let (nb, halves) = (self.cols / BLOCK, self.kind.halves());
         let (g, i) = (r / GROUP, r % GROUP);
-        let mut c = ggml::Canon::default();
+        let w = self.group(g);
+        let mut c = ggml::Canon::new(self.kind);
         for b in 0..nb {
-            let gb = g * nb + b;
-            let byte = |v: usize| self.qs[(gb * p / 4 + v / 4) * GROUP * 4 + i * 4 + v % 4];
-            let mut q = [0u8; BLOCK];
-            for (v, o) in q.iter_mut().enumerate() {
-                *o = if self.kind.bytes() {
-                    byte(v)
-                } else if v < 16 {
-                    byte(v) & 0x0f
-                } else {
-                    byte(v - 16) >> 4
-                };
-                for plane in 0..planes {
-                    let (half, k, j) = (v / 16, v % 16 / 4, v % 4);
-                    let mask = self.hb[((gb * planes + plane) * 4 + k) * 2 + half];
-                    *o |= (((mask >> (4 * i + j)) & 1) as u8) << (4 + plane);
-                }
-            }
-            c.q.extend_from_slice(&q);
+            c.q.extend((0..BLOCK).map(|v| w.value(self.kind, b, i, v) as u8));
             for h in 0..halves {
-                c.d.push(self.d[(gb * halves + h) * GROUP + i]);
+                c.d.push(w.code(self.kind, w.d, (b * halves + h) * GROUP + i));
             }
             if self.kind.has_min() {
-                c.m.push(self.m[gb * GROUP + i]);
+                c.m.push(w.code(self.kind, w.m, b * GROUP + i));
+            }
+            if self.kind.is_k() && b % ggml::SUPER == 0 {
+                let (sd, sm) = w.supers(b, i);
+                c.sd.push(sd);
+                if self.kind.has_min() {
+                    c.sm.push(sm);
+                }
             }
         }
         c
@@ -299,13 +324,10 @@ impl QMatrix {
             return Err("stacked matrices must share their format and width".into());
         }
         let rows = parts.iter().map(|p| p.rows).sum();
-        let mut all = ggml::Canon::default();
+        let mut all = ggml::Canon::new(first.kind);
         for part in parts {
             for r in 0..part.rows {
-                let c = part.canon_row(r);
-                all.q.extend(c.q);
-                all.d.extend(c.d);
-                all.m.extend(c.m);
+                all.extend_row(&part.canon_row(r), 0, part.cols);
             }
         }
         Ok(Self::interleave(first.kind, rows, first.cols, &all))
@@ -328,7 +350,7 @@ impl QMatrix {
 
     /// Bytes held (weights, bit planes, scales).
     pub fn bytes(&self) -> usize {
-        self.qs.len() + 4 * (self.hb.len() + self.d.len() + self.m.len())
+        self.qs.len() + 4 * self.hb.len() + self.d.len() + self.m.len() + 2 * self.sup.len()
     }
 
     /// Row `r` as f32 (an embedding lookup).
@@ -337,9 +359,9 @@ impl QMatrix {
         let c = self.canon_row(r);
         let (off, halves) = (self.kind.offset(), self.kind.halves());
         for (b, o) in out.chunks_exact_mut(BLOCK).enumerate() {
-            let min = if self.kind.has_min() { c.m[b] } else { 0.0 };
+            let min = if self.kind.has_min() { c.min(b) } else { 0.0 };
             for (v, x) in o.iter_mut().enumerate() {
-                let d = c.d[b * halves + v * halves / BLOCK];
+                let d = c.scale(b * halves + v * halves / BLOCK);
                 *x = d * (c.q[b * BLOCK + v] as i32 - off) as f32 + min;
             }
         }
@@ -347,13 +369,64 @@ impl QMatrix {
 
     fn group(&self, g: usize) -> Group<'_> {
         let nb = self.cols / BLOCK;
-        let (p, planes, halves) = (self.kind.packed(), self.kind.planes(), self.kind.halves());
+        let (p, planes, halves, dw) =
+            (self.kind.packed(), self.kind.planes(), self.kind.halves(), self.kind.code_bytes());
+        let nsup = if self.kind.is_k() { nb / ggml::SUPER * 2 * GROUP } else { 0 };
+        let dn = nb * halves * GROUP * dw;
+        let mn = nb * GROUP * dw;
         Group {
             qs: &self.qs[g * nb * GROUP * p..(g + 1) * nb * GROUP * p],
             hb: &self.hb[g * nb * planes * 8..(g + 1) * nb * planes * 8],
-            d: &self.d[g * nb * halves * GROUP..(g + 1) * nb * halves * GROUP],
-            m: if self.kind.has_min() { &self.m[g * nb * GROUP..(g + 1) * nb * GROUP] } else { &[] },
+            d: &self.d[g * dn..(g + 1) * dn],
+            m: if self.kind.has_min() { &self.m[g * mn..(g + 1) * mn] } else { &[] },
+            sup: &self.sup[g * nsup..(g + 1) * nsup],
         }
+    }
+}
+
+impl Group<'_> {
+    /// Value `v` of row `i` in block `b`, as stored (unsigned, offset included).
+    #[inline(always)]
+    fn value(&self, kind: QKind, b: usize, i: usize, v: usize) -> i32 {
+        let p = kind.packed();
+        let byte = |j: usize| self.qs[(b * p / 4 + j / 4) * GROUP * 4 + i * 4 + j % 4];
+        if kind.bytes() {
+            return byte(v) as i32;
+        }
+        let mut q = if v < 16 { byte(v) & 0x0f } else { byte(v - 16) >> 4 } as i32;
+        let planes = kind.planes();
+        for plane in 0..planes {
+            let mask = self.hb[((b * planes + plane) * 4 + v % 16 / 4) * 2 + v / 16];
+            q |= (((mask >> (4 * i + v % 4)) & 1) as i32) << (4 + plane);
+        }
+        q
+    }
+
+    /// Entry `e` of `codes` (this group's scales or minimums).
+    #[inline(always)]
+    fn code(&self, kind: QKind, codes: &[u8], e: usize) -> u16 {
+        if kind.code_bytes() == 2 { u16::from_le_bytes([codes[2 * e], codes[2 * e + 1]]) } else { codes[e] as u16 }
+    }
+
+    /// Row `i`'s super-block scale and minimum scale (f16 bits) for block `b` (K-quants).
+    #[inline(always)]
+    fn supers(&self, b: usize, i: usize) -> (u16, u16) {
+        let at = b / ggml::SUPER * 2 * GROUP + i;
+        (self.sup[at], self.sup[at + GROUP])
+    }
+
+    /// Row `i`'s scale for half `h` of block `b`, as f32.
+    #[inline(always)]
+    fn scale(&self, kind: QKind, b: usize, h: usize, i: usize) -> f32 {
+        let sup = if kind.is_k() { self.supers(b, i).0 } else { 0 };
+        ggml::scale(kind, self.code(kind, self.d, (b * kind.halves() + h) * GROUP + i), sup)
+    }
+
+    /// Row `i`'s minimum in block `b`, as f32.
+    #[inline(always)]
+    fn min(&self, kind: QKind, b: usize, i: usize) -> f32 {
+        let sup = if kind.is_k() { self.supers(b, i).1 } else { 0 };
+        ggml::min(kind, self.code(kind, self.m, b * GROUP + i), sup)
     }
 }
 

@@ -20,21 +20,32 @@ pub(super) fn run(kind: QKind, w: Group, x: &[Act; ROWS], take: usize, res: &mut
     }
     match kind {
         QKind::Q8_0 => rows!(bytes),
-        QKind::Q4_0 => rows!(nibbles, 0, 8, false, false),
-        QKind::Q4_1 | QKind::Q4K => rows!(nibbles, 0, 0, false, true),
-        QKind::Q5_0 => rows!(nibbles, 1, 16, false, false),
-        QKind::Q5_1 | QKind::Q5K => rows!(nibbles, 1, 0, false, true),
-        QKind::Q6K => rows!(nibbles, 2, 32, true, false),
+        QKind::Q4_0 => rows!(nibbles, 0, 8, false, false, false),
+        QKind::Q4_1 => rows!(nibbles, 0, 0, false, true, false),
+        QKind::Q4K => rows!(nibbles, 0, 0, false, true, true),
+        QKind::Q5_0 => rows!(nibbles, 1, 16, false, false, false),
+        QKind::Q5_1 => rows!(nibbles, 1, 0, false, true, false),
+        QKind::Q5K => rows!(nibbles, 1, 0, false, true, true),
+        QKind::Q6K => rows!(nibbles, 2, 32, true, false, true),
     }
 }
 
-fn check<const T: usize>(w: &Group, x: &[Act; T], packed: usize, planes: usize, halves: usize, min: bool) -> usize {
+/// `packed` bytes per row-block, `planes` bit planes, `halves` scales of `dw` bytes per
+/// block, a minimum or not, K-quant super-block scales or not.
+fn check<const T: usize>(
+    w: &Group,
+    x: &[Act; T],
+    (packed, planes, halves, dw): (usize, usize, usize, usize),
+    min: bool,
+    k: bool,
+) -> usize {
     let nb = x[0].d.len();
     assert!(
         w.qs.len() == nb * GROUP * packed
             && w.hb.len() == nb * planes * 8
-            && w.d.len() == nb * halves * GROUP
-            && (!min || w.m.len() == nb * GROUP),
+            && w.d.len() == nb * halves * GROUP * dw
+            && (!min || w.m.len() == nb * GROUP * dw)
+            && (!k || (nb.is_multiple_of(8) && w.sup.len() == nb / 8 * 2 * GROUP)),
         "group of the wrong size"
     );
     for a in x {
@@ -54,28 +65,49 @@ fn store<const T: usize>(acc: [[__m256; 2]; T]) -> [[f32; GROUP]; T] {
     out
 }
 
+/// Eight f16 values at `p` as f32.
+///
+/// # Safety
+/// `p` must be readable for 16 bytes; F16C is enabled at compile time (module cfg).
+#[inline(always)]
+unsafe fn f16x8(p: *const u8) -> __m256 {
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+}
+
+/// Eight bytes at `p` (signed or not) as f32.
+///
+/// # Safety
+/// `p` must be readable for 8 bytes.
+#[inline(always)]
+unsafe fn bytesx8<const SIGNED: bool>(p: *const u8) -> __m256 {
+    unsafe {
+        let v = _mm_loadl_epi64(p.cast());
+        _mm256_cvtepi32_ps(if SIGNED { _mm256_cvtepi8_epi32(v) } else { _mm256_cvtepu8_epi32(v) })
+    }
+}
+
 /// Q8_0 weights (stored + 128) against Q8_0 activations.
 #[inline(always)]
 fn bytes<const T: usize>(w: Group, x: &[Act; T]) -> [[f32; GROUP]; T] {
-    let nb = check(&w, x, 32, 0, 1, false);
+    let nb = check(&w, x, (32, 0, 1, 2), false, false);
     // SAFETY: the target features are enabled at compile time (module cfg). For `b < nb` and
     // `k < 8`, the weight loads read 32 bytes at `b * 256 + k * 32` (inside `w.qs`), the
-    // activation loads 4 bytes at `b * 32 + 4k` (inside each `q`) and the scale loads 8 floats
-    // at `b * 8` (inside `w.d`), as `check` asserted.
+    // activation loads 4 bytes at `b * 32 + 4k` (inside each `q`) and the scale loads 8 f16 at
+    // byte `b * 16` (inside `w.d`), as `check` asserted.
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); 2]; T];
         for b in 0..nb {
-            let wp = w.qs.as_ptr().add(b * GROUP * 32);
+            let bp = w.qs.as_ptr().add(b * GROUP * 32);
             // Two integer chains per row halve the dpbusd latency per block.
             let mut s = [[_mm256_setzero_si256(); 2]; T];
             for k in 0..8 {
-                let wv = _mm256_loadu_si256(wp.add(k * 32).cast());
+                let wv = _mm256_loadu_si256(bp.add(k * 32).cast());
                 for t in 0..T {
                     let xv = _mm256_set1_epi32(x[t].q.as_ptr().add(b * 32 + 4 * k).cast::<i32>().read_unaligned());
                     s[t][k & 1] = _mm256_dpbusd_epi32(s[t][k & 1], wv, xv);
                 }
             }
-            let wd = _mm256_loadu_ps(w.d.as_ptr().add(b * GROUP));
+            let wd = f16x8(w.d.as_ptr().add(b * GROUP * 2));
             for t in 0..T {
                 // The weights carry +128: take 128 × the block's activation sum back out, in
                 // integers, so the float sum never holds the large offset term.
@@ -89,67 +121,92 @@ fn bytes<const T: usize>(w: Group, x: &[Act; T]) -> [[f32; GROUP]; T] {
 }
 
 /// Nibble formats: `PLANES` extra bit planes (the fifth and sixth bits), values carrying
-/// `OFF`, two scales per block (`HALVES`, Q6_K) and an additive minimum (`MIN`).
+/// `OFF`, two scales per block (`HALVES`, Q6_K), an additive minimum (`MIN`) and K-quant
+/// super-blocks (`K`: byte sub-block scales under f16 super-block scales).
 #[inline(always)]
-fn nibbles<const T: usize, const PLANES: usize, const OFF: i32, const HALVES: bool, const MIN: bool>(
+fn nibbles<const T: usize, const PLANES: usize, const OFF: i32, const HALVES: bool, const MIN: bool, const K: bool>(
     w: Group,
     x: &[Act; T],
 ) -> [[f32; GROUP]; T] {
     let halves = if HALVES { 2 } else { 1 };
-    let nb = check(&w, x, 16, PLANES, halves, MIN);
+    let dw = if K { 1 } else { 2 };
+    let nb = check(&w, x, (16, PLANES, halves, dw), MIN, K);
     // SAFETY: the target features are enabled at compile time (module cfg). For `b < nb` and
     // `k < 4`: the weight loads read 32 bytes at `b * 128 + k * 32` (inside `w.qs`), the mask
-    // loads one u32 at `(b * PLANES + plane) * 8 + 2k + half` (inside `w.hb`), the activation
-    // loads 4 bytes at `b * 32 + 4k` and `b * 32 + 16 + 4k` (inside each `q`), and the scale
-    // and minimum loads 8 floats at `(b * halves + h) * 8` and `b * 8` (inside `w.d`, `w.m`),
-    // all as `check` asserted.
+    // loads one u32 at `(b * PLANES + plane) * 8 + 2k + half` (inside `w.hb`), the scale and
+    // minimum loads 8 entries of `dw` bytes at entry `(b * halves + h) * 8` and `b * 8` (inside
+    // `w.d`, `w.m`), the super-block loads 8 f16 at `b / 8 * 16` and 8 after (inside `w.sup`),
+    // and the activation loads 4 bytes at `b * 32 + 4k` and `b * 32 + 16 + 4k` (inside each
+    // `q`), all as `check` asserted.
     unsafe {
         let low = _mm256_set1_epi8(0x0f);
         let bit = [_mm256_set1_epi8(0x10), _mm256_set1_epi8(0x20)];
         let mut acc = [[_mm256_setzero_ps(); 2]; T];
+        let (mut sd, mut sm) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for b in 0..nb {
-            let wp = w.qs.as_ptr().add(b * GROUP * 16);
-            let hp = w.hb.as_ptr().add(b * PLANES * 8);
-            // Per row: values 0..16 (low nibbles) and 16..32 (high nibbles) apart.
-            let mut s = [[_mm256_setzero_si256(); 2]; T];
-            for k in 0..4 {
-                let v = _mm256_loadu_si256(wp.add(k * 32).cast());
-                let mut lo = _mm256_and_si256(v, low);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                for (plane, add) in bit.iter().enumerate().take(PLANES) {
-                    let m = hp.add(plane * 8 + 2 * k);
-                    lo = _mm256_mask_add_epi8(lo, m.read(), lo, *add);
-                    hi = _mm256_mask_add_epi8(hi, m.add(1).read(), hi, *add);
-                }
-                for t in 0..T {
-                    let xp = x[t].q.as_ptr().add(b * 32);
-                    let xlo = _mm256_set1_epi32(xp.add(4 * k).cast::<i32>().read_unaligned());
-                    let xhi = _mm256_set1_epi32(xp.add(16 + 4 * k).cast::<i32>().read_unaligned());
-                    s[t][0] = _mm256_dpbusd_epi32(s[t][0], lo, xlo);
-                    s[t][1] = _mm256_dpbusd_epi32(s[t][1], hi, xhi);
+            if K && b % 8 == 0 {
+                let sp = w.sup.as_ptr().add(b / 8 * 2 * GROUP).cast::<u8>();
+                sd = f16x8(sp);
+                if MIN {
+                    sm = f16x8(sp.add(2 * GROUP));
                 }
             }
-            for t in 0..T {
-                let dx = _mm256_set1_ps(x[t].d[b]);
-                if HALVES {
-                    for h in 0..2 {
-                        let si = _mm256_sub_epi32(s[t][h], _mm256_set1_epi32(OFF * x[t].s16[2 * b + h]));
-                        let scale = _mm256_mul_ps(_mm256_loadu_ps(w.d.as_ptr().add((2 * b + h) * GROUP)), dx);
-                        acc[t][h] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(si), acc[t][h]);
+            {
+                let bp = w.qs.as_ptr().add(b * GROUP * 16);
+                let hp = w.hb.as_ptr().add(b * PLANES * 8);
+                // Per row: values 0..16 (low nibbles) and 16..32 (high nibbles) apart.
+                let mut s = [[_mm256_setzero_si256(); 2]; T];
+                for k in 0..4 {
+                    let v = _mm256_loadu_si256(bp.add(k * 32).cast());
+                    let mut lo = _mm256_and_si256(v, low);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                    for (plane, add) in bit.iter().enumerate().take(PLANES) {
+                        let m = hp.add(plane * 8 + 2 * k);
+                        lo = _mm256_mask_add_epi8(lo, m.read(), lo, *add);
+                        hi = _mm256_mask_add_epi8(hi, m.add(1).read(), hi, *add);
                     }
-                } else {
-                    let mut si = _mm256_add_epi32(s[t][0], s[t][1]);
-                    if OFF != 0 {
-                        si = _mm256_sub_epi32(si, _mm256_set1_epi32(OFF * x[t].s32[b]));
+                    for t in 0..T {
+                        let xp = x[t].q.as_ptr().add(b * 32);
+                        let xlo = _mm256_set1_epi32(xp.add(4 * k).cast::<i32>().read_unaligned());
+                        let xhi = _mm256_set1_epi32(xp.add(16 + 4 * k).cast::<i32>().read_unaligned());
+                        s[t][0] = _mm256_dpbusd_epi32(s[t][0], lo, xlo);
+                        s[t][1] = _mm256_dpbusd_epi32(s[t][1], hi, xhi);
                     }
-                    let scale = _mm256_mul_ps(_mm256_loadu_ps(w.d.as_ptr().add(b * GROUP)), dx);
-                    let chain = if MIN { 0 } else { b & 1 };
-                    acc[t][chain] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(si), acc[t][chain]);
                 }
-                if MIN {
-                    // Σ (q·d + m)·x = d·dx·Σ q·xq + m·(dx·Σ xq).
-                    let mv = _mm256_loadu_ps(w.m.as_ptr().add(b * GROUP));
-                    acc[t][1] = _mm256_fmadd_ps(mv, _mm256_set1_ps(x[t].smin[b]), acc[t][1]);
+                // The rows' scales (per half) and minimums, as f32.
+                let wd = |h: usize| {
+                    let p = w.d.as_ptr().add((b * halves + h) * GROUP * dw);
+                    if K { _mm256_mul_ps(sd, bytesx8::<HALVES>(p)) } else { f16x8(p) }
+                };
+                let (d0, d1) = (wd(0), if HALVES { wd(1) } else { _mm256_setzero_ps() });
+                let mv = if !MIN {
+                    _mm256_setzero_ps()
+                } else if K {
+                    _mm256_mul_ps(sm, bytesx8::<false>(w.m.as_ptr().add(b * GROUP)))
+                } else {
+                    f16x8(w.m.as_ptr().add(b * GROUP * 2))
+                };
+                for t in 0..T {
+                    let dx = _mm256_set1_ps(x[t].d[b]);
+                    if HALVES {
+                        for (h, d) in [d0, d1].into_iter().enumerate() {
+                            let si = _mm256_sub_epi32(s[t][h], _mm256_set1_epi32(OFF * x[t].s16[2 * b + h]));
+                            acc[t][h] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(si), acc[t][h]);
+                        }
+                    } else {
+                        let mut si = _mm256_add_epi32(s[t][0], s[t][1]);
+                        if OFF != 0 {
+                            si = _mm256_sub_epi32(si, _mm256_set1_epi32(OFF * x[t].s32[b]));
+                        }
+                        let chain = if MIN { 0 } else { b & 1 };
+                        acc[t][chain] = _mm256_fmadd_ps(_mm256_mul_ps(d0, dx), _mm256_cvtepi32_ps(si), acc[t][chain]);
+                    }
+                    if MIN {
+                        // Σ (q·d + m)·x = d·dx·Σ q·xq + m·(dx·Σ xq); the K-quants' minimums
+                        // are subtracted (ggml's − dmin·m).
+                        let xs = _mm256_set1_ps(x[t].smin[b]);
+                        acc[t][1] = if K { _mm256_fnmadd_ps(mv, xs, acc[t][1]) } else { _mm256_fmadd_ps(mv, xs, acc[t][1]) };
+                    }
                 }
             }
         }

@@ -70,12 +70,12 @@ fn reference(kind: QKind, m: &QMatrix, r: usize, x: &Act) -> (f64, f64) {
             let span = BLOCK / halves;
             let (lo, hi) = (b * BLOCK + h * span, b * BLOCK + (h + 1) * span);
             let s: i64 = (lo..hi).map(|v| (c.q[v] as i64 - off as i64) * x.q[v] as i64).sum();
-            let term = c.d[b * halves + h] as f64 * x.d[b] as f64 * s as f64;
+            let term = c.scale(b * halves + h) as f64 * x.d[b] as f64 * s as f64;
             total += term;
             mag += term.abs();
         }
         if kind.has_min() {
-            let term = c.m[b] as f64 * x.smin[b] as f64;
+            let term = c.min(b) as f64 * x.smin[b] as f64;
             total += term;
             mag += term.abs();
         }
