@@ -43,20 +43,13 @@ impl Canon {
         min(self.kind, self.m[b], self.sm.get(b / SUPER).copied().unwrap_or(0))
     }
 
-    /// Append row `r` of `other` (same format and width).
-    pub fn extend_row(&mut self, other: &Canon, r: usize, cols: usize) {
-        let (nb, halves) = (cols / BLOCK, self.kind.halves());
-        self.q.extend_from_slice(&other.q[r * cols..(r + 1) * cols]);
-        self.d.extend_from_slice(&other.d[r * nb * halves..(r + 1) * nb * halves]);
-        if self.kind.has_min() {
-            self.m.extend_from_slice(&other.m[r * nb..(r + 1) * nb]);
-        }
-        if self.kind.is_k() {
-            self.sd.extend_from_slice(&other.sd[r * nb / SUPER..(r + 1) * nb / SUPER]);
-            if self.kind.has_min() {
-                self.sm.extend_from_slice(&other.sm[r * nb / SUPER..(r + 1) * nb / SUPER]);
-            }
-        }
+    /// Append `other`'s rows (same format and width).
+    pub fn append(&mut self, other: Canon) {
+        self.q.extend(other.q);
+        self.d.extend(other.d);
+        self.m.extend(other.m);
+        self.sd.extend(other.sd);
+        self.sm.extend(other.sm);
     }
 }
 

@@ -327,7 +327,7 @@ impl QMatrix {
         let mut all = ggml::Canon::new(first.kind);
         for part in parts {
             for r in 0..part.rows {
-                all.extend_row(&part.canon_row(r), 0, part.cols);
+                all.append(part.canon_row(r));
             }
         }
         Ok(Self::interleave(first.kind, rows, first.cols, &all))

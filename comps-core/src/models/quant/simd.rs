@@ -97,11 +97,11 @@ fn bytes<const T: usize>(w: Group, x: &[Act; T]) -> [[f32; GROUP]; T] {
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); 2]; T];
         for b in 0..nb {
-            let bp = w.qs.as_ptr().add(b * GROUP * 32);
+            let wp = w.qs.as_ptr().add(b * GROUP * 32);
             // Two integer chains per row halve the dpbusd latency per block.
             let mut s = [[_mm256_setzero_si256(); 2]; T];
             for k in 0..8 {
-                let wv = _mm256_loadu_si256(bp.add(k * 32).cast());
+                let wv = _mm256_loadu_si256(wp.add(k * 32).cast());
                 for t in 0..T {
                     let xv = _mm256_set1_epi32(x[t].q.as_ptr().add(b * 32 + 4 * k).cast::<i32>().read_unaligned());
                     s[t][k & 1] = _mm256_dpbusd_epi32(s[t][k & 1], wv, xv);
@@ -151,62 +151,61 @@ fn nibbles<const T: usize, const PLANES: usize, const OFF: i32, const HALVES: bo
                     sm = f16x8(sp.add(2 * GROUP));
                 }
             }
-            {
-                let bp = w.qs.as_ptr().add(b * GROUP * 16);
-                let hp = w.hb.as_ptr().add(b * PLANES * 8);
-                // Per row: values 0..16 (low nibbles) and 16..32 (high nibbles) apart.
-                let mut s = [[_mm256_setzero_si256(); 2]; T];
-                for k in 0..4 {
-                    let v = _mm256_loadu_si256(bp.add(k * 32).cast());
-                    let mut lo = _mm256_and_si256(v, low);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                    for (plane, add) in bit.iter().enumerate().take(PLANES) {
-                        let m = hp.add(plane * 8 + 2 * k);
-                        lo = _mm256_mask_add_epi8(lo, m.read(), lo, *add);
-                        hi = _mm256_mask_add_epi8(hi, m.add(1).read(), hi, *add);
-                    }
-                    for t in 0..T {
-                        let xp = x[t].q.as_ptr().add(b * 32);
-                        let xlo = _mm256_set1_epi32(xp.add(4 * k).cast::<i32>().read_unaligned());
-                        let xhi = _mm256_set1_epi32(xp.add(16 + 4 * k).cast::<i32>().read_unaligned());
-                        s[t][0] = _mm256_dpbusd_epi32(s[t][0], lo, xlo);
-                        s[t][1] = _mm256_dpbusd_epi32(s[t][1], hi, xhi);
-                    }
+            let wp = w.qs.as_ptr().add(b * GROUP * 16);
+            let hp = w.hb.as_ptr().add(b * PLANES * 8);
+            // Per row: values 0..16 (low nibbles) and 16..32 (high nibbles) apart.
+            let mut s = [[_mm256_setzero_si256(); 2]; T];
+            for k in 0..4 {
+                let v = _mm256_loadu_si256(wp.add(k * 32).cast());
+                let mut lo = _mm256_and_si256(v, low);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                for (plane, add) in bit.iter().enumerate().take(PLANES) {
+                    let m = hp.add(plane * 8 + 2 * k);
+                    lo = _mm256_mask_add_epi8(lo, m.read(), lo, *add);
+                    hi = _mm256_mask_add_epi8(hi, m.add(1).read(), hi, *add);
                 }
-                // The rows' scales (per half) and minimums, as f32.
-                let wd = |h: usize| {
-                    let p = w.d.as_ptr().add((b * halves + h) * GROUP * dw);
-                    if K { _mm256_mul_ps(sd, bytesx8::<HALVES>(p)) } else { f16x8(p) }
-                };
-                let (d0, d1) = (wd(0), if HALVES { wd(1) } else { _mm256_setzero_ps() });
-                let mv = if !MIN {
-                    _mm256_setzero_ps()
-                } else if K {
-                    _mm256_mul_ps(sm, bytesx8::<false>(w.m.as_ptr().add(b * GROUP)))
-                } else {
-                    f16x8(w.m.as_ptr().add(b * GROUP * 2))
-                };
                 for t in 0..T {
-                    let dx = _mm256_set1_ps(x[t].d[b]);
-                    if HALVES {
-                        for (h, d) in [d0, d1].into_iter().enumerate() {
-                            let si = _mm256_sub_epi32(s[t][h], _mm256_set1_epi32(OFF * x[t].s16[2 * b + h]));
-                            acc[t][h] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(si), acc[t][h]);
-                        }
-                    } else {
-                        let mut si = _mm256_add_epi32(s[t][0], s[t][1]);
-                        if OFF != 0 {
-                            si = _mm256_sub_epi32(si, _mm256_set1_epi32(OFF * x[t].s32[b]));
-                        }
-                        let chain = if MIN { 0 } else { b & 1 };
-                        acc[t][chain] = _mm256_fmadd_ps(_mm256_mul_ps(d0, dx), _mm256_cvtepi32_ps(si), acc[t][chain]);
+                    let xp = x[t].q.as_ptr().add(b * 32);
+                    let xlo = _mm256_set1_epi32(xp.add(4 * k).cast::<i32>().read_unaligned());
+                    let xhi = _mm256_set1_epi32(xp.add(16 + 4 * k).cast::<i32>().read_unaligned());
+                    s[t][0] = _mm256_dpbusd_epi32(s[t][0], lo, xlo);
+                    s[t][1] = _mm256_dpbusd_epi32(s[t][1], hi, xhi);
+                }
+            }
+            // The rows' scales (per half) and minimums, as f32 (`HALVES` is Q6_K, whose
+            // sub-block scales are signed).
+            let wd = |h: usize| {
+                let p = w.d.as_ptr().add((b * halves + h) * GROUP * dw);
+                if K { _mm256_mul_ps(sd, bytesx8::<HALVES>(p)) } else { f16x8(p) }
+            };
+            let (d0, d1) = (wd(0), if HALVES { wd(1) } else { _mm256_setzero_ps() });
+            let mv = if !MIN {
+                _mm256_setzero_ps()
+            } else if K {
+                _mm256_mul_ps(sm, bytesx8::<false>(w.m.as_ptr().add(b * GROUP)))
+            } else {
+                f16x8(w.m.as_ptr().add(b * GROUP * 2))
+            };
+            for t in 0..T {
+                let dx = _mm256_set1_ps(x[t].d[b]);
+                if HALVES {
+                    for (h, d) in [d0, d1].into_iter().enumerate() {
+                        let si = _mm256_sub_epi32(s[t][h], _mm256_set1_epi32(OFF * x[t].s16[2 * b + h]));
+                        acc[t][h] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(si), acc[t][h]);
                     }
-                    if MIN {
-                        // Σ (q·d + m)·x = d·dx·Σ q·xq + m·(dx·Σ xq); the K-quants' minimums
-                        // are subtracted (ggml's − dmin·m).
-                        let xs = _mm256_set1_ps(x[t].smin[b]);
-                        acc[t][1] = if K { _mm256_fnmadd_ps(mv, xs, acc[t][1]) } else { _mm256_fmadd_ps(mv, xs, acc[t][1]) };
+                } else {
+                    let mut si = _mm256_add_epi32(s[t][0], s[t][1]);
+                    if OFF != 0 {
+                        si = _mm256_sub_epi32(si, _mm256_set1_epi32(OFF * x[t].s32[b]));
                     }
+                    let chain = if MIN { 0 } else { b & 1 };
+                    acc[t][chain] = _mm256_fmadd_ps(_mm256_mul_ps(d0, dx), _mm256_cvtepi32_ps(si), acc[t][chain]);
+                }
+                if MIN {
+                    // Σ (q·d + m)·x = d·dx·Σ q·xq + m·(dx·Σ xq); the K-quants' minimums
+                    // are subtracted (ggml's − dmin·m).
+                    let xs = _mm256_set1_ps(x[t].smin[b]);
+                    acc[t][1] = if K { _mm256_fnmadd_ps(mv, xs, acc[t][1]) } else { _mm256_fmadd_ps(mv, xs, acc[t][1]) };
                 }
             }
         }
