@@ -26,6 +26,9 @@ pub enum ServiceError {
     /// The route does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The route exists but not for this HTTP method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// The request names a model this service does not serve (OpenAI's `model_not_found`).
     #[error("{0}")]
     ModelNotFound(String),
@@ -47,6 +50,10 @@ pub enum ServiceError {
     /// The service is starting or shutting down.
     #[error("{0}")]
     NotReady(String),
+    /// The model failed on this request (it panicked, or its forward pass returned an error):
+    /// 424 Failed Dependency, as TEI answers a backend failure.
+    #[error("{0}")]
+    ModelFailed(String),
     /// A bug or an unexpected local failure.
     #[error("{0}")]
     Internal(String),
@@ -65,12 +72,14 @@ impl ServiceError {
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) | Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ModelFailed(_) => StatusCode::FAILED_DEPENDENCY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -78,7 +87,10 @@ impl ServiceError {
     /// The OpenAI `error.type` string.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::MalformedRequest(_) | Self::InvalidField { .. } | Self::ModelNotFound(_) => "invalid_request_error",
+            Self::MalformedRequest(_)
+            | Self::InvalidField { .. }
+            | Self::ModelNotFound(_)
+            | Self::MethodNotAllowed(_) => "invalid_request_error",
             Self::Unauthorized(_) => "authentication_error",
             Self::NotFound(_) => "not_found_error",
             Self::PayloadTooLarge(_) => "invalid_request_error",
@@ -86,6 +98,7 @@ impl ServiceError {
             Self::Upstream(_) | Self::UpstreamTimeout(_) => "upstream_error",
             Self::Timeout(_) => "timeout_error",
             Self::NotReady(_) => "service_unavailable",
+            Self::ModelFailed(_) => "model_error",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -149,3 +162,22 @@ pub struct ErrorDetail {
 
 /// Result alias for handlers.
 pub type ServiceResult<T> = Result<T, ServiceError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_failure_is_a_424_and_a_wrong_method_a_405_each_with_its_own_code() {
+        let model = ServiceError::ModelFailed("the encoder panicked".into());
+        assert_eq!(model.status(), StatusCode::FAILED_DEPENDENCY);
+        let body = model.body().error;
+        assert_eq!((body.r#type.as_str(), body.code.as_deref()), ("model_error", Some("424")));
+        assert_eq!(body.message, "the encoder panicked");
+
+        let method = ServiceError::MethodNotAllowed("method GET is not allowed for /v1/echo".into());
+        assert_eq!(method.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let body = method.body().error;
+        assert_eq!((body.r#type.as_str(), body.code.as_deref(), body.param), ("invalid_request_error", Some("405"), None));
+    }
+}

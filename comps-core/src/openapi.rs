@@ -141,8 +141,9 @@ fn error_response() -> RefOr<Response> {
     RefOr::T(
         ResponseBuilder::new()
             .description(
-                "An error in the OpenAI envelope: 400 malformed, 413 too large, 422 a field named in `param`, \
-                 429 overloaded, 502/504 an upstream node failed or timed out, 503 not ready",
+                "An error in the OpenAI envelope: 400 malformed, 405 wrong method, 413 too large, \
+                 422 a field named in `param`, 424 the model failed on this request, 429 overloaded, \
+                 502/504 an upstream node failed or timed out, 503 not ready",
             )
             .content("application/json", envelope_content())
             .build(),

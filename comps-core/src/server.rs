@@ -540,10 +540,8 @@ async fn not_found(req: Request) -> ServiceError {
     ServiceError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
 }
 
-async fn method_not_allowed(req: Request) -> Response {
-    let err =
-        ServiceError::InvalidField { field: None, message: format!("method {} is not allowed here", req.method()) };
-    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(err.body())).into_response()
+async fn method_not_allowed(req: Request) -> ServiceError {
+    ServiceError::MethodNotAllowed(format!("method {} is not allowed for {}", req.method(), req.uri().path()))
 }
 
 /// Auth, concurrency limit, timeout, metrics and statistics for every request.

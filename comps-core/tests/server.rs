@@ -76,7 +76,9 @@ async fn echo_and_health_are_exact() {
     assert_eq!(error_of(r).await.error.r#type, "not_found_error");
     let r = client().get(format!("{}/v1/echo", h.url())).send().await.unwrap();
     assert_eq!(r.status(), 405);
-    error_of(r).await;
+    let e = error_of(r).await;
+    assert_eq!((e.error.r#type.as_str(), e.error.code.as_deref()), ("invalid_request_error", Some("405")));
+    assert!(e.error.message.contains("GET") && e.error.message.contains("/v1/echo"), "{}", e.error.message);
     h.shutdown().await.unwrap();
 }
 

@@ -165,11 +165,14 @@ impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
         let health = Arc::new(WorkerHealth::default());
         let name: Arc<str> = Arc::from(name);
         let worker_side = Worker { stats: stats.clone(), health: health.clone(), name: name.clone() };
+        let pool = super::compute_pool(&name).expect("start the batcher's compute threads");
         std::thread::Builder::new()
             .name(format!("{name}-batcher"))
             .spawn(move || {
                 let _stopped = StoppedOnDrop(worker_side.health.clone());
-                worker(model, rx, cfg, &worker_side)
+                // The loop runs on a compute thread (this one only waits for it): see
+                // `compute_pool`.
+                pool.install(|| worker(model, rx, cfg, &worker_side))
             })
             .expect("spawn batcher thread");
         Self { tx, stats, health, name }
@@ -212,7 +215,7 @@ impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
                 return Err(ServiceError::NotReady(format!("{} worker has stopped", self.name)));
             }
         }
-        rx.await.map_err(|_| ServiceError::Internal(format!("{} worker dropped the request", self.name)))?
+        rx.await.map_err(|_| ServiceError::ModelFailed(format!("{} worker dropped the request", self.name)))?
     }
 }
 
@@ -350,7 +353,7 @@ fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig
     }
     for (job, outs) in jobs.into_iter().zip(outputs) {
         let result = match &failed {
-            Some(e) => Err(ServiceError::Internal(format!("model failed: {e}"))),
+            Some(e) => Err(ServiceError::ModelFailed(format!("model failed: {e}"))),
             None => Ok(outs.into_iter().map(|o| o.expect("every item ran")).collect()),
         };
         let _ = job.reply.send(result);
@@ -437,8 +440,11 @@ mod tests {
         let b = panicky();
         let health = b.health();
         match b.submit(vec![vec![1, POISON]]).await {
-            Err(ServiceError::Internal(msg)) => assert!(msg.contains("panicky model panicked"), "{msg}"),
-            other => panic!("expected a 500 naming the model failure, got {other:?}"),
+            Err(e @ ServiceError::ModelFailed(_)) => {
+                assert_eq!(e.status(), 424);
+                assert!(e.to_string().contains("panicky model panicked"), "{e}");
+            }
+            other => panic!("expected a 424 naming the model failure, got {other:?}"),
         }
         assert_eq!(b.submit(vec![vec![1, 2], vec![3]]).await.unwrap(), vec![2, 1], "the worker is still alive");
         assert_eq!(health.check(), Ok(()));
@@ -450,7 +456,7 @@ mod tests {
         let b = panicky();
         let health = b.health();
         for n in 1..=BATCHER_UNHEALTHY_AFTER_PANICS {
-            assert!(matches!(b.submit(vec![vec![POISON]]).await, Err(ServiceError::Internal(_))));
+            assert!(matches!(b.submit(vec![vec![POISON]]).await, Err(ServiceError::ModelFailed(_))));
             assert_eq!(health.check().is_ok(), n < BATCHER_UNHEALTHY_AFTER_PANICS, "after {n} panics in a row");
         }
         let why = health.check().unwrap_err();

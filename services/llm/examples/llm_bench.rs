@@ -22,6 +22,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // On the compute threads, as the service's engine runs its forward passes.
+    comps_core::models::compute_pool("llm")?.install(bench)
+}
+
+fn bench() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let path = PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("usage: llm_bench MODEL.gguf [QUANT...]"))?);
     let mut quants: Vec<String> = args.collect();

@@ -51,6 +51,11 @@ fn best(trials: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // On the compute threads, as the services run their forward passes.
+    comps_core::models::compute_pool("qgemm")?.install(bench)
+}
+
+fn bench() -> anyhow::Result<()> {
     let n: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1);
     println!("{n} activation row(s), {} thread(s)", rayon::current_num_threads());
     for kind in [QKind::Q8_0, QKind::Q4_0, QKind::Q5_0, QKind::Q4K, QKind::Q6K] {

@@ -107,7 +107,10 @@ impl Engine {
         let (tx, rx) = mpsc::channel();
         let load = Arc::new(EngineLoad::default());
         let l = load.clone();
-        std::thread::Builder::new().name("llm-engine".into()).spawn(move || run(&model, cfg, rx, &l))?;
+        let pool = comps_core::models::compute_pool("llm")?;
+        // The loop runs on a compute thread (this one only waits for it; see `compute_pool`),
+        // and a panic outside a model step still ends the engine as on a thread of its own.
+        std::thread::Builder::new().name("llm-engine".into()).spawn(move || pool.install(|| run(&model, cfg, rx, &l)))?;
         Ok(Self { jobs: tx, load, capacity: cfg.max_active.max(1) + cfg.max_queued })
     }
 

@@ -342,7 +342,7 @@ impl Generator for LocalGenerator {
             while let Some(ev) = events.recv().await {
                 match ev {
                     GenEvent::Text(t) => text.push_str(&t),
-                    GenEvent::Failed(e) => return Err(ServiceError::Internal(e)),
+                    GenEvent::Failed(e) => return Err(ServiceError::ModelFailed(e)),
                     GenEvent::Done(d) => {
                         let usage = UsageInfo::new(d.prompt_tokens as u32, d.completion_tokens as u32);
                         let resp = ChatCompletionResponse::single(model, text, d.finish, usage);
@@ -350,7 +350,7 @@ impl Generator for LocalGenerator {
                     }
                 }
             }
-            return Err(ServiceError::Internal("the generation engine stopped".into()));
+            return Err(ServiceError::ModelFailed("the generation engine stopped".into()));
         }
         let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         let id = completion_id();
@@ -364,7 +364,7 @@ impl Generator for LocalGenerator {
                         yield Ok(chunk(&id, created, &model, DeltaMessage { role: None, content: Some(t) }, None));
                     }
                     GenEvent::Failed(e) => {
-                        yield Err(ServiceError::Internal(e));
+                        yield Err(ServiceError::ModelFailed(e));
                         return;
                     }
                     GenEvent::Done(d) => {
@@ -384,7 +384,7 @@ impl Generator for LocalGenerator {
                     }
                 }
             }
-            yield Err(ServiceError::Internal("the generation engine stopped".into()));
+            yield Err(ServiceError::ModelFailed("the generation engine stopped".into()));
         };
         Ok(Completion::Stream(stream.boxed()))
     }
