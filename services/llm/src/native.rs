@@ -330,12 +330,15 @@ impl NativeLlama {
             rms_norm(&x, &layer.ffn_norm, c.eps, &mut h);
             acts.quantize(&h, t, e);
             layer.gate_up.run(&acts, &mut gu, &mut scratch);
-            for (row, out) in gu.chunks_exact(2 * c.n_ff).zip(act.chunks_exact_mut(c.n_ff)) {
-                let (gate, up) = row.split_at(c.n_ff);
-                for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
-                    *o = g / (1.0 + (-g).exp()) * u;
-                }
-            }
+            // A prompt's rows in parallel (one decode row runs inline).
+            gu.par_chunks_exact(2 * c.n_ff).zip(act.par_chunks_exact_mut(c.n_ff)).with_min_len(8).for_each(
+                |(row, out)| {
+                    let (gate, up) = row.split_at(c.n_ff);
+                    for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+                        *o = g / (1.0 + (-g).exp()) * u;
+                    }
+                },
+            );
             acts.quantize(&act, t, c.n_ff);
             qgemm(&layer.down, &acts, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
@@ -410,15 +413,15 @@ fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     x.iter_mut().zip(w).for_each(|(v, g)| *v *= inv * g);
 }
 
-/// `out[row] = x[row] / rms(x[row]) * w`.
+/// `out[row] = x[row] / rms(x[row]) * w`, a prompt's rows in parallel.
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    for (row, o) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+    x.par_chunks_exact(w.len()).zip(out.par_chunks_exact_mut(w.len())).with_min_len(16).for_each(|(row, o)| {
         let ms = row.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
         let inv = 1.0 / (ms + eps).sqrt();
         for ((o, v), g) in o.iter_mut().zip(row).zip(w) {
             *o = v * inv * g;
         }
-    }
+    });
 }
 
 /// cos / sin of each rotated pair at each of `positions`, `[row][rope_dim / 2]`.

@@ -454,8 +454,15 @@ impl QActs {
         Self::default()
     }
 
-    /// Quantize `n` rows of `cols` values (`x.len() == n * cols`, `cols` a multiple of 32).
+    /// Quantize `n` rows of `cols` values (`x.len() == n * cols`, `cols` a multiple of 32),
+    /// rows in parallel (a prompt's rows; one decode row runs inline).
     pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize) {
+        self.quantize_with(x, n, cols, SIMD);
+    }
+
+    /// [`Self::quantize`] with the SIMD block quantizer or the portable one (`simd` is ignored
+    /// where it was not compiled in): the tests compare the two.
+    pub fn quantize_with(&mut self, x: &[f32], n: usize, cols: usize, simd: bool) {
         assert!(cols.is_multiple_of(BLOCK) && x.len() == n * cols, "quantize: {} values for {n}×{cols}", x.len());
         let nb = n * cols / BLOCK;
         self.n = n;
@@ -466,26 +473,33 @@ impl QActs {
         self.sums16.resize(2 * nb, 0);
         self.scaled_sums.resize(nb, 0.0);
         self.dsums.resize(nb, 0.0);
-        for (b, block) in x.chunks_exact(BLOCK).enumerate() {
-            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let q = &mut self.qs[b * BLOCK..(b + 1) * BLOCK];
-            // Round half to even, as llama.cpp's SIMD quantizer does (and one instruction).
-            for (o, v) in q.iter_mut().zip(block) {
-                *o = (v * id).round_ties_even() as i8;
-            }
-            // ggml stores the scale as f16 (the values were rounded with the f32 one).
-            let d = half::f16::from_f32(d).to_f32();
-            self.d[b] = d;
-            let lo: i32 = q[..16].iter().map(|&v| v as i32).sum();
-            let hi: i32 = q[16..].iter().map(|&v| v as i32).sum();
-            self.sums16[2 * b] = lo;
-            self.sums16[2 * b + 1] = hi;
-            self.sums[b] = lo + hi;
-            self.scaled_sums[b] = half::f16::from_f32(d * (lo + hi) as f32).to_f32();
-            self.dsums[b] = d * (lo + hi) as f32;
+        if n == 0 || cols == 0 {
+            return;
         }
+        let per_row = cols / BLOCK;
+        // Rows per task: about 16k values, so a short prompt is not split into slivers.
+        let min_rows = (16_384 / cols).max(1);
+        x.par_chunks(cols)
+            .zip(self.qs.par_chunks_mut(cols))
+            .zip(self.d.par_chunks_mut(per_row))
+            .zip(self.sums.par_chunks_mut(per_row))
+            .zip(self.sums16.par_chunks_mut(2 * per_row))
+            .zip(self.scaled_sums.par_chunks_mut(per_row))
+            .zip(self.dsums.par_chunks_mut(per_row))
+            .with_min_len(min_rows)
+            .for_each(|((((((x, q), d), sums), sums16), scaled), dsums)| {
+                for (b, (block, q)) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).enumerate() {
+                    let (scale, lo, hi) = quantize_block(block, q, simd);
+                    // ggml stores the scale as f16 (the values were rounded with the f32 one).
+                    let scale = half::f16::from_f32(scale).to_f32();
+                    d[b] = scale;
+                    sums16[2 * b] = lo;
+                    sums16[2 * b + 1] = hi;
+                    sums[b] = lo + hi;
+                    scaled[b] = half::f16::from_f32(scale * (lo + hi) as f32).to_f32();
+                    dsums[b] = scale * (lo + hi) as f32;
+                }
+            });
     }
 
     /// Rows.
@@ -504,6 +518,36 @@ impl QActs {
             smin: if kind.min_uses_f16_sum() { &self.scaled_sums[b] } else { &self.dsums[b] },
         }
     }
+}
+
+/// One block of activations to Q8_0 as llama.cpp quantizes it: the f32 scale `amax / 127`,
+/// each value × its inverse rounded half to even into `q`, and the sums of the two halves.
+fn quantize_block(x: &[f32], q: &mut [i8], simd: bool) -> (f32, i32, i32) {
+    by_target! {
+        simd {
+            fn block(x: &[f32], q: &mut [i8]) -> (f32, i32, i32) {
+                simd::quantize_block(x, q)
+            }
+        }
+        portable {
+            fn block(x: &[f32], q: &mut [i8]) -> (f32, i32, i32) {
+                portable_quantize_block(x, q)
+            }
+        }
+    }
+    if simd { block(x, q) } else { portable_quantize_block(x, q) }
+}
+
+fn portable_quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32, i32) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (o, v) in q.iter_mut().zip(x) {
+        *o = (v * id).round_ties_even() as i8;
+    }
+    let lo: i32 = q[..BLOCK / 2].iter().map(|&v| v as i32).sum();
+    let hi: i32 = q[BLOCK / 2..].iter().map(|&v| v as i32).sum();
+    (d, lo, hi)
 }
 
 /// Row groups handed to one task.

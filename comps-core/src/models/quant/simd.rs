@@ -30,6 +30,28 @@ pub(super) fn run(kind: QKind, w: Group, x: &[Act; ROWS], take: usize, res: &mut
     }
 }
 
+/// One block of 32 activations to Q8_0 (see `super::quantize_block`): the same scale,
+/// values and sums as the portable quantizer, with the rounding done by the conversion
+/// instruction (to nearest, ties to even).
+pub(super) fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32, i32) {
+    assert!(x.len() == BLOCK && q.len() == BLOCK, "a block is {BLOCK} values");
+    // SAFETY: the target features are enabled at compile time (module cfg); the loads read
+    // the 32 floats of `x` and the stores write the 32 bytes of `q`, as asserted.
+    unsafe {
+        let a = _mm512_loadu_ps(x.as_ptr());
+        let b = _mm512_loadu_ps(x.as_ptr().add(16));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+        let d = amax / 127.0;
+        let id = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let qa = _mm512_cvt_roundps_epi32::<NEAREST>(_mm512_mul_ps(a, id));
+        let qb = _mm512_cvt_roundps_epi32::<NEAREST>(_mm512_mul_ps(b, id));
+        _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtsepi32_epi8(qa));
+        _mm_storeu_si128(q.as_mut_ptr().add(16).cast(), _mm512_cvtsepi32_epi8(qb));
+        (d, _mm512_reduce_add_epi32(qa), _mm512_reduce_add_epi32(qb))
+    }
+}
+
 /// `packed` bytes per row-block, `planes` bit planes, `halves` scales of `dw` bytes per
 /// block, a minimum or not, K-quant super-block scales or not.
 fn check<const T: usize>(

@@ -172,3 +172,24 @@ fn dequantized_rows_and_stacking() {
     assert!(QMatrix::from_ggml(QKind::Q4_0, 2, 64, &[0; 10]).is_err());
     assert!(QMatrix::from_ggml(QKind::Q4K, 1, 128, &[0; 72]).is_err(), "K-quants need 256-value rows");
 }
+
+#[test]
+fn the_simd_activation_quantizer_matches_the_portable_one() {
+    // Ordinary values, a block of zeros, ties (x.5 after scaling), and odd row counts.
+    for (n, cols) in [(1, 32), (3, 96), (7, 576), (33, 64)] {
+        let mut x = values(n * cols, (n * cols) as u64);
+        x[..BLOCK].iter_mut().for_each(|v| *v = 0.0);
+        if x.len() >= 3 * BLOCK {
+            // amax 127 makes the scale 1, so these land exactly on halves.
+            for (i, v) in x[2 * BLOCK..3 * BLOCK].iter_mut().enumerate() {
+                *v = if i == 0 { 127.0 } else { (i as f32 - 16.0) + 0.5 };
+            }
+        }
+        let (mut a, mut b) = (QActs::new(), QActs::new());
+        a.quantize_with(&x, n, cols, true);
+        b.quantize_with(&x, n, cols, false);
+        assert_eq!(a.qs, b.qs, "{n}×{cols}: values");
+        assert_eq!((&a.d, &a.sums, &a.sums16), (&b.d, &b.sums, &b.sums16), "{n}×{cols}: scales and sums");
+        assert_eq!((&a.scaled_sums, &a.dsums), (&b.scaled_sums, &b.dsums), "{n}×{cols}: scaled sums");
+    }
+}
