@@ -178,6 +178,9 @@ mod tests {
         let method = ServiceError::MethodNotAllowed("method GET is not allowed for /v1/echo".into());
         assert_eq!(method.status(), StatusCode::METHOD_NOT_ALLOWED);
         let body = method.body().error;
-        assert_eq!((body.r#type.as_str(), body.code.as_deref(), body.param), ("invalid_request_error", Some("405"), None));
+        assert_eq!(
+            (body.r#type.as_str(), body.code.as_deref(), body.param),
+            ("invalid_request_error", Some("405"), None)
+        );
     }
 }

@@ -110,7 +110,9 @@ impl Engine {
         let pool = comps_core::models::compute_pool("llm")?;
         // The loop runs on a compute thread (this one only waits for it; see `compute_pool`),
         // and a panic outside a model step still ends the engine as on a thread of its own.
-        std::thread::Builder::new().name("llm-engine".into()).spawn(move || pool.install(|| run(&model, cfg, rx, &l)))?;
+        std::thread::Builder::new()
+            .name("llm-engine".into())
+            .spawn(move || pool.install(|| run(&model, cfg, rx, &l)))?;
         Ok(Self { jobs: tx, load, capacity: cfg.max_active.max(1) + cfg.max_queued })
     }
 
