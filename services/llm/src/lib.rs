@@ -13,6 +13,7 @@
 //! curl localhost:9009/v1/chat/completions -d '{"query": "What is 2+2?"}'      # OPEA LLMParamsDoc, streamed
 //! ```
 
+pub mod attention;
 pub mod decode;
 pub mod engine;
 pub mod generator;

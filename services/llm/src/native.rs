@@ -13,8 +13,9 @@ use std::io::{Read, Seek};
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, gguf_file};
 use comps_core::models::quant::{QActs, QKind, QMatrix, qgemm};
-use comps_core::vector::dot;
 use rayon::prelude::*;
+
+use crate::attention::{Heads, LayerKv, attend};
 
 /// How rotary embeddings pair a head's dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,9 +121,8 @@ pub struct NativeLlama {
 /// One sequence's KV cache and scratch buffers.
 #[derive(Default)]
 pub struct Cache {
-    /// Per layer, `[position][kv_head * head_dim]`.
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    /// Per layer.
+    kv: Vec<LayerKv>,
     len: usize,
     acts: QActs,
     scratch: Vec<f32>,
@@ -238,7 +238,7 @@ impl NativeLlama {
 
     /// A fresh cache.
     pub fn cache(&self) -> Cache {
-        Cache { k: vec![Vec::new(); self.layers.len()], v: vec![Vec::new(); self.layers.len()], ..Cache::default() }
+        Cache { kv: vec![LayerKv::default(); self.layers.len()], ..Cache::default() }
     }
 
     /// Run `ids` at positions `pos..` (which must continue the cache) and return the logits of
@@ -288,6 +288,7 @@ impl NativeLlama {
         }
         let (cos, sin) = rope_tables(c, &positions);
         let half = c.rope_dim / 2;
+        let heads = Heads { n_head: c.n_head, n_kv_head: c.n_kv_head, head_dim: hd };
         let mut h = vec![0f32; t * e];
         let mut qkv = vec![0f32; t * (qd + 2 * kv)];
         let mut q = vec![0f32; t * qd];
@@ -300,7 +301,7 @@ impl NativeLlama {
             acts.quantize(&h, t, e);
             layer.qkv.run(&acts, &mut qkv, &mut scratch);
             for (si, s) in steps.iter_mut().enumerate() {
-                let (kc, vc) = (&mut s.cache.k[l], &mut s.cache.v[l]);
+                let cache = &mut s.cache.kv[l];
                 for i in offsets[si]..offsets[si + 1] {
                     let row = &mut qkv[i * (qd + 2 * kv)..(i + 1) * (qd + 2 * kv)];
                     if let Some(b) = &layer.qkv_bias {
@@ -317,11 +318,10 @@ impl NativeLlama {
                         rope(c.rope, &mut head[..c.rope_dim], cs, sn);
                     }
                     q[i * qd..(i + 1) * qd].copy_from_slice(qr);
-                    kc.extend_from_slice(kr);
-                    vc.extend_from_slice(vr);
+                    cache.push(kr, vr);
                 }
                 let (a, b) = (offsets[si], offsets[si + 1]);
-                attention(c, &q[a * qd..b * qd], kc, vc, s.cache.len, &mut attn[a * qd..b * qd]);
+                attend(heads, &q[a * qd..b * qd], cache, &mut attn[a * qd..b * qd]);
             }
             acts.quantize(&attn, t, qd);
             qgemm(&layer.wo, &acts, &mut proj);
@@ -452,32 +452,4 @@ fn rope(style: Rope, head: &mut [f32], cos: &[f32], sin: &[f32]) {
         head[a] = x * c - y * s;
         head[b] = x * s + y * c;
     }
-}
-
-/// Causal attention of the `t` new queries (at `pos..`) over the whole cache, heads in
-/// parallel; grouped-query heads share their KV head.
-fn attention(c: &Config, q: &[f32], k: &[f32], v: &[f32], pos: usize, out: &mut [f32]) {
-    let (hd, kv) = (c.head_dim, c.n_kv_head * c.head_dim);
-    let group = c.n_head / c.n_kv_head;
-    let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-        let (i, h) = (idx / c.n_head, idx % c.n_head);
-        let g = h / group;
-        let qh = &q[i * c.q_dim + h * hd..][..hd];
-        let n = pos + i + 1;
-        let mut scores: Vec<f32> = (0..n).map(|j| dot(qh, &k[j * kv + g * hd..][..hd]) * scale).collect();
-        let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - m).exp();
-            total += *s;
-        }
-        o.iter_mut().for_each(|x| *x = 0.0);
-        for (j, s) in scores.iter().enumerate() {
-            let w = s / total;
-            for (x, vv) in o.iter_mut().zip(&v[j * kv + g * hd..][..hd]) {
-                *x += w * vv;
-            }
-        }
-    });
 }

@@ -3,14 +3,14 @@
 //! 32 (with their block sums, for the formats whose values carry an offset or a minimum).
 //!
 //! Weights are repacked once at load ([`ggml`] decodes every format into one canonical form):
-//! rows in groups of eight, each 32-value block's low four bits interleaved four bytes at a
+//! rows in groups of sixteen, each 32-value block's low four bits interleaved four bytes at a
 //! time across the group (Q8_0: the whole byte, offset to unsigned), the fifth and sixth bits
 //! as bit planes laid out as AVX-512 byte masks, and the scales (and minimums) as the file
 //! stores them: f16, or for the K-quants their byte sub-block scales under the super-block's
 //! f16 scales, multiplied in f32 as ggml does, so the weights are exactly ggml's, in about as
 //! many bytes as ggml's (K-quants: an eighth of a bit more per weight). Q6_K keeps
-//! its two scales per 32 values. One AVX-512 VNNI `dpbusd` then multiplies four values
-//! of eight rows against a broadcast of four activation values, the unpacking of a block is
+//! its two scales per 32 values. One 512-bit AVX-512 VNNI `dpbusd` then multiplies four values
+//! of sixteen rows against a broadcast of four activation values, the unpacking of a block is
 //! shared by up to four activation rows ([`ROWS`]), and each task keeps its weight groups in
 //! L1 across every activation row.
 //!
@@ -64,8 +64,8 @@ use rayon::prelude::*;
 /// Values per block.
 pub const BLOCK: usize = 32;
 
-/// Rows interleaved together.
-pub const GROUP: usize = 8;
+/// Rows interleaved together: one 512-bit vector of 32-bit lanes.
+pub const GROUP: usize = 16;
 
 /// Activation rows whose products share one unpacking of each weight block.
 pub const ROWS: usize = 4;
@@ -184,8 +184,8 @@ pub struct QMatrix {
     /// nibble of value `j + 16` << 4. Rows past `rows` are zeros (with zero scales).
     qs: Vec<u8>,
     /// `[group][block][plane][piece][half]`: bit `4i + m` is bit `4 + plane` of value
-    /// `16·half + 4·piece + m` of row `i` (a byte mask over one piece's 32 bytes).
-    hb: Vec<u32>,
+    /// `16·half + 4·piece + m` of row `i` (a byte mask over one piece's 64 bytes).
+    hb: Vec<u64>,
     /// `[group][block][half][row in group]`, each [`QKind::code_bytes`] bytes: f16, or the
     /// K-quants' sub-block scale byte.
     d: Vec<u8>,
@@ -199,7 +199,7 @@ pub struct QMatrix {
 #[derive(Clone, Copy)]
 pub(crate) struct Group<'a> {
     qs: &'a [u8],
-    hb: &'a [u32],
+    hb: &'a [u64],
     d: &'a [u8],
     m: &'a [u8],
     sup: &'a [u16],
@@ -239,7 +239,7 @@ impl QMatrix {
         let nsb = if kind.is_k() { nb / ggml::SUPER } else { 0 };
         let groups = rows.div_ceil(GROUP);
         let mut qs = vec![0u8; groups * nb * GROUP * p];
-        let mut hb = vec![0u32; groups * nb * planes * 8];
+        let mut hb = vec![0u64; groups * nb * planes * 8];
         let mut d = vec![0u8; groups * nb * halves * GROUP * dw];
         let mut m = vec![0u8; if kind.has_min() { groups * nb * GROUP * dw } else { 0 }];
         let mut sup = vec![0u16; groups * nsb * 2 * GROUP];
@@ -265,9 +265,9 @@ impl QMatrix {
                 for plane in 0..planes {
                     for k in 0..4 {
                         for half in 0..2 {
-                            let mut bits = 0u32;
+                            let mut bits = 0u64;
                             for j in 0..4 {
-                                bits |= (((q[16 * half + 4 * k + j] >> (4 + plane)) & 1) as u32) << j;
+                                bits |= (((q[16 * half + 4 * k + j] >> (4 + plane)) & 1) as u64) << j;
                             }
                             hb[((gb * planes + plane) * 4 + k) * 2 + half] |= bits << (4 * i);
                         }
@@ -350,7 +350,7 @@ impl QMatrix {
 
     /// Bytes held (weights, bit planes, scales).
     pub fn bytes(&self) -> usize {
-        self.qs.len() + 4 * self.hb.len() + self.d.len() + self.m.len() + 2 * self.sup.len()
+        self.qs.len() + 8 * self.hb.len() + self.d.len() + self.m.len() + 2 * self.sup.len()
     }
 
     /// Row `r` as f32 (an embedding lookup).
@@ -551,7 +551,7 @@ fn portable_quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32, i32) {
 }
 
 /// Row groups handed to one task.
-const GROUPS_PER_TASK: usize = 4;
+const GROUPS_PER_TASK: usize = 2;
 
 /// The output, written by tasks at disjoint places.
 #[derive(Clone, Copy)]

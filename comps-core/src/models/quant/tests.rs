@@ -148,19 +148,19 @@ fn simd_kernels_are_compiled_where_the_cpu_has_them() {
 
 #[test]
 fn dequantized_rows_and_stacking() {
-    // Parts of 3 and 6 rows: the stacked rows straddle the groups of eight.
+    // Parts of 5 and 14 rows: the stacked rows straddle the groups of sixteen.
     for kind in QKind::ALL {
         let cols = 256;
-        let w = weights(9, cols, 3);
-        let (a, da) = ggml(kind, &w[..3 * cols], 3, cols);
-        let (b, db) = ggml(kind, &w[3 * cols..], 6, cols);
-        let a = QMatrix::from_ggml(kind, 3, cols, &a).unwrap();
-        let b = QMatrix::from_ggml(kind, 6, cols, &b).unwrap();
+        let w = weights(19, cols, 3);
+        let (a, da) = ggml(kind, &w[..5 * cols], 5, cols);
+        let (b, db) = ggml(kind, &w[5 * cols..], 14, cols);
+        let a = QMatrix::from_ggml(kind, 5, cols, &a).unwrap();
+        let b = QMatrix::from_ggml(kind, 14, cols, &b).unwrap();
         let s = QMatrix::stack(&[&a, &b]).unwrap();
-        assert_eq!((s.rows(), s.cols(), s.kind()), (9, cols, kind));
+        assert_eq!((s.rows(), s.cols(), s.kind()), (19, cols, kind));
         let want: Vec<f32> = da.into_iter().chain(db).collect();
         let mut row = vec![0f32; cols];
-        for r in 0..9 {
+        for r in 0..19 {
             s.dequantize_row(r, &mut row);
             assert_eq!(row, want[r * cols..(r + 1) * cols], "{kind:?} row {r}");
         }
