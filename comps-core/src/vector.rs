@@ -15,3 +15,43 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     acc.iter().sum::<f32>() + tail
 }
+
+/// `e^x` for `x <= 0` (softmax terms after the maximum is taken out), to within a few ulp,
+/// written so that loops over it vectorise (`f32::exp` is a library call per value). Below
+/// −87 (and for NaN) it is e^−87, a normal f32 that adds nothing next to the maximum's 1.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n · LN2_HI is exact for the n that occur.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.max(-87.0);
+    let n = (x * LOG2E).round_ties_even();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // e^r on [−ln2/2, ln2/2]: Taylor terms to r^7 (error below 2e-9 there).
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_a_few_ulp() {
+        let mut worst = 0f32;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let (got, want) = (exp_nonpositive(x), (x as f64).exp() as f32);
+            worst = worst.max((got - want).abs() / want);
+            x += 0.001;
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(-1000.0), (-87.0f64).exp() as f32);
+        assert!(exp_nonpositive(f32::NEG_INFINITY) >= 0.0);
+    }
+}

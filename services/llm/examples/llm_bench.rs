@@ -36,8 +36,12 @@ fn bench() -> anyhow::Result<()> {
     // A natural-language prompt of exactly PROMPT_TOKENS tokens.
     let text = "The history of the city begins with a small settlement on the river, where traders met to exchange grain, salt and cloth. ".repeat(20);
     let mut auto_ran_candle = false;
+    // For profiling: LLM_BENCH_NATIVE_ONLY=1 skips candle, LLM_BENCH_DECODE_TOKENS=0 prefills only.
+    let native_only = std::env::var("LLM_BENCH_NATIVE_ONLY").is_ok_and(|v| v == "1");
+    let decode_tokens: usize =
+        std::env::var("LLM_BENCH_DECODE_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(DECODE_TOKENS);
     for (q, backend) in quants.iter().flat_map(|q| [(q, Backend::Auto), (q, Backend::Candle)]) {
-        if backend == Backend::Candle && auto_ran_candle {
+        if backend == Backend::Candle && (auto_ran_candle || native_only) {
             // Auto already ran candle for this quantization.
             continue;
         }
@@ -63,14 +67,14 @@ fn bench() -> anyhow::Result<()> {
             let p = t.elapsed().as_secs_f64();
             let mut next = argmax(&logits);
             let t = Instant::now();
-            for i in 0..DECODE_TOKENS {
+            for i in 0..decode_tokens {
                 let logits = seq.forward(&[next], PROMPT_TOKENS + i)?;
                 next = argmax(&logits);
             }
             let d = t.elapsed().as_secs_f64();
             if run > 0 {
                 prefill.push(PROMPT_TOKENS as f64 / p);
-                decode.push(DECODE_TOKENS as f64 / d);
+                decode.push(decode_tokens as f64 / d);
             }
         }
         println!(

@@ -11,7 +11,7 @@
 //! many bytes as ggml's (K-quants: an eighth of a bit more per weight). Q6_K keeps
 //! its two scales per 32 values. One 512-bit AVX-512 VNNI `dpbusd` then multiplies four values
 //! of sixteen rows against a broadcast of four activation values, the unpacking of a block is
-//! shared by up to four activation rows ([`ROWS`]), and each task keeps its weight groups in
+//! shared by up to eight activation rows ([`ROWS`]), and each task keeps its weight groups in
 //! L1 across every activation row.
 //!
 //! Numerics follow llama.cpp (integer block products, f32 scales) but for the K-quants, whose
@@ -68,7 +68,7 @@ pub const BLOCK: usize = 32;
 pub const GROUP: usize = 16;
 
 /// Activation rows whose products share one unpacking of each weight block.
-pub const ROWS: usize = 4;
+pub const ROWS: usize = 8;
 
 /// A weight format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,15 +205,14 @@ pub(crate) struct Group<'a> {
     sup: &'a [u16],
 }
 
-/// One activation row, as the kernels read it.
+/// One activation row, as the kernels read it for one weight format.
 #[derive(Clone, Copy)]
 pub(crate) struct Act<'a> {
     q: &'a [i8],
     d: &'a [f32],
-    /// Per 32-value block: Σ q.
-    s32: &'a [i32],
-    /// Per 16 values: Σ q.
-    s16: &'a [i32],
+    /// Per block (per half block for Q6_K): −offset · Σ q, what the stored weights' offset
+    /// adds to the integer product (empty for the formats without an offset).
+    noff: &'a [i32],
     /// Per block: what the minimum multiplies (d · Σ q, exact or through f16).
     smin: &'a [f32],
 }
@@ -442,6 +441,12 @@ pub struct QActs {
     sums: Vec<i32>,
     /// Sum of each 16 values (Q6_K's half-block offsets).
     sums16: Vec<i32>,
+    /// −8, −16 and −128 × each block's sum, and −32 × each half block's: the offsets of
+    /// Q4_0, Q5_0, Q8_0 and Q6_K, ready for the kernels to start their integer sums from.
+    neg8: Vec<i32>,
+    neg16: Vec<i32>,
+    neg128: Vec<i32>,
+    neg32h: Vec<i32>,
     /// Q8_1's `s`: the f32 scale × the block sum, rounded to f16 (Q4_1's and Q5_1's minimums).
     scaled_sums: Vec<f32>,
     /// The f32 scale × the block sum (the K-quants' minimums).
@@ -471,6 +476,10 @@ impl QActs {
         self.d.resize(nb, 0.0);
         self.sums.resize(nb, 0);
         self.sums16.resize(2 * nb, 0);
+        self.neg8.resize(nb, 0);
+        self.neg16.resize(nb, 0);
+        self.neg128.resize(nb, 0);
+        self.neg32h.resize(2 * nb, 0);
         self.scaled_sums.resize(nb, 0.0);
         self.dsums.resize(nb, 0.0);
         if n == 0 || cols == 0 {
@@ -484,20 +493,30 @@ impl QActs {
             .zip(self.d.par_chunks_mut(per_row))
             .zip(self.sums.par_chunks_mut(per_row))
             .zip(self.sums16.par_chunks_mut(2 * per_row))
+            .zip(self.neg8.par_chunks_mut(per_row))
+            .zip(self.neg16.par_chunks_mut(per_row))
+            .zip(self.neg128.par_chunks_mut(per_row))
+            .zip(self.neg32h.par_chunks_mut(2 * per_row))
             .zip(self.scaled_sums.par_chunks_mut(per_row))
             .zip(self.dsums.par_chunks_mut(per_row))
             .with_min_len(min_rows)
-            .for_each(|((((((x, q), d), sums), sums16), scaled), dsums)| {
+            .for_each(|((((((((((x, q), d), sums), sums16), neg8), neg16), neg128), neg32h), scaled), dsums)| {
                 for (b, (block, q)) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).enumerate() {
                     let (scale, lo, hi) = quantize_block(block, q, simd);
                     // ggml stores the scale as f16 (the values were rounded with the f32 one).
                     let scale = half::f16::from_f32(scale).to_f32();
+                    let sum = lo + hi;
                     d[b] = scale;
                     sums16[2 * b] = lo;
                     sums16[2 * b + 1] = hi;
-                    sums[b] = lo + hi;
-                    scaled[b] = half::f16::from_f32(scale * (lo + hi) as f32).to_f32();
-                    dsums[b] = scale * (lo + hi) as f32;
+                    sums[b] = sum;
+                    neg8[b] = -8 * sum;
+                    neg16[b] = -16 * sum;
+                    neg128[b] = -128 * sum;
+                    neg32h[2 * b] = -32 * lo;
+                    neg32h[2 * b + 1] = -32 * hi;
+                    scaled[b] = half::f16::from_f32(scale * sum as f32).to_f32();
+                    dsums[b] = scale * sum as f32;
                 }
             });
     }
@@ -510,11 +529,18 @@ impl QActs {
     fn row(&self, t: usize, kind: QKind) -> Act<'_> {
         let nb = self.cols / BLOCK;
         let b = t * nb..(t + 1) * nb;
+        let h = 2 * b.start..2 * b.end;
         Act {
             q: &self.qs[t * self.cols..(t + 1) * self.cols],
             d: &self.d[b.clone()],
-            s32: &self.sums[b.clone()],
-            s16: &self.sums16[2 * b.start..2 * b.end],
+            noff: match (kind.offset(), kind.halves()) {
+                (0, _) => &[],
+                (8, 1) => &self.neg8[b.clone()],
+                (16, 1) => &self.neg16[b.clone()],
+                (128, 1) => &self.neg128[b.clone()],
+                (32, 2) => &self.neg32h[h],
+                other => unreachable!("no activation sums for offset and halves {other:?}"),
+            },
             smin: if kind.min_uses_f16_sum() { &self.scaled_sums[b] } else { &self.dsums[b] },
         }
     }
@@ -583,6 +609,7 @@ pub fn qgemm_with(w: &QMatrix, x: &QActs, out: &mut [f32], simd: bool) {
     let (n, rows) = (x.n, w.rows);
     let groups = rows.div_ceil(GROUP);
     let ptr = Out(out.as_mut_ptr());
+    let acts: Vec<Act> = (0..n).map(|t| x.row(t, w.kind)).collect();
     (0..groups.div_ceil(GROUPS_PER_TASK)).into_par_iter().for_each(|task| {
         for g in task * GROUPS_PER_TASK..((task + 1) * GROUPS_PER_TASK).min(groups) {
             let wg = w.group(g);
@@ -591,7 +618,7 @@ pub fn qgemm_with(w: &QMatrix, x: &QActs, out: &mut [f32], simd: bool) {
             while t < n {
                 let take = (n - t).min(ROWS);
                 let mut res = [[0f32; GROUP]; ROWS];
-                run_group(w.kind, wg, x, t, take, simd, &mut res);
+                run_group(w.kind, wg, &acts[t..t + take], simd, &mut res);
                 for (dt, r) in res.iter().take(take).enumerate() {
                     let at = (t + dt) * rows + g * GROUP;
                     // SAFETY: `at + valid <= n * rows == out.len()` (asserted above), and only
@@ -604,30 +631,29 @@ pub fn qgemm_with(w: &QMatrix, x: &QActs, out: &mut [f32], simd: bool) {
     });
 }
 
-/// Group `wg` against activation rows `t..t + take` (`take <= ROWS`).
-fn run_group(kind: QKind, wg: Group, x: &QActs, t: usize, take: usize, simd: bool, res: &mut [[f32; GROUP]; ROWS]) {
-    let acts: [Act; ROWS] = std::array::from_fn(|i| x.row(t + i.min(take - 1), kind));
+/// Group `wg` against `acts` (1 to [`ROWS`] activation rows), into the first rows of `res`.
+fn run_group(kind: QKind, wg: Group, acts: &[Act], simd: bool, res: &mut [[f32; GROUP]; ROWS]) {
     by_target! {
         simd {
-            fn kernels(kind: QKind, wg: Group, acts: &[Act; ROWS], take: usize, res: &mut [[f32; GROUP]; ROWS]) {
-                simd::run(kind, wg, acts, take, res);
+            fn kernels(kind: QKind, wg: Group, acts: &[Act], res: &mut [[f32; GROUP]; ROWS]) {
+                simd::run(kind, wg, acts, res);
             }
         }
         portable {
-            fn kernels(kind: QKind, wg: Group, acts: &[Act; ROWS], take: usize, res: &mut [[f32; GROUP]; ROWS]) {
-                portable_rows(kind, wg, acts, take, res);
+            fn kernels(kind: QKind, wg: Group, acts: &[Act], res: &mut [[f32; GROUP]; ROWS]) {
+                portable_rows(kind, wg, acts, res);
             }
         }
     }
     if simd {
-        kernels(kind, wg, &acts, take, res);
+        kernels(kind, wg, acts, res);
     } else {
-        portable_rows(kind, wg, &acts, take, res);
+        portable_rows(kind, wg, acts, res);
     }
 }
 
-fn portable_rows(kind: QKind, wg: Group, acts: &[Act; ROWS], take: usize, res: &mut [[f32; GROUP]; ROWS]) {
-    for (r, a) in res.iter_mut().zip(acts).take(take) {
+fn portable_rows(kind: QKind, wg: Group, acts: &[Act], res: &mut [[f32; GROUP]; ROWS]) {
+    for (r, a) in res.iter_mut().zip(acts) {
         *r = portable::group(kind, wg, a);
     }
 }

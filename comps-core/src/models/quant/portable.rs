@@ -4,10 +4,10 @@
 
 use super::{Act, BLOCK, GROUP, Group, QKind};
 
-/// One group of eight weight rows against one activation row.
+/// One group of weight rows against one activation row.
 pub(super) fn group(kind: QKind, w: Group, x: &Act) -> [f32; GROUP] {
     let nb = x.d.len();
-    let (off, halves) = (kind.offset(), kind.halves());
+    let halves = kind.halves();
     let span = BLOCK / halves;
     let mut out = [0f32; GROUP];
     for (i, o) in out.iter_mut().enumerate() {
@@ -15,8 +15,8 @@ pub(super) fn group(kind: QKind, w: Group, x: &Act) -> [f32; GROUP] {
             let xb = &x.q[b * BLOCK..(b + 1) * BLOCK];
             for h in 0..halves {
                 let s: i32 = (span * h..span * (h + 1)).map(|v| w.value(kind, b, i, v) * xb[v] as i32).sum();
-                let sums = if halves == 2 { x.s16[2 * b + h] } else { x.s32[b] };
-                *o += w.scale(kind, b, h, i) * x.d[b] * (s - off * sums) as f32;
+                let offset = if kind.offset() == 0 { 0 } else { x.noff[b * halves + h] };
+                *o += w.scale(kind, b, h, i) * x.d[b] * (s + offset) as f32;
             }
             if kind.has_min() {
                 *o += w.min(kind, b, i) * x.smin[b];

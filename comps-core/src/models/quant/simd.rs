@@ -8,27 +8,32 @@ use std::arch::x86_64::*;
 
 use super::{Act, BLOCK, GROUP, Group, QKind, ROWS};
 
-/// Group `w` against the first `take` rows of `x` with the kernel of `kind`.
-pub(super) fn run(kind: QKind, w: Group, x: &[Act; ROWS], take: usize, res: &mut [[f32; GROUP]; ROWS]) {
+/// Group `w` against the rows of `x` (1 to [`ROWS`]) with the kernel of `kind`, into the
+/// first rows of `res`.
+pub(super) fn run(kind: QKind, w: Group, x: &[Act], res: &mut [[f32; GROUP]; ROWS]) {
     macro_rules! rows {
         ($f:ident $(, $c:expr)*) => {
-            match take {
-                1 => res[..1].copy_from_slice(&$f::<1 $(, $c)*>(w, &[x[0]])),
-                2 => res[..2].copy_from_slice(&$f::<2 $(, $c)*>(w, &[x[0], x[1]])),
-                3 => res[..3].copy_from_slice(&$f::<3 $(, $c)*>(w, &[x[0], x[1], x[2]])),
-                _ => *res = $f::<4 $(, $c)*>(w, x),
+            match x.len() {
+                1 => res[..1].copy_from_slice(&$f::<1 $(, $c)*>(w, x)),
+                2 => res[..2].copy_from_slice(&$f::<2 $(, $c)*>(w, x)),
+                3 => res[..3].copy_from_slice(&$f::<3 $(, $c)*>(w, x)),
+                4 => res[..4].copy_from_slice(&$f::<4 $(, $c)*>(w, x)),
+                5 => res[..5].copy_from_slice(&$f::<5 $(, $c)*>(w, x)),
+                6 => res[..6].copy_from_slice(&$f::<6 $(, $c)*>(w, x)),
+                7 => res[..7].copy_from_slice(&$f::<7 $(, $c)*>(w, x)),
+                _ => *res = $f::<8 $(, $c)*>(w, x),
             }
         };
     }
     match kind {
         QKind::Q8_0 => rows!(bytes),
-        QKind::Q4_0 => rows!(nibbles, 0, 8, false, false, false),
-        QKind::Q4_1 => rows!(nibbles, 0, 0, false, true, false),
-        QKind::Q4K => rows!(nibbles, 0, 0, false, true, true),
-        QKind::Q5_0 => rows!(nibbles, 1, 16, false, false, false),
-        QKind::Q5_1 => rows!(nibbles, 1, 0, false, true, false),
-        QKind::Q5K => rows!(nibbles, 1, 0, false, true, true),
-        QKind::Q6K => rows!(nibbles, 2, 32, true, false, true),
+        QKind::Q4_0 => rows!(nibbles, 0, true, false, false, false),
+        QKind::Q4_1 => rows!(nibbles, 0, false, false, true, false),
+        QKind::Q4K => rows!(nibbles, 0, false, false, true, true),
+        QKind::Q5_0 => rows!(nibbles, 1, true, false, false, false),
+        QKind::Q5_1 => rows!(nibbles, 1, false, false, true, false),
+        QKind::Q5K => rows!(nibbles, 1, false, false, true, true),
+        QKind::Q6K => rows!(nibbles, 2, true, true, false, true),
     }
 }
 
@@ -55,14 +60,15 @@ pub(super) fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32, i32) {
 }
 
 /// `packed` bytes per row-block, `planes` bit planes, `halves` scales of `dw` bytes per
-/// block, a minimum or not, K-quant super-block scales or not.
-fn check<const T: usize>(
+/// block, an offset, a minimum or not, K-quant super-block scales or not. Returns the blocks
+/// per row, after checking every slice the kernels read, and the rows as an array.
+fn check<'x, 'a, const T: usize>(
     w: &Group,
-    x: &[Act; T],
+    x: &'x [Act<'a>],
     (packed, planes, halves, dw): (usize, usize, usize, usize),
-    min: bool,
-    k: bool,
-) -> usize {
+    (off, min, k): (bool, bool, bool),
+) -> (usize, &'x [Act<'a>; T]) {
+    let x: &[Act; T] = x.try_into().expect("one kernel per row count");
     let nb = x[0].d.len();
     assert!(
         w.qs.len() == nb * GROUP * packed
@@ -73,18 +79,18 @@ fn check<const T: usize>(
         "group of the wrong size"
     );
     for a in x {
-        assert!(a.q.len() == nb * BLOCK && a.d.len() == nb && a.s32.len() == nb && a.s16.len() == 2 * nb);
-        assert!(a.smin.len() == nb);
+        assert!(a.q.len() == nb * BLOCK && a.d.len() == nb);
+        assert!((!off || a.noff.len() == nb * halves) && (!min || a.smin.len() == nb));
     }
-    nb
+    (nb, x)
 }
 
 #[inline(always)]
-fn store<const T: usize>(acc: [[__m512; 2]; T]) -> [[f32; GROUP]; T] {
+fn store<const T: usize>(acc: [__m512; T]) -> [[f32; GROUP]; T] {
     let mut out = [[0f32; GROUP]; T];
     for (o, a) in out.iter_mut().zip(acc) {
         // SAFETY: `o` is 16 floats; AVX-512 is enabled at compile time (module cfg).
-        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(a[0], a[1])) };
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
     }
     out
 }
@@ -110,62 +116,87 @@ unsafe fn bytesx16<const SIGNED: bool>(p: *const u8) -> __m512 {
     }
 }
 
+/// The integer sums of a block for each row, started from the offset term (`−offset · Σ x`,
+/// so that the unsigned stored weights give the signed product) where the format has one.
+/// Every accumulator of these kernels is an array indexed by constants only, so that it
+/// lives in a register: an index that varies with the block (as an earlier version alternated
+/// two float chains by `b & 1`) puts the whole array on the stack.
+///
+/// # Safety
+/// With `OFF`, `x[t].noff` must hold `HALVES` entries per block at `b` (as `check` asserts).
+#[inline(always)]
+unsafe fn starts<const T: usize, const OFF: bool, const HALVES: bool>(x: &[Act; T], b: usize) -> [[__m512i; 2]; T] {
+    std::array::from_fn(|t| unsafe {
+        let zero = _mm512_setzero_si512();
+        match (OFF, HALVES) {
+            (false, _) => [zero, zero],
+            (true, false) => [_mm512_set1_epi32(*x[t].noff.get_unchecked(b)), zero],
+            (true, true) => {
+                let n = x[t].noff.as_ptr().add(2 * b);
+                [_mm512_set1_epi32(n.read()), _mm512_set1_epi32(n.add(1).read())]
+            }
+        }
+    })
+}
+
 /// Q8_0 weights (stored + 128) against Q8_0 activations.
 #[inline(always)]
-fn bytes<const T: usize>(w: Group, x: &[Act; T]) -> [[f32; GROUP]; T] {
-    let nb = check(&w, x, (32, 0, 1, 2), false, false);
+fn bytes<const T: usize>(w: Group, x: &[Act]) -> [[f32; GROUP]; T] {
+    let (nb, x) = check::<T>(&w, x, (32, 0, 1, 2), (true, false, false));
     // SAFETY: the target features are enabled at compile time (module cfg). For `b < nb` and
     // `k < 8`, the weight loads read 64 bytes at `b * 512 + k * 64` (inside `w.qs`), the
-    // activation loads 4 bytes at `b * 32 + 4k` (inside each `q`) and the scale loads 16 f16 at
-    // byte `b * 32` (inside `w.d`), as `check` asserted.
+    // activation loads 4 bytes at `b * 32 + 4k` (inside each `q`), the offset loads one i32 at
+    // `b` (inside each `noff`) and the scale loads 16 f16 at byte `b * 32` (inside `w.d`), as
+    // `check` asserted.
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); 2]; T];
+        let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let wp = w.qs.as_ptr().add(b * GROUP * 32);
-            // Two integer chains per row halve the dpbusd latency per block.
-            let mut s = [[_mm512_setzero_si512(); 2]; T];
-            for k in 0..8 {
-                let wv = _mm512_loadu_si512(wp.add(k * 64).cast());
+            // Two integer chains per row (even and odd pieces) halve the dpbusd latency per block.
+            let mut s = starts::<T, true, false>(x, b);
+            for k in 0..4 {
+                let w0 = _mm512_loadu_si512(wp.add(2 * k * 64).cast());
+                let w1 = _mm512_loadu_si512(wp.add((2 * k + 1) * 64).cast());
                 for t in 0..T {
-                    let xv = _mm512_set1_epi32(x[t].q.as_ptr().add(b * 32 + 4 * k).cast::<i32>().read_unaligned());
-                    s[t][k & 1] = _mm512_dpbusd_epi32(s[t][k & 1], wv, xv);
+                    let xp = x[t].q.as_ptr().add(b * 32 + 8 * k).cast::<i32>();
+                    s[t][0] = _mm512_dpbusd_epi32(s[t][0], w0, _mm512_set1_epi32(xp.read_unaligned()));
+                    s[t][1] = _mm512_dpbusd_epi32(s[t][1], w1, _mm512_set1_epi32(xp.add(1).read_unaligned()));
                 }
             }
             let wd = f16x16(w.d.as_ptr().add(b * GROUP * 2));
             for t in 0..T {
-                // The weights carry +128: take 128 × the block's activation sum back out, in
-                // integers, so the float sum never holds the large offset term.
-                let si = _mm512_sub_epi32(_mm512_add_epi32(s[t][0], s[t][1]), _mm512_set1_epi32(128 * x[t].s32[b]));
-                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(x[t].d[b]));
-                acc[t][b & 1] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(si), acc[t][b & 1]);
+                let si = _mm512_add_epi32(s[t][0], s[t][1]);
+                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(*x[t].d.get_unchecked(b)));
+                acc[t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(si), acc[t]);
             }
         }
         store(acc)
     }
 }
 
-/// Nibble formats: `PLANES` extra bit planes (the fifth and sixth bits), values carrying
-/// `OFF`, two scales per block (`HALVES`, Q6_K), an additive minimum (`MIN`) and K-quant
-/// super-blocks (`K`: byte sub-block scales under f16 super-block scales).
+/// Nibble formats: `PLANES` extra bit planes (the fifth and sixth bits), an offset on the
+/// stored values (`OFF`), two scales per block (`HALVES`, Q6_K), an additive minimum (`MIN`)
+/// and K-quant super-blocks (`K`: byte sub-block scales under f16 super-block scales).
 #[inline(always)]
-fn nibbles<const T: usize, const PLANES: usize, const OFF: i32, const HALVES: bool, const MIN: bool, const K: bool>(
+fn nibbles<const T: usize, const PLANES: usize, const OFF: bool, const HALVES: bool, const MIN: bool, const K: bool>(
     w: Group,
-    x: &[Act; T],
+    x: &[Act],
 ) -> [[f32; GROUP]; T] {
     let halves = if HALVES { 2 } else { 1 };
     let dw = if K { 1 } else { 2 };
-    let nb = check(&w, x, (16, PLANES, halves, dw), MIN, K);
+    let (nb, x) = check::<T>(&w, x, (16, PLANES, halves, dw), (OFF, MIN, K));
     // SAFETY: the target features are enabled at compile time (module cfg). For `b < nb` and
     // `k < 4`: the weight loads read 64 bytes at `b * 256 + k * 64` (inside `w.qs`), the mask
     // loads one u64 at `(b * PLANES + plane) * 8 + 2k + half` (inside `w.hb`), the scale and
     // minimum loads 16 entries of `dw` bytes at entry `(b * halves + h) * 16` and `b * 16`
     // (inside `w.d`, `w.m`), the super-block loads 16 f16 at `b / 8 * 32` and 16 after (inside
-    // `w.sup`), and the activation loads 4 bytes at `b * 32 + 4k` and `b * 32 + 16 + 4k`
-    // (inside each `q`), all as `check` asserted.
+    // `w.sup`), the activation loads 4 bytes at `b * 32 + 4k` and `b * 32 + 16 + 4k` (inside
+    // each `q`), and the per-block activation loads at `b` (`d`, `smin`) and `b * halves + h`
+    // (`noff`), all as `check` asserted.
     unsafe {
         let low = _mm512_set1_epi8(0x0f);
         let bit = [_mm512_set1_epi8(0x10), _mm512_set1_epi8(0x20)];
-        let mut acc = [[_mm512_setzero_ps(); 2]; T];
+        let mut acc = [_mm512_setzero_ps(); T];
         let (mut sd, mut sm) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for b in 0..nb {
             if K && b % 8 == 0 {
@@ -177,8 +208,9 @@ fn nibbles<const T: usize, const PLANES: usize, const OFF: i32, const HALVES: bo
             }
             let wp = w.qs.as_ptr().add(b * GROUP * 16);
             let hp = w.hb.as_ptr().add(b * PLANES * 8);
-            // Per row: values 0..16 (low nibbles) and 16..32 (high nibbles) apart.
-            let mut s = [[_mm512_setzero_si512(); 2]; T];
+            // Per row: values 0..16 (low nibbles) and 16..32 (high nibbles) apart (for Q6_K,
+            // the two halves of the block, each with its own scale and offset).
+            let mut s = starts::<T, OFF, HALVES>(x, b);
             for k in 0..4 {
                 let v = _mm512_loadu_si512(wp.add(k * 64).cast());
                 let mut lo = _mm512_and_si512(v, low);
@@ -211,25 +243,21 @@ fn nibbles<const T: usize, const PLANES: usize, const OFF: i32, const HALVES: bo
                 f16x16(w.m.as_ptr().add(b * GROUP * 2))
             };
             for t in 0..T {
-                let dx = _mm512_set1_ps(x[t].d[b]);
+                let dx = _mm512_set1_ps(*x[t].d.get_unchecked(b));
                 if HALVES {
-                    for (h, d) in [d0, d1].into_iter().enumerate() {
-                        let si = _mm512_sub_epi32(s[t][h], _mm512_set1_epi32(OFF * x[t].s16[2 * b + h]));
-                        acc[t][h] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(si), acc[t][h]);
-                    }
+                    // (d0·s0 + d1·s1)·dx: one multiply by the activation scale for both halves.
+                    let y = _mm512_mul_ps(d0, _mm512_cvtepi32_ps(s[t][0]));
+                    let y = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(s[t][1]), y);
+                    acc[t] = _mm512_fmadd_ps(y, dx, acc[t]);
                 } else {
-                    let mut si = _mm512_add_epi32(s[t][0], s[t][1]);
-                    if OFF != 0 {
-                        si = _mm512_sub_epi32(si, _mm512_set1_epi32(OFF * x[t].s32[b]));
-                    }
-                    let chain = if MIN { 0 } else { b & 1 };
-                    acc[t][chain] = _mm512_fmadd_ps(_mm512_mul_ps(d0, dx), _mm512_cvtepi32_ps(si), acc[t][chain]);
+                    let si = _mm512_add_epi32(s[t][0], s[t][1]);
+                    acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d0, dx), _mm512_cvtepi32_ps(si), acc[t]);
                 }
                 if MIN {
                     // Σ (q·d + m)·x = d·dx·Σ q·xq + m·(dx·Σ xq); the K-quants' minimums
                     // are subtracted (ggml's − dmin·m).
-                    let xs = _mm512_set1_ps(x[t].smin[b]);
-                    acc[t][1] = if K { _mm512_fnmadd_ps(mv, xs, acc[t][1]) } else { _mm512_fmadd_ps(mv, xs, acc[t][1]) };
+                    let xs = _mm512_set1_ps(*x[t].smin.get_unchecked(b));
+                    acc[t] = if K { _mm512_fnmadd_ps(mv, xs, acc[t]) } else { _mm512_fmadd_ps(mv, xs, acc[t]) };
                 }
             }
         }
