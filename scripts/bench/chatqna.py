@@ -7,7 +7,9 @@
    bi-encoder rerank, embedded store with token chunks, the 3 best chunks, Qwen2.5-Coder-0.5B-
    Instruct): end-to-end time to first token and decode tokens/s of /v1/chatqna streams at c=1
    and c=4 after ingesting samples/, with the LLM on the native backend (continuous batching)
-   and on candle's (one sequence at a time) in the same run.
+   and on candle's (one sequence at a time) in the same run. `--llm-before PATH` adds a run of
+   the native backend with another comps-llm binary (an earlier build), for a before/after
+   figure from the same run.
 
 Load goes to 127.0.0.1 only; every run is bounded."""
 
@@ -81,8 +83,10 @@ def stream_once(url, max_tokens):
     return first - t0, tokens, last - first
 
 
-def pipeline(backend):
-    print(f"\n== the real pipeline: e5-small + embedded store + rerank + Qwen2.5-Coder-0.5B (Q4_K_M, {backend}) ==")
+def pipeline(backend, llm=None, label=None):
+    llm = llm or f"{RELEASE}/comps-llm"
+    label = label or backend
+    print(f"\n== the real pipeline: e5-small + embedded store + rerank + Qwen2.5-Coder-0.5B (Q4_K_M, {label}: {llm}) ==")
     with Procs() as procs, tempfile.TemporaryDirectory() as data:
         ports = {n: free_port() for n in ("embedding", "retriever", "rerank", "llm", "chatqna")}
         e5 = os.path.join(ROOT, "models", "multilingual-e5-small")
@@ -95,7 +99,7 @@ def pipeline(backend):
                      "--passage-prompt-name", "passage", "--query-prompt-name", "query"], ports["retriever"], env)
         procs.start([f"{RELEASE}/comps-rerank", *common, "--port", str(ports["rerank"]), "--model", e5],
                     ports["rerank"], env)
-        procs.start([f"{RELEASE}/comps-llm", *common, "--port", str(ports["llm"]), "--backend", backend, "--model",
+        procs.start([llm, *common, "--port", str(ports["llm"]), "--backend", backend, "--model",
                      os.path.join(ROOT, "models", "Qwen2.5-Coder-0.5B-Instruct")], ports["llm"], env)
         procs.start([f"{RELEASE}/chatqna", *common, "--port", str(ports["chatqna"])], ports["chatqna"], {
             **env, "EMBEDDING_SERVER_PORT": str(ports["embedding"]), "RETRIEVER_SERVICE_PORT": str(ports["retriever"]),
@@ -118,12 +122,14 @@ def pipeline(backend):
             ttft = [r[0] * 1000 for r in results]
             per_stream = [(r[1] - 1) / r[2] for r in results if r[1] > 1 and r[2] > 0]
             total = sum(r[1] for r in results) / wall
-            print(f"{backend + ' streamed c=' + str(c):<28} {statistics.median(ttft):>12.0f} {max(ttft):>12.0f} "
+            print(f"{label + ' streamed c=' + str(c):<28} {statistics.median(ttft):>12.0f} {max(ttft):>12.0f} "
                   f"{statistics.median(per_stream):>20.1f} {total:>12.1f}", flush=True)
 
 
 if __name__ == "__main__":
     if "--pipeline-only" not in sys.argv:
         overhead()
+    if "--llm-before" in sys.argv:
+        pipeline("auto", sys.argv[sys.argv.index("--llm-before") + 1], "before")
     for backend in ("auto", "candle"):
         pipeline(backend)

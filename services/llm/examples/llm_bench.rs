@@ -10,11 +10,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use comps_llm::sampling::argmax;
-use comps_llm::{Backend, ChatModel, Quantize};
+use comps_llm::{Backend, BatchInput, ChatModel, Quantize};
 
 const RUNS: usize = 3;
 const PROMPT_TOKENS: usize = 128;
 const DECODE_TOKENS: usize = 128;
+/// Sequences decoding together in the batched figure.
+const BATCH: usize = 4;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -77,8 +79,33 @@ fn bench() -> anyhow::Result<()> {
                 decode.push(decode_tokens as f64 / d);
             }
         }
+        // Continuous batching at the model: BATCH sequences after the same prompt, each step one
+        // token of every one of them in one forward pass (native only: candle steps one by one).
+        let batched = if model.batched() && decode_tokens > 0 {
+            let mut rates = Vec::new();
+            for _ in 0..RUNS {
+                let mut seqs = (0..BATCH).map(|_| model.sequence()).collect::<anyhow::Result<Vec<_>>>()?;
+                let mut next = Vec::new();
+                for s in &mut seqs {
+                    next.push(argmax(&s.forward(&ids, 0)?));
+                }
+                let t = Instant::now();
+                for _ in 0..decode_tokens {
+                    let steps: Vec<[u32; 1]> = next.iter().map(|&n| [n]).collect();
+                    let mut inputs: Vec<BatchInput> =
+                        seqs.iter_mut().zip(&steps).map(|(seq, ids)| BatchInput { seq, ids, logits: true }).collect();
+                    let out = model.forward_batch(&mut inputs)?;
+                    next = out.iter().map(|l| l.as_deref().map_or(0, argmax)).collect();
+                }
+                rates.push((BATCH * decode_tokens) as f64 / t.elapsed().as_secs_f64());
+            }
+            let total = median(rates);
+            format!("  decode x{BATCH} {total:>7.1} tok/s ({:.2}x one)", total / median(decode.clone()))
+        } else {
+            String::new()
+        };
         println!(
-            "{:<10} {label:<5} prefill {:>8.1} tok/s  decode {:>7.1} tok/s",
+            "{:<10} {label:<5} prefill {:>8.1} tok/s  decode {:>7.1} tok/s{batched}",
             model.backend(),
             median(prefill),
             median(decode)

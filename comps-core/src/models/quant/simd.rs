@@ -8,6 +8,13 @@ use std::arch::x86_64::*;
 
 use super::{Act, BLOCK, GROUP, Group, QKind, ROWS};
 
+/// How far ahead of the block being multiplied the kernels ask for a group's packed values,
+/// in bytes. The weights stream from memory once per step (a model does not fit in cache), and
+/// the hardware prefetcher alone left the cores waiting: software prefetch at this distance
+/// raised streaming throughput by 15-30% at one activation row and by 30-60% at four (2048 and
+/// 8192 measured the same as 4096).
+const PREFETCH: usize = 4096;
+
 /// Group `w` against the rows of `x` (1 to [`ROWS`]) with the kernel of `kind`, into the
 /// first rows of `res`.
 pub(super) fn run(kind: QKind, w: Group, x: &[Act], res: &mut [[f32; GROUP]; ROWS]) {
@@ -152,6 +159,10 @@ fn bytes<const T: usize>(w: Group, x: &[Act]) -> [[f32; GROUP]; T] {
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let wp = w.qs.as_ptr().add(b * GROUP * 32);
+            // Prefetch is a hint: an address past the group's end is never read.
+            for line in 0..8 {
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PREFETCH + line * 64).cast());
+            }
             // Two integer chains per row (even and odd pieces) halve the dpbusd latency per block.
             let mut s = starts::<T, true, false>(x, b);
             for k in 0..4 {
@@ -207,6 +218,9 @@ fn nibbles<const T: usize, const PLANES: usize, const OFF: bool, const HALVES: b
                 }
             }
             let wp = w.qs.as_ptr().add(b * GROUP * 16);
+            for line in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PREFETCH + line * 64).cast());
+            }
             let hp = w.hb.as_ptr().add(b * PLANES * 8);
             // Per row: values 0..16 (low nibbles) and 16..32 (high nibbles) apart (for Q6_K,
             // the two halves of the block, each with its own scale and offset).
