@@ -4,7 +4,8 @@
 # matrices), our backends (native and candle) beside llama.cpp (llama-cpp-python, built from
 # PyPI by scripts/llama-cpp-env.sh) on the same files, in one run, at 1 and 2 threads. Both sides
 # prefill the same 128-token prompt and decode 128 tokens after it; llama.cpp runs with flash
-# attention on and off and each of its figures is the better one.
+# attention on and off and each of its figures is the better one. Native lines also give the decode
+# of four sequences batched in one forward pass per token (continuous batching at the model).
 # Then the served benchmark: comps-llm beside llama-server (scripts/llama-server-build.sh, the same
 # llama.cpp) on the Qwen file, streamed clients at c=1, 4 and 16, 2 threads (scripts/bench/llm_served.py).
 # Usage: scripts/bench-llm.sh [THREADS...]     (default: 1 2; BENCH_SERVED=0 skips the served part)

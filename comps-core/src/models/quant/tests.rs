@@ -121,10 +121,11 @@ fn check(kind: QKind, rows: usize, cols: usize, n: usize) {
 fn products_match_the_reference_in_every_format() {
     for kind in QKind::ALL {
         let per = kind.ggml_block().0;
-        // Whole groups, a partial last group, fewer rows than a task; one to nine activation
-        // rows (the four-row kernel, its remainders, and both together).
+        // Whole groups, a partial last group, fewer rows than a task; one to eight activation
+        // rows (each row count's kernel) and more than eight (the eight-row kernel and a
+        // remainder after it).
         for (rows, cols) in [(64, 2 * per.max(64)), (70, per.max(96)), (45, 3 * per.max(192))] {
-            for n in [1, 2, 3, 4, 5, 9] {
+            for n in [1, 2, 3, 4, 5, 6, 7, 8, 11] {
                 check(kind, rows, cols, n);
             }
         }
