@@ -18,7 +18,7 @@ SMOL=models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 QWEN=models/Qwen2.5-Coder-0.5B-Instruct/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf
 PY="$(bash scripts/llama-cpp-env.sh | tail -n 1)"
 "$PY" scripts/bench/llamacpp_requantize.py >/dev/null
-[[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p comps-llm --example llm_bench --bins
+[[ -n "${BENCH_NO_BUILD:-}" ]] || cargo build --release --locked -p comps-models --example llm_bench -p comps-llm --bins
 
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

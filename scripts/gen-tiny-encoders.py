@@ -9,7 +9,7 @@ The Rust (candle) encoder is tested against these files, so it can prove its num
 downloading a real model. Everything is made here from fixed seeds; a rerun writes the same bytes
 (with the same torch / transformers / tokenizers versions).
 
-Output, under comps-core/tests/fixtures/tiny-encoders/:
+Output, under comps-models/tests/fixtures/tiny-encoders/:
 
     bert/          BertForSequenceClassification, num_labels=1 (the shape of the ms-marco
                    cross-encoders); hidden 32, 2 layers, 4 heads, intermediate 64, 64 positions,
@@ -54,7 +54,7 @@ from safetensors.numpy import load_file  # noqa: E402
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "comps-core", "tests", "fixtures", "tiny-encoders")
+OUT = os.path.join(ROOT, "comps-models", "tests", "fixtures", "tiny-encoders")
 
 STD = 0.2
 BERT_SEED = 20240601

@@ -37,8 +37,6 @@ pub mod extract;
 pub mod health;
 pub mod limits;
 pub mod metrics;
-#[cfg(feature = "models")]
-pub mod models;
 pub mod openapi;
 pub mod orchestrator;
 pub mod protocol;
@@ -46,8 +44,6 @@ pub mod server;
 pub mod service;
 pub mod sse;
 pub mod stats;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod utils;
 pub mod vector;
 

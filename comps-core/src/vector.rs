@@ -1,5 +1,5 @@
-//! Small f32 vector helpers that need no model dependencies (the retriever uses them without
-//! the `models` feature).
+//! Small f32 vector helpers: the only vector math of the workspace (comps-models' kernels, the
+//! retriever's store and the services all use these).
 
 /// Dot product with 16 independent partial sums, so the compiler can use wide SIMD (a plain
 /// iterator sum adds strictly in order, one lane at a time).

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, post};
 use clap::Parser;
 use comps_core::ServerHandle;
-use comps_core::testing::{MockConfig, MockStats, spawn_mock};
+use comps_mock_backends::{MockConfig, MockStats, spawn_mock};
 use comps_tests::{payloads, serve};
 use serde_json::{Value, json};
 

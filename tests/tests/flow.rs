@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use axum::routing::post;
 use comps_core::orchestrator::yaml::{FlowError, parse_flow};
 use comps_core::orchestrator::{Extras, ServiceOrchestrator};
-use comps_core::testing::{MockConfig, spawn_mock};
 use comps_core::{CommonArgs, ErrorResponse, Json, LLMParams, MicroService, ServerHandle, ServiceResult, TextDoc};
+use comps_mock_backends::{MockConfig, spawn_mock};
 use comps_tests::{payloads, serve, tokens};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -224,7 +224,7 @@ async fn openapi_document_names_the_configured_endpoint() {
     let orch = ServiceOrchestrator::from_yaml_str(yaml).expect("valid flow");
     let svc = MicroService::new("flow").host("127.0.0.1").port(0).endpoint("/v1/my/pipeline");
     let flow = comps_flow::server(orch, svc, &common()).bind().await.unwrap().spawn();
-    let doc = comps_core::testing::check_openapi(&flow.url(), &[("post", "/v1/my/pipeline")]).await;
+    let doc = comps_mock_backends::check_openapi(&flow.url(), &[("post", "/v1/my/pipeline")]).await;
     assert!(doc["paths"].get("/v1/flow").is_none(), "only the configured endpoint");
     let op = &doc["paths"]["/v1/my/pipeline"]["post"];
     assert_eq!(op["requestBody"]["required"], true, "{op}");

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use comps_core::orchestrator::{Dag, Extras, GraphError, Hooks, NodeContext, NodePolicy, ServiceOrchestrator};
-use comps_core::testing::{MockConfig, spawn_mock};
 use comps_core::{Json, LLMParams, RetrieverParms, ServiceError, ServiceResult, ServiceType, TextDoc};
+use comps_mock_backends::{MockConfig, spawn_mock};
 use comps_tests::{collect, mock_node, serve, tokens};
 use serde_json::{Value, json};
 

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use comps_core::models::EmbeddingModel;
+use comps_models::EmbeddingModel;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

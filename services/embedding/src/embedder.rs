@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use comps_core::health::HealthCheck;
-use comps_core::models::embed::{EmbeddingInfo, Prompts};
-use comps_core::models::encoder::normalize;
-use comps_core::models::{BatchConfig, Batcher, EmbeddingModel, Pooling, TextTokenizer};
 use comps_core::orchestrator::NodePolicy;
 use comps_core::orchestrator::remote::{Target, call_json};
 use comps_core::{ServiceError, ServiceResult};
+use comps_models::embed::{EmbeddingInfo, Prompts};
+use comps_models::encoder::normalize;
+use comps_models::{BatchConfig, Batcher, EmbeddingModel, Pooling, TextTokenizer};
 use serde_json::{Value, json};
 
 /// What to embed.
@@ -104,7 +104,7 @@ impl LocalEmbedder {
     pub fn load(dir: &Path, pooling: Option<Pooling>, batch: BatchConfig) -> anyhow::Result<Self> {
         let (model, tokenizer, info): (EmbeddingModel, TextTokenizer, EmbeddingInfo) =
             EmbeddingModel::load(dir, pooling)?;
-        let vocab = comps_core::models::ModelDir::open(dir)?.encoder_config()?.vocab_size;
+        let vocab = comps_models::ModelDir::open(dir)?.encoder_config()?.vocab_size;
         let batcher = Batcher::start("embedding", model, batch);
         Ok(Self {
             tokenizer: Arc::new(tokenizer),
@@ -133,7 +133,7 @@ impl LocalEmbedder {
     }
 
     /// The batcher's counters.
-    pub fn batch_stats(&self) -> &comps_core::models::batcher::BatchStats {
+    pub fn batch_stats(&self) -> &comps_models::batcher::BatchStats {
         self.batcher.stats()
     }
 }

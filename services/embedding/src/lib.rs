@@ -21,9 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use comps_core::models::hub::{self, HubConfig};
-use comps_core::models::{BatchArgs, Pooling};
 use comps_core::{CommonArgs, MicroService, Server, ServiceType};
+use comps_models::hub::{self, HubConfig};
+use comps_models::{BatchArgs, Pooling};
 
 pub use embedder::{EmbedInput, EmbedOptions, Embedded, Embedder, EmbedderInfo, LocalEmbedder, RemoteEmbedder};
 

@@ -7,11 +7,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use comps_core::models::BatchConfig;
-use comps_core::models::encoder::cosine;
-use comps_core::testing::{MockConfig, spawn_mock};
 use comps_core::{CommonArgs, ErrorResponse, ServerHandle};
 use comps_embedding::{AppState, EmbedInput, EmbedOptions, Embedder, LocalEmbedder, RemoteEmbedder};
+use comps_mock_backends::{MockConfig, spawn_mock};
+use comps_models::BatchConfig;
+use comps_models::encoder::cosine;
 use serde_json::{Value, json};
 
 fn model_dir() -> PathBuf {
@@ -385,7 +385,7 @@ async fn openapi_document_covers_every_route() {
     let (addr, _) = spawn_mock(MockConfig { embed_dim: 8, ..MockConfig::default() }).await.unwrap();
     let tei = RemoteEmbedder::new(&format!("http://{addr}/embed"), None, None, Duration::from_secs(5)).unwrap();
     let h = serve(Arc::new(tei), 64).await;
-    let doc = comps_core::testing::check_openapi(
+    let doc = comps_mock_backends::check_openapi(
         &h.url(),
         &[("post", "/v1/embeddings"), ("post", "/embed"), ("get", "/info"), ("get", "/v1/models")],
     )

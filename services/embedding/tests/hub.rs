@@ -9,10 +9,10 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use comps_core::models::BatchConfig;
-use comps_core::models::encoder::cosine;
-use comps_core::models::hub::{ENCODER_FILES, HubConfig, SENTENCE_FILES, resolve};
 use comps_embedding::{EmbedInput, EmbedOptions, Embedder, LocalEmbedder};
+use comps_models::BatchConfig;
+use comps_models::encoder::cosine;
+use comps_models::hub::{ENCODER_FILES, HubConfig, SENTENCE_FILES, resolve};
 
 fn model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")

@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use comps_core::models::encoder::{cosine, normalize};
-use comps_core::models::{BatchConfig, Batcher, EmbeddingModel, SequenceClassifier, TextTokenizer};
 use comps_core::orchestrator::NodePolicy;
 use comps_core::orchestrator::remote::{Target, call_json};
 use comps_core::{ServiceError, ServiceResult};
+use comps_models::encoder::{cosine, normalize};
+use comps_models::{BatchConfig, Batcher, EmbeddingModel, SequenceClassifier, TextTokenizer};
 use regex::Regex;
 use serde_json::{Value, json};
 
-use crate::deberta::DebertaClassifier;
 use crate::pii::{PiiKind, scan};
+use comps_models::deberta::DebertaClassifier;
 
 /// What a guard found.
 #[derive(Debug, Clone, Default, PartialEq)]

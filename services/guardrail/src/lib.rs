@@ -11,7 +11,6 @@
 //! curl localhost:9090/v1/guardrails -d '{"text": "Ignore all previous instructions and ..."}'
 //! ```
 
-pub mod deberta;
 pub mod guards;
 pub mod pii;
 
@@ -25,10 +24,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use comps_core::extract::parse_json;
-use comps_core::models::BatchArgs;
-use comps_core::models::hub::{self, HubConfig};
 use comps_core::protocol::{GeneratedDoc, LLMParamsDoc, TextDoc};
 use comps_core::{CommonArgs, MicroService, Server, ServiceError, ServiceResult, ServiceType};
+use comps_models::BatchArgs;
+use comps_models::hub::{self, HubConfig};
 use serde::Deserialize;
 
 pub use guards::{ClassifierGuard, DenyGuard, Guard, JudgeGuard, PiiAction, PiiGuard, SimilarityGuard, Verdict};

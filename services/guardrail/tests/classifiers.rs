@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-use comps_core::models::{BatchConfig, SequenceClassifier, TextTokenizer};
-use comps_guardrail::deberta::DebertaClassifier;
 use comps_guardrail::{ClassifierGuard, Guard};
+use comps_models::deberta::DebertaClassifier;
+use comps_models::{BatchConfig, SequenceClassifier, TextTokenizer};
 use serde_json::Value;
 
 fn dir(name: &str) -> PathBuf {

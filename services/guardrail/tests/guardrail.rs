@@ -5,14 +5,14 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use comps_core::models::BatchConfig;
-use comps_core::testing::{MockConfig, spawn_mock};
 use comps_core::{CommonArgs, ServerHandle};
 use comps_guardrail::guards::{can_carry_instruction, parse_verdict};
 use comps_guardrail::pii::{PiiKind, iban_valid, luhn, scan};
 use comps_guardrail::{
     AppState, BUILTIN_BENIGN, BUILTIN_EXEMPLARS, DenyGuard, Guard, JudgeGuard, PiiAction, PiiGuard, SimilarityGuard,
 };
+use comps_mock_backends::{MockConfig, spawn_mock};
+use comps_models::BatchConfig;
 use serde_json::{Value, json};
 
 fn model_dir() -> PathBuf {

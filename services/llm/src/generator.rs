@@ -16,10 +16,11 @@ use comps_core::{ServiceError, ServiceResult};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::engine::{Engine, EngineConfig, GenEvent, GenRequest};
-use crate::model::ChatModel;
-use crate::sampling::SamplingParams;
 use crate::template::{ChatTemplate, TemplateMessage, fill_prompt_template, is_prompt_template};
+use comps_models::ModelError;
+use comps_models::llm::engine::{Engine, EngineConfig, GenEvent, GenRequest};
+use comps_models::llm::model::ChatModel;
+use comps_models::llm::sampling::SamplingParams;
 
 /// An answer: one JSON body, or the payloads of `chat.completion.chunk` events.
 pub enum Completion {
@@ -342,7 +343,7 @@ impl Generator for LocalGenerator {
             while let Some(ev) = events.recv().await {
                 match ev {
                     GenEvent::Text(t) => text.push_str(&t),
-                    GenEvent::Failed(e) => return Err(ServiceError::ModelFailed(e)),
+                    GenEvent::Failed(e) => return Err(ModelError::Failed(e).into()),
                     GenEvent::Done(d) => {
                         let usage = UsageInfo::new(d.prompt_tokens as u32, d.completion_tokens as u32);
                         let resp = ChatCompletionResponse::single(model, text, d.finish, usage);
@@ -350,7 +351,7 @@ impl Generator for LocalGenerator {
                     }
                 }
             }
-            return Err(ServiceError::ModelFailed("the generation engine stopped".into()));
+            return Err(ModelError::Failed("the generation engine stopped".into()).into());
         }
         let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         let id = completion_id();
@@ -364,7 +365,7 @@ impl Generator for LocalGenerator {
                         yield Ok(chunk(&id, created, &model, DeltaMessage { role: None, content: Some(t) }, None));
                     }
                     GenEvent::Failed(e) => {
-                        yield Err(ServiceError::ModelFailed(e));
+                        yield Err(ModelError::Failed(e).into());
                         return;
                     }
                     GenEvent::Done(d) => {
@@ -384,7 +385,7 @@ impl Generator for LocalGenerator {
                     }
                 }
             }
-            yield Err(ServiceError::ModelFailed("the generation engine stopped".into()));
+            yield Err(ModelError::Failed("the generation engine stopped".into()).into());
         };
         Ok(Completion::Stream(stream.boxed()))
     }

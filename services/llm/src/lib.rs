@@ -13,27 +13,22 @@
 //! curl localhost:9009/v1/chat/completions -d '{"query": "What is 2+2?"}'      # OPEA LLMParamsDoc, streamed
 //! ```
 
-pub mod attention;
-pub mod decode;
-pub mod engine;
 pub mod generator;
-pub mod model;
-pub mod native;
 pub mod routes;
-pub mod sampling;
 pub mod template;
-pub mod tokenizer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use comps_core::models::hub::{self, HubConfig};
 use comps_core::{CommonArgs, MicroService, Server, ServiceType};
+use comps_models::hub::{self, HubConfig};
 
-pub use engine::{Engine, EngineConfig, GenDone, GenEvent, GenRequest};
+// The engine and the model live in comps-models; these are the types this crate's API takes.
+pub use comps_models::llm::{
+    Backend, BatchInput, ChatModel, Engine, EngineConfig, GenDone, GenEvent, GenRequest, Quantize,
+};
 pub use generator::{Completion, Generator, LocalGenerator, RemoteGenerator};
-pub use model::{Backend, BatchInput, ChatModel, Quantize};
 
 /// Default port (OPEA's compose).
 pub const DEFAULT_PORT: u16 = 9009;

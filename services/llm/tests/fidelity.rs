@@ -11,8 +11,8 @@
 
 use std::path::PathBuf;
 
-use comps_llm::sampling::argmax;
 use comps_llm::{ChatModel, Quantize};
+use comps_models::llm::sampling::argmax;
 use serde_json::Value;
 
 /// A disagreement is tolerated only where llama.cpp's own top-2 gap is below this. For scale:

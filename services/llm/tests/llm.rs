@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use comps_core::testing::{MockConfig, spawn_mock};
 use comps_core::{CommonArgs, ServerHandle};
 use comps_llm::{AppState, ChatModel, EngineConfig, Generator, LocalGenerator, Quantize, RemoteGenerator};
+use comps_mock_backends::{MockConfig, spawn_mock};
 use futures::StreamExt;
 use serde_json::{Value, json};
 

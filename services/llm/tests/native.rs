@@ -7,8 +7,8 @@
 
 use std::path::PathBuf;
 
-use comps_llm::sampling::argmax;
 use comps_llm::{Backend, ChatModel, Quantize};
+use comps_models::llm::sampling::argmax;
 
 fn gguf() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -73,8 +73,8 @@ mod tiny_gguf {
     use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
     use candle_core::{Device, Tensor};
     use candle_transformers::models::{quantized_qwen2, quantized_qwen3};
-    use comps_llm::native::{NativeLlama, Step};
-    use comps_llm::sampling::argmax;
+    use comps_models::llm::native::{NativeLlama, Step};
+    use comps_models::llm::sampling::argmax;
 
     const EMBD: usize = 64;
     const HEADS: usize = 4;

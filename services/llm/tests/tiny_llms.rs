@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use comps_core::protocol::ChatCompletionRequest;
-use comps_llm::sampling::argmax;
 use comps_llm::{ChatModel, EngineConfig, LocalGenerator, Quantize};
+use comps_models::llm::sampling::argmax;
 use serde_json::{Value, json};
 
 fn check(name: &str) {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use comps_core::models::encoder::{Encoder, EncoderConfig};
-use comps_core::models::{EmbeddingModel, Pooling};
+use comps_models::encoder::{Encoder, EncoderConfig};
+use comps_models::{EmbeddingModel, Pooling};
 
 fn time<F: FnMut() -> anyhow::Result<()>>(seconds: f64, mut f: F) -> anyhow::Result<(usize, f64)> {
     f()?;

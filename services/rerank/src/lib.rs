@@ -17,9 +17,9 @@ pub mod routes;
 use std::sync::Arc;
 use std::time::Duration;
 
-use comps_core::models::BatchArgs;
-use comps_core::models::hub::{self, HubConfig};
 use comps_core::{CommonArgs, MicroService, Server, ServiceType};
+use comps_models::BatchArgs;
+use comps_models::hub::{self, HubConfig};
 
 pub use reranker::{BiEncoder, CrossEncoder, RemoteReranker, Reranker, RerankerInfo, ScoreOptions};
 

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use comps_core::health::HealthCheck;
-use comps_core::models::encoder::{cosine, normalize};
-use comps_core::models::tokenize::{Culprit, TooLong};
-use comps_core::models::{BatchConfig, Batcher, EmbeddingModel, SequenceClassifier, TextTokenizer};
 use comps_core::orchestrator::NodePolicy;
 use comps_core::orchestrator::remote::{Target, call_json};
 use comps_core::{ServiceError, ServiceResult};
+use comps_models::encoder::{cosine, normalize};
+use comps_models::tokenize::{Culprit, TooLong};
+use comps_models::{BatchConfig, Batcher, EmbeddingModel, SequenceClassifier, TextTokenizer};
 use serde_json::{Value, json};
 
 /// How to score.
@@ -194,7 +194,7 @@ impl BiEncoder {
         match &self.vectors {
             Vectors::Local { tokenizer, batcher } => {
                 let ids = tokenizer.try_encode_off_runtime(texts, truncate).await?.map_err(embedded_too_long)?;
-                batcher.submit(ids).await
+                Ok(batcher.submit(ids).await?)
             }
             Vectors::Service { url, policy } => {
                 let target = Target { node: "embedding service", url, api_key: None, policy };

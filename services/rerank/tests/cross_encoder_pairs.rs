@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
-use comps_core::models::TextTokenizer;
 use comps_core::{CommonArgs, ServerHandle};
+use comps_models::TextTokenizer;
 use comps_rerank::{AppState, Args, Reranker};
 use serde_json::{Value, json};
 

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use comps_core::models::BatchConfig;
-use comps_core::testing::{MockConfig, spawn_mock};
 use comps_core::{CommonArgs, ErrorResponse, ServerHandle};
+use comps_mock_backends::{MockConfig, spawn_mock};
+use comps_models::BatchConfig;
 use comps_rerank::{AppState, BiEncoder, CrossEncoder, RemoteReranker, Reranker};
 use serde_json::{Value, json};
 
@@ -27,7 +27,7 @@ fn minilm() -> Arc<dyn Reranker> {
 }
 
 fn tiny(name: &str) -> (Arc<dyn Reranker>, Value) {
-    let dir = root().join("comps-core/tests/fixtures/tiny-encoders").join(name);
+    let dir = root().join("comps-models/tests/fixtures/tiny-encoders").join(name);
     let expected = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     (Arc::new(CrossEncoder::load(&dir, BatchConfig::default()).unwrap()), expected)
 }
@@ -262,7 +262,7 @@ async fn openapi_document_covers_every_route() {
     let (addr, _) = spawn_mock(MockConfig::default()).await.unwrap();
     let remote = RemoteReranker::new(&format!("http://{addr}/rerank"), None, Duration::from_secs(5)).unwrap();
     let h = serve(Arc::new(remote)).await;
-    let doc = comps_core::testing::check_openapi(
+    let doc = comps_mock_backends::check_openapi(
         &h.url(),
         &[("post", "/rerank"), ("post", "/v1/reranking"), ("get", "/info")],
     )

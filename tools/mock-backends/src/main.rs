@@ -1,10 +1,10 @@
 //! Mock backends on one port: TEI `/embed` and `/rerank`, OPEA `/v1/embeddings`,
 //! `/v1/retrieval`, `/v1/reranking`, OpenAI `/v1/embeddings` and `/v1/chat/completions`, and
-//! `GET /mock/stats`. See `comps_core::testing::MockConfig` for the knobs.
+//! `GET /mock/stats`. See `comps_mock_backends::MockConfig` for the knobs.
 
 use axum::serve::ListenerExt;
 use clap::Parser;
-use comps_core::testing::{MockConfig, mock_router};
+use comps_mock_backends::{MockConfig, mock_router};
 
 #[derive(Parser)]
 #[command(about = "Mock TEI / OPEA / OpenAI backends")]

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use comps_core::models::BatchConfig;
 use comps_core::{CommonArgs, ServerHandle};
 use comps_embedding::LocalEmbedder;
+use comps_models::BatchConfig;
 use comps_retriever::{AppState, Args, EmbeddedStore};
 use serde_json::Value;
 

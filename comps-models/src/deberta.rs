@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
+use crate::BatchModel;
+use crate::encoder::load_safetensors;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::debertav2::{Config, DebertaV2SeqClassificationModel};
-use comps_core::models::BatchModel;
-use comps_core::models::encoder::load_safetensors;
 
 /// A DeBERTa-v2 `*ForSequenceClassification` directory, loaded.
 pub struct DebertaClassifier {

@@ -9,16 +9,16 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::encoder::load_safetensors as read_safetensors;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{llama, quantized_llama, quantized_qwen2, quantized_qwen3, qwen2};
-use comps_core::models::encoder::load_safetensors as read_safetensors;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::native::{self, NativeLlama};
-use crate::tokenizer::from_gguf_metadata;
+use super::native::{self, NativeLlama};
+use super::tokenizer::from_gguf_metadata;
 
 /// Requantization at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ impl Quantize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     /// Our own forward pass (llama, qwen2, qwen3) when every matrix is in a format of
-    /// `comps_core::models::quant`, candle's otherwise.
+    /// `crate::quant`, candle's otherwise.
     Auto,
     /// Always candle-transformers' models.
     Candle,

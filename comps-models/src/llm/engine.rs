@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use comps_core::ServiceError;
+use crate::ModelError;
 use comps_core::protocol::FinishReason;
 use tokio::sync::mpsc as tmpsc;
 
-use crate::decode::{StopMatcher, StopOutcome, TextStream};
-use crate::model::{BatchInput, ChatModel, SequenceModel};
-use crate::sampling::{Sampler, SamplingParams};
+use super::decode::{StopMatcher, StopOutcome, TextStream};
+use super::model::{BatchInput, ChatModel, SequenceModel};
+use super::sampling::{Sampler, SamplingParams};
 
 /// One generation to run.
 #[derive(Debug, Clone)]
@@ -107,7 +107,7 @@ impl Engine {
         let (tx, rx) = mpsc::channel();
         let load = Arc::new(EngineLoad::default());
         let l = load.clone();
-        let pool = comps_core::models::compute_pool("llm")?;
+        let pool = crate::compute_pool("llm")?;
         // The loop runs on a compute thread (this one only waits for it; see `compute_pool`),
         // and a panic outside a model step still ends the engine as on a thread of its own.
         std::thread::Builder::new()
@@ -123,11 +123,11 @@ impl Engine {
 
     /// Queue a generation; its events arrive on the returned channel. Dropping the receiver
     /// cancels it.
-    pub fn submit(&self, req: GenRequest) -> Result<tmpsc::UnboundedReceiver<GenEvent>, ServiceError> {
+    pub fn submit(&self, req: GenRequest) -> Result<tmpsc::UnboundedReceiver<GenEvent>, ModelError> {
         let taken = self.load.in_flight.fetch_add(1, Ordering::SeqCst);
         if taken >= self.capacity {
             self.load.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(ServiceError::Overloaded(format!(
+            return Err(ModelError::Busy(format!(
                 "the model is busy: {taken} requests are generating or queued (limit {}); retry later",
                 self.capacity
             )));
@@ -135,7 +135,7 @@ impl Engine {
         let (tx, rx) = tmpsc::unbounded_channel();
         if self.jobs.send(Job { req, events: tx }).is_err() {
             self.load.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(ServiceError::NotReady("the generation engine has stopped".into()));
+            return Err(ModelError::Stopped("the generation engine has stopped".into()));
         }
         Ok(rx)
     }

@@ -1,12 +1,11 @@
 //! Numerics of our BERT and XLM-RoBERTa encoders against Hugging Face `transformers`, on tiny
 //! randomly initialised checkpoints made by `scripts/gen-tiny-encoders.py` (weights drawn with
 //! std 0.2 so every layer matters) and committed with their reference outputs.
-#![cfg(feature = "models")]
 
 use std::path::PathBuf;
 
-use comps_core::models::encoder::{ModelDir, Pooling};
-use comps_core::models::{TextTokenizer, cpu};
+use comps_models::encoder::{ModelDir, Pooling};
+use comps_models::{TextTokenizer, cpu};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -61,7 +60,7 @@ fn check(name: &str) {
 }
 
 fn check_logits(name: &str) {
-    use comps_core::models::SequenceClassifier;
+    use comps_models::SequenceClassifier;
     let dir = fixture(name);
     let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let (model, tok) = SequenceClassifier::load(&dir).unwrap();
@@ -108,8 +107,8 @@ fn xlm_roberta_matches_transformers() {
 /// text. Pairs name the query when it alone is too long.
 #[test]
 fn over_long_inputs_are_cut_or_refused_before_tokenizing() {
-    use comps_core::models::SequenceClassifier;
-    use comps_core::models::tokenize::{Culprit, Length};
+    use comps_models::SequenceClassifier;
+    use comps_models::tokenize::{Culprit, Length};
 
     for name in ["bert", "xlm-roberta"] {
         let (_, tok) = SequenceClassifier::load(&fixture(name)).unwrap();

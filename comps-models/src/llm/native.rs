@@ -1,5 +1,5 @@
 //! Our own forward pass for GGUF llama, qwen2 and qwen3 models whose matrices are in a format
-//! of `comps_core::models::quant` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: the
+//! of `crate::quant` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: the
 //! packaged SmolLM2 and Qwen2.5 files as they are): fused Q·K·V and gate·up products where a
 //! layer's matrices share a format, QKV biases (qwen2), per-head Q/K norms (qwen3), grouped
 //! KV heads, rotary embeddings in the file's layout (adjacent pairs for llama, halves for the
@@ -10,12 +10,12 @@
 
 use std::io::{Read, Seek};
 
+use crate::quant::{QActs, QKind, QMatrix, qgemm};
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, gguf_file};
-use comps_core::models::quant::{QActs, QKind, QMatrix, qgemm};
 use rayon::prelude::*;
 
-use crate::attention::{Heads, LayerKv, attend};
+use super::attention::{Heads, LayerKv, attend};
 
 /// How rotary embeddings pair a head's dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,7 +376,7 @@ pub struct Step<'a> {
     pub logits: bool,
 }
 
-/// The quantized formats of `comps_core::models::quant`.
+/// The quantized formats of `crate::quant`.
 fn qkind(t: GgmlDType) -> Option<QKind> {
     Some(match t {
         GgmlDType::Q8_0 => QKind::Q8_0,

@@ -91,7 +91,7 @@ pub async fn resolve(
 }
 
 async fn download(id: &str, required: &[&str], optional: &[&str], hub: &HubConfig) -> Result<PathBuf, ModelError> {
-    let client = crate::utils::http_client();
+    let client = comps_core::utils::http_client();
     let repo = hub.repo_dir(id);
     let staging = repo.join(format!("tmp-{}", std::process::id()));
     let _ = tokio::fs::remove_dir_all(&staging).await;

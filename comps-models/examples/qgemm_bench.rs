@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use comps_core::models::quant::{QActs, QKind, QMatrix, qgemm};
+use comps_models::quant::{QActs, QKind, QMatrix, qgemm};
 
 /// Bytes of a model's worth of matrices, cycled for the streaming figure.
 const STREAM_BYTES: usize = 400_000_000;
@@ -52,7 +52,7 @@ fn best(trials: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     // On the compute threads, as the services run their forward passes.
-    comps_core::models::compute_pool("qgemm")?.install(bench)
+    comps_models::compute_pool("qgemm")?.install(bench)
 }
 
 fn bench() -> anyhow::Result<()> {

@@ -241,7 +241,7 @@ pub fn sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-pub use crate::vector::dot;
+pub use comps_core::vector::dot;
 
 /// Maximum with 16 lanes (see [`sum`]).
 #[inline(always)]

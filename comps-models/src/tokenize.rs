@@ -13,8 +13,7 @@ use std::sync::Arc;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::ModelError;
-use crate::error::ServiceError;
-use crate::limits::TOKENIZE_BYTES_PER_TOKEN;
+use comps_core::limits::TOKENIZE_BYTES_PER_TOKEN;
 
 /// Which input of a request is over-long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,12 +262,11 @@ impl TextTokenizer {
         self: &Arc<Self>,
         texts: Vec<String>,
         truncate: bool,
-    ) -> Result<Result<Vec<Vec<u32>>, TooLong>, ServiceError> {
+    ) -> Result<Result<Vec<Vec<u32>>, TooLong>, ModelError> {
         let tok = self.clone();
         tokio::task::spawn_blocking(move || tok.encode(&texts, truncate))
             .await
-            .map_err(|e| ServiceError::Internal(format!("tokenizer task failed: {e}")))?
-            .map_err(|e| ServiceError::Internal(e.to_string()))
+            .map_err(|e| ModelError::Failed(format!("the tokenizer task failed: {e}")))?
     }
 
     /// [`Self::encode`] on the blocking pool, an over-long input refused as a 422 naming
@@ -278,13 +276,13 @@ impl TextTokenizer {
         texts: Vec<String>,
         truncate: bool,
         field: &str,
-    ) -> Result<Vec<Vec<u32>>, ServiceError> {
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
         self.try_encode_off_runtime(texts, truncate).await?.map_err(|e| {
             let subject = match e.culprit {
                 Culprit::Text(i) => format!("{field} {i}"),
                 Culprit::Query => "query".to_string(),
             };
-            ServiceError::invalid(field, e.describe(&subject))
+            ModelError::InvalidInput { field: field.to_string(), message: e.describe(&subject) }
         })
     }
 

@@ -1,4 +1,4 @@
-//! Mock backends for tests and benchmarks (feature `testing`): the other side of the wire,
+//! Mock backends for tests and benchmarks (the `comps-mock-backends` library): the other side of the wire,
 //! speaking the exact formats of TEI (`/embed`, `/rerank`), OPEA microservices
 //! (`/v1/embeddings` with `TextDoc`, `/v1/retrieval`, `/v1/reranking`) and OpenAI
 //! (`/v1/embeddings`, `/v1/chat/completions` streamed and not), with configurable latency,
@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use crate::protocol::{UsageInfo, completion_id, unix_now};
-use crate::sse::chunk_payload;
+use comps_core::protocol::{UsageInfo, completion_id, unix_now};
+use comps_core::sse::chunk_payload;
 
 /// How the mocks behave.
 #[derive(Debug, Clone, clap::Args)]
@@ -233,7 +233,7 @@ async fn embeddings(State(m): State<Mock>, axum::Json(body): axum::Json<Value>) 
     if let Some(text) = body.get("text") {
         // OPEA: TextDoc -> EmbedDoc.
         let t = texts_of(text).join("\n");
-        return axum::Json(json!({"id": crate::protocol::new_id(), "text": t, "embedding": m.embed(&t)}))
+        return axum::Json(json!({"id": comps_core::protocol::new_id(), "text": t, "embedding": m.embed(&t)}))
             .into_response();
     }
     let Some(input) = body.get("input") else { return bad_request("missing input") };
@@ -284,7 +284,7 @@ async fn opea_rerank(State(m): State<Mock>, axum::Json(body): axum::Json<Value>)
     let mut scored: Vec<(f32, String)> = docs.into_iter().map(|d| (overlap(&query, &d), d)).collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
     let documents: Vec<String> = scored.into_iter().take(top_n).map(|(_, d)| d).collect();
-    axum::Json(json!({"id": crate::protocol::new_id(), "query": query, "documents": documents})).into_response()
+    axum::Json(json!({"id": comps_core::protocol::new_id(), "query": query, "documents": documents})).into_response()
 }
 
 async fn retrieval(State(m): State<Mock>, axum::Json(body): axum::Json<Value>) -> Response {
@@ -297,10 +297,10 @@ async fn retrieval(State(m): State<Mock>, axum::Json(body): axum::Json<Value>) -
         let q = texts_of(text).join("\n");
         let retrieved: Vec<Value> = docs
             .iter()
-            .map(|d| json!({"id": crate::protocol::new_id(), "text": d, "downstream_black_list": []}))
+            .map(|d| json!({"id": comps_core::protocol::new_id(), "text": d, "downstream_black_list": []}))
             .collect();
         return axum::Json(
-            json!({"id": crate::protocol::new_id(), "retrieved_docs": retrieved, "initial_query": q, "top_n": 1}),
+            json!({"id": comps_core::protocol::new_id(), "retrieved_docs": retrieved, "initial_query": q, "top_n": 1}),
         )
         .into_response();
     }
@@ -413,7 +413,7 @@ fn schema_refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
 /// path) and the server's own routes, every POST with a request body schema and every `$ref`
 /// resolving; `GET /docs` is an HTML page. Panics (a test helper) naming what is missing.
 pub async fn check_openapi(url: &str, routes: &[(&str, &str)]) -> serde_json::Value {
-    let client = crate::http_client();
+    let client = comps_core::http_client();
     let r = client.get(format!("{url}/v1/openapi.json")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let ct = r.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_string();

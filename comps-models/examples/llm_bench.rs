@@ -9,8 +9,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use comps_llm::sampling::argmax;
-use comps_llm::{Backend, BatchInput, ChatModel, Quantize};
+use comps_models::llm::sampling::argmax;
+use comps_models::llm::{Backend, BatchInput, ChatModel, Quantize};
 
 const RUNS: usize = 3;
 const PROMPT_TOKENS: usize = 128;
@@ -25,7 +25,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     // On the compute threads, as the service's engine runs its forward passes.
-    comps_core::models::compute_pool("llm")?.install(bench)
+    comps_models::compute_pool("llm")?.install(bench)
 }
 
 fn bench() -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 //! A request whose client has gone is skipped; a full queue is refused at once (429).
 //!
 //! A panic inside the model's compute fails only the batch it happened in: its requests get a
-//! 500 and the worker carries on with the next batch. The worker publishes its health
+//! 424 (through `ModelError::Failed`) and the worker carries on with the next batch. The worker publishes its health
 //! ([`Batcher::health`]) so a service's `/health` turns 503 when the thread has died or the
 //! model keeps panicking.
 
@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::error::ServiceError;
-use crate::health::HealthCheck;
-use crate::limits::BATCHER_UNHEALTHY_AFTER_PANICS;
+use comps_core::health::HealthCheck;
+
+use crate::ModelError;
+use comps_core::limits::BATCHER_UNHEALTHY_AFTER_PANICS;
 
 /// Batching limits.
 #[derive(Debug, Clone)]
@@ -103,7 +104,7 @@ pub trait BatchModel: Send + 'static {
 
 struct Job<I, O> {
     items: Vec<I>,
-    reply: oneshot::Sender<Result<Vec<O>, ServiceError>>,
+    reply: oneshot::Sender<Result<Vec<O>, ModelError>>,
 }
 
 /// Counters of a batcher.
@@ -201,7 +202,7 @@ impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
     }
 
     /// Run one request's items; answers in input order.
-    pub async fn submit(&self, items: Vec<I>) -> Result<Vec<O>, ServiceError> {
+    pub async fn submit(&self, items: Vec<I>) -> Result<Vec<O>, ModelError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -209,13 +210,13 @@ impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
         match self.tx.try_send(Job { items, reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                return Err(ServiceError::Overloaded(format!("{} queue is full; retry later", self.name)));
+                return Err(ModelError::Busy(format!("{} queue is full; retry later", self.name)));
             }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(ServiceError::NotReady(format!("{} worker has stopped", self.name)));
+                return Err(ModelError::Stopped(format!("{} worker has stopped", self.name)));
             }
         }
-        rx.await.map_err(|_| ServiceError::ModelFailed(format!("{} worker dropped the request", self.name)))?
+        rx.await.map_err(|_| ModelError::Failed(format!("{} worker dropped the request", self.name)))?
     }
 }
 
@@ -353,7 +354,7 @@ fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig
     }
     for (job, outs) in jobs.into_iter().zip(outputs) {
         let result = match &failed {
-            Some(e) => Err(ServiceError::ModelFailed(format!("model failed: {e}"))),
+            Some(e) => Err(ModelError::Failed(format!("model failed: {e}"))),
             None => Ok(outs.into_iter().map(|o| o.expect("every item ran")).collect()),
         };
         let _ = job.reply.send(result);
@@ -409,7 +410,7 @@ mod tests {
             async move { b.submit(vec![vec![7; 2]]).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(matches!(b.submit(vec![vec![1]]).await, Err(ServiceError::Overloaded(_))));
+        assert!(matches!(b.submit(vec![vec![1]]).await, Err(ModelError::Busy(_))));
         go.send(()).unwrap();
         assert_eq!(first.await.unwrap().unwrap(), vec![3, 1], "answers in input order");
         assert_eq!(third.await.unwrap().unwrap(), vec![2]);
@@ -440,9 +441,9 @@ mod tests {
         let b = panicky();
         let health = b.health();
         match b.submit(vec![vec![1, POISON]]).await {
-            Err(e @ ServiceError::ModelFailed(_)) => {
-                assert_eq!(e.status(), 424);
+            Err(e @ ModelError::Failed(_)) => {
                 assert!(e.to_string().contains("panicky model panicked"), "{e}");
+                assert_eq!(comps_core::ServiceError::from(e).status(), 424);
             }
             other => panic!("expected a 424 naming the model failure, got {other:?}"),
         }
@@ -456,7 +457,7 @@ mod tests {
         let b = panicky();
         let health = b.health();
         for n in 1..=BATCHER_UNHEALTHY_AFTER_PANICS {
-            assert!(matches!(b.submit(vec![vec![POISON]]).await, Err(ServiceError::ModelFailed(_))));
+            assert!(matches!(b.submit(vec![vec![POISON]]).await, Err(ModelError::Failed(_))));
             assert_eq!(health.check().is_ok(), n < BATCHER_UNHEALTHY_AFTER_PANICS, "after {n} panics in a row");
         }
         let why = health.check().unwrap_err();
@@ -498,6 +499,6 @@ mod tests {
         }
         let why = health.check().unwrap_err();
         assert!(why.contains("doomed") && why.contains("stopped"), "{why}");
-        assert!(matches!(b.submit(vec![Bomb]).await, Err(ServiceError::NotReady(_))), "later work gets 503");
+        assert!(matches!(b.submit(vec![Bomb]).await, Err(ModelError::Stopped(_))), "later work gets 503");
     }
 }
