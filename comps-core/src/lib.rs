@@ -32,6 +32,7 @@
 //! }
 //! ```
 
+pub mod client;
 pub mod error;
 pub mod extract;
 pub mod health;

@@ -67,6 +67,9 @@ pub const DEFAULT_EXTRACT_MEMORY_MB: u64 = 1_024;
 /// Default for the retriever's `--extract-timeout-secs`.
 pub const DEFAULT_EXTRACT_TIMEOUT_SECS: u64 = 60;
 
+/// Characters of an upstream's answer quoted in the error that reports it.
+pub const UPSTREAM_BODY_EXCERPT_CHARS: usize = 300;
+
 /// Cut `value` for quoting in an error: at most [`ERROR_EXCERPT_CHARS`] characters, with the
 /// full length said when it was cut.
 pub fn excerpt(value: &str) -> String {

@@ -16,6 +16,20 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Scale `v` to unit L2 norm (a zero vector stays zero).
+pub fn normalize(v: &mut [f32]) {
+    let n = dot(v, v).sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+/// Cosine similarity (0 when either vector is zero).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (na, nb) = (dot(a, a).sqrt(), dot(b, b).sqrt());
+    if na == 0.0 || nb == 0.0 { 0.0 } else { dot(a, b) / (na * nb) }
+}
+
 /// `e^x` for `x <= 0` (softmax terms after the maximum is taken out), to within a few ulp,
 /// written so that loops over it vectorise (`f32::exp` is a library call per value). Below
 /// −87 (and for NaN) it is e^−87, a normal f32 that adds nothing next to the maximum's 1.
@@ -39,6 +53,21 @@ pub fn exp_nonpositive(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalize_and_cosine() {
+        let mut v = vec![3.0f32; 37];
+        v[36] = 4.0;
+        normalize(&mut v);
+        assert!((dot(&v, &v) - 1.0).abs() < 1e-6);
+        let mut zero = vec![0f32; 5];
+        normalize(&mut zero);
+        assert_eq!(zero, vec![0f32; 5], "a zero vector stays zero");
+        let (a, b) = ([1.0f32, 0.0, 0.0], [2.0f32, 2.0, 0.0]);
+        assert!((cosine(&a, &b) - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+        assert!((cosine(&b, &b) - 1.0).abs() < 1e-6);
+        assert_eq!(cosine(&a, &[0.0; 3]), 0.0);
+    }
 
     #[test]
     fn exp_is_within_a_few_ulp() {

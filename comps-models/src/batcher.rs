@@ -4,15 +4,13 @@
 //! sub-batch wastes little, runs the model, and answers each request on its own channel.
 //! A request whose client has gone is skipped; a full queue is refused at once (429).
 //!
-//! A panic inside the model's compute fails only the batch it happened in: its requests get a
-//! 424 (through `ModelError::Failed`) and the worker carries on with the next batch. The worker publishes its health
-//! ([`Batcher::health`]) so a service's `/health` turns 503 when the thread has died or the
-//! model keeps panicking.
+//! The worker is a [`crate::worker`]: a panic inside the model's compute fails only the batch it
+//! happened in (its requests get a 424 through `ModelError::Failed`) and the worker carries on
+//! with the next batch; its health ([`Batcher::health`]) turns a service's `/health` 503 when
+//! the thread has died or the model keeps panicking.
 
-use std::any::Any;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -21,7 +19,7 @@ use tokio::sync::oneshot;
 use comps_core::health::HealthCheck;
 
 use crate::ModelError;
-use comps_core::limits::BATCHER_UNHEALTHY_AFTER_PANICS;
+use crate::worker::{WorkerHealth, spawn_worker};
 
 /// Batching limits.
 #[derive(Debug, Clone)]
@@ -120,41 +118,22 @@ pub struct BatchStats {
     pub panics: AtomicU64,
 }
 
-/// What the worker thread publishes about itself, for [`Batcher::health`].
-#[derive(Debug, Default)]
-struct WorkerHealth {
-    /// Set when the worker thread has ended, whether it returned or unwound.
-    stopped: AtomicBool,
-    /// Forward passes in a row whose compute panicked; 0 after one that did not.
-    consecutive_panics: AtomicU32,
-}
-
-/// Marks the worker stopped when dropped: on its return and on a panic that unwinds it.
-struct StoppedOnDrop(Arc<WorkerHealth>);
-
-impl Drop for StoppedOnDrop {
-    fn drop(&mut self) {
-        self.0.stopped.store(true, Ordering::SeqCst);
-    }
-}
-
 /// Handle to submit work; cheap to clone.
 pub struct Batcher<I, O> {
     tx: SyncSender<Job<I, O>>,
     stats: Arc<BatchStats>,
     health: Arc<WorkerHealth>,
-    name: Arc<str>,
 }
 
 impl<I, O> Clone for Batcher<I, O> {
     fn clone(&self) -> Self {
-        Self { tx: self.tx.clone(), stats: self.stats.clone(), health: self.health.clone(), name: self.name.clone() }
+        Self { tx: self.tx.clone(), stats: self.stats.clone(), health: self.health.clone() }
     }
 }
 
 impl<I, O> std::fmt::Debug for Batcher<I, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batcher").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Batcher").field("name", &self.health.name()).finish_non_exhaustive()
     }
 }
 
@@ -163,20 +142,12 @@ impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
     pub fn start<M: BatchModel<Input = I, Output = O>>(name: &str, model: M, cfg: BatchConfig) -> Self {
         let (tx, rx) = sync_channel::<Job<I, O>>(cfg.queue_capacity.max(1));
         let stats = Arc::new(BatchStats::default());
-        let health = Arc::new(WorkerHealth::default());
-        let name: Arc<str> = Arc::from(name);
-        let worker_side = Worker { stats: stats.clone(), health: health.clone(), name: name.clone() };
-        let pool = super::compute_pool(&name).expect("start the batcher's compute threads");
-        std::thread::Builder::new()
-            .name(format!("{name}-batcher"))
-            .spawn(move || {
-                let _stopped = StoppedOnDrop(worker_side.health.clone());
-                // The loop runs on a compute thread (this one only waits for it): see
-                // `compute_pool`.
-                pool.install(|| worker(model, rx, cfg, &worker_side))
-            })
-            .expect("spawn batcher thread");
-        Self { tx, stats, health, name }
+        let worker_stats = stats.clone();
+        let health = spawn_worker(name, "batcher", move |health| {
+            worker(model, rx, cfg, &Worker { stats: &worker_stats, health })
+        })
+        .expect("start the batcher's worker thread");
+        Self { tx, stats, health }
     }
 
     /// Counters.
@@ -185,20 +156,10 @@ impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
     }
 
     /// The worker's health, for the service's `/health`: failing once the worker thread has
-    /// stopped, or while the model's last [`BATCHER_UNHEALTHY_AFTER_PANICS`] batches all
+    /// stopped, or while the model's last [`comps_core::limits::BATCHER_UNHEALTHY_AFTER_PANICS`] batches all
     /// panicked. The check holds no handle to the queue, so it never keeps the worker alive.
     pub fn health(&self) -> HealthCheck {
-        let (health, name) = (self.health.clone(), self.name.clone());
-        HealthCheck::new(move || {
-            if health.stopped.load(Ordering::SeqCst) {
-                return Err(format!("the {name} batcher's worker thread has stopped"));
-            }
-            let panics = health.consecutive_panics.load(Ordering::SeqCst);
-            if panics >= BATCHER_UNHEALTHY_AFTER_PANICS {
-                return Err(format!("the {name} model panicked on each of its last {panics} batches"));
-            }
-            Ok(())
-        })
+        self.health.check()
     }
 
     /// Run one request's items; answers in input order.
@@ -210,26 +171,25 @@ impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
         match self.tx.try_send(Job { items, reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                return Err(ModelError::Busy(format!("{} queue is full; retry later", self.name)));
+                return Err(ModelError::Busy(format!("{} queue is full; retry later", self.health.name())));
             }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(ModelError::Stopped(format!("{} worker has stopped", self.name)));
+                return Err(ModelError::Stopped(format!("{} worker has stopped", self.health.name())));
             }
         }
-        rx.await.map_err(|_| ModelError::Failed(format!("{} worker dropped the request", self.name)))?
+        rx.await.map_err(|_| ModelError::Failed(format!("{} worker dropped the request", self.health.name())))?
     }
 }
 
 type JobOf<M> = Job<<M as BatchModel>::Input, <M as BatchModel>::Output>;
 
 /// The worker thread's side of a batcher: what it reports to.
-struct Worker {
-    stats: Arc<BatchStats>,
-    health: Arc<WorkerHealth>,
-    name: Arc<str>,
+struct Worker<'a> {
+    stats: &'a BatchStats,
+    health: &'a WorkerHealth,
 }
 
-fn worker<M: BatchModel>(mut model: M, rx: Receiver<JobOf<M>>, cfg: BatchConfig, w: &Worker) {
+fn worker<M: BatchModel>(mut model: M, rx: Receiver<JobOf<M>>, cfg: BatchConfig, w: &Worker<'_>) {
     let mut carry: Option<JobOf<M>> = None;
     loop {
         let first = match carry.take() {
@@ -288,16 +248,7 @@ fn worker<M: BatchModel>(mut model: M, rx: Receiver<JobOf<M>>, cfg: BatchConfig,
     }
 }
 
-/// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a non-string payload")
-}
-
-fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig, w: &Worker) {
+fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig, w: &Worker<'_>) {
     // (job, item) pairs sorted by length so each sub-batch pads little.
     let mut order: Vec<(usize, usize)> =
         jobs.iter().enumerate().flat_map(|(j, job)| (0..job.items.len()).map(move |i| (j, i))).collect();
@@ -319,14 +270,10 @@ fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig
             end += 1;
         }
         let slice: Vec<&M::Input> = order[start..end].iter().map(|&(j, i)| &jobs[j].items[i]).collect();
-        // A kernel that panics (an input it cannot take, a bug) must not take the thread down
-        // with it: that batch fails and the worker goes on. The model is only ever used from
-        // this thread, and a later batch that finds it broken fails (or panics) the same way.
-        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| model.run(&slice)));
-        if ran.is_ok() {
-            w.health.consecutive_panics.store(0, Ordering::SeqCst);
-        }
-        match ran {
+        // A kernel that panics (an input it cannot take, a bug) fails that batch and the
+        // worker goes on. The model is only ever used from this thread, and a later batch that
+        // finds it broken fails (or panics) the same way.
+        match w.health.guard("a batch", || model.run(&slice)) {
             Ok(Ok(outs)) if outs.len() == slice.len() => {
                 for (k, out) in outs.into_iter().enumerate() {
                     let (j, i) = order[start + k];
@@ -337,17 +284,9 @@ fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig
             }
             Ok(Ok(outs)) => failed = Some(format!("model returned {} outputs for {} inputs", outs.len(), slice.len())),
             Ok(Err(e)) => failed = Some(e),
-            Err(payload) => {
+            Err(_) => {
                 w.stats.panics.fetch_add(1, Ordering::Relaxed);
-                let in_a_row = w.health.consecutive_panics.fetch_add(1, Ordering::SeqCst) + 1;
-                tracing::error!(
-                    batcher = %w.name,
-                    panic = panic_message(payload.as_ref()),
-                    items = slice.len(),
-                    in_a_row,
-                    "model panicked; this batch's requests fail and the worker carries on"
-                );
-                failed = Some(format!("the {} model panicked while computing this request's batch", w.name));
+                failed = Some(format!("the {} model panicked while computing this request's batch", w.health.name()));
             }
         }
         start = end;
@@ -364,6 +303,7 @@ fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig
 #[cfg(test)]
 mod tests {
     use super::*;
+    use comps_core::limits::BATCHER_UNHEALTHY_AFTER_PANICS;
     use std::sync::mpsc;
 
     /// Echoes lengths; the first batch waits until the test lets it go.

@@ -498,14 +498,6 @@ impl Pooling {
     }
 }
 
-/// Scale each vector to unit L2 norm (zero vectors stay zero).
-pub fn normalize(v: &mut [f32]) {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if n > 0.0 {
-        v.iter_mut().for_each(|x| *x /= n);
-    }
-}
-
 /// A model directory as Hugging Face / sentence-transformers lay it out.
 #[derive(Debug, Clone)]
 pub struct ModelDir {
@@ -554,12 +546,4 @@ impl ModelDir {
         let vb = if prefix.is_empty() { root.clone() } else { root.pp(prefix.trim_end_matches('.')) };
         Ok((Encoder::load(cfg, vb)?, root))
     }
-}
-
-/// Cosine similarity.
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
 }

@@ -17,6 +17,7 @@ pub mod kernels;
 pub mod llm;
 pub mod quant;
 pub mod tokenize;
+pub mod worker;
 
 pub use batcher::{BatchArgs, BatchConfig, BatchItem, BatchModel, Batcher};
 pub use classifier::SequenceClassifier;

@@ -13,7 +13,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RELEASE = os.path.join(ROOT, "target", "release")
+# COMPS_BIN_DIR runs the benchmarks with the binaries of another build (a before/after pair).
+RELEASE = os.environ.get("COMPS_BIN_DIR") or os.path.join(ROOT, "target", "release")
 LUA = os.path.join(ROOT, "scripts", "bench", "post.lua")
 
 

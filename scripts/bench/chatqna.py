@@ -9,7 +9,8 @@
    and c=4 after ingesting samples/, with the LLM on the native backend (continuous batching)
    and on candle's (one sequence at a time) in the same run. `--llm-before PATH` adds a run of
    the native backend with another comps-llm binary (an earlier build), for a before/after
-   figure from the same run.
+   figure from the same run; `--native-only` skips the candle runs. COMPS_BIN_DIR=DIR takes every
+   binary from DIR (another build's target/release).
 
 Load goes to 127.0.0.1 only; every run is bounded."""
 
@@ -131,5 +132,5 @@ if __name__ == "__main__":
         overhead()
     if "--llm-before" in sys.argv:
         pipeline("auto", sys.argv[sys.argv.index("--llm-before") + 1], "before")
-    for backend in ("auto", "candle"):
+    for backend in ("auto",) if "--native-only" in sys.argv else ("auto", "candle"):
         pipeline(backend)

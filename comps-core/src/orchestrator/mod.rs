@@ -20,7 +20,6 @@
 //! ```
 
 pub mod dag;
-pub mod remote;
 pub mod yaml;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,8 +32,9 @@ use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge
 use regex::Regex;
 use serde_json::{Map, Value};
 
+pub use crate::client::NodePolicy;
+use crate::client::transport;
 pub use dag::{Dag, GraphError};
-pub use remote::NodePolicy;
 
 use crate::error::ServiceError;
 use crate::metrics::{LATENCY_BUCKETS, Metrics};
@@ -469,11 +469,11 @@ impl ServiceOrchestrator {
             };
             let url = svc.endpoint_path();
             let target =
-                remote::Target { node: &node_id, url: &url, api_key: svc.api_key.as_deref(), policy: &node.policy };
+                transport::Target { node: &node_id, url: &url, api_key: svc.api_key.as_deref(), policy: &node.policy };
             let t0 = Instant::now();
 
             if is_llm && req.llm_params.stream {
-                let events = remote::call_stream(&target, &inputs).await.inspect_err(|_| {
+                let events = transport::call_stream(&target, &inputs).await.inspect_err(|_| {
                     metrics.node_errors.with_label_values(&[node_id.as_str()]).inc();
                 })?;
                 metrics.node_latency.with_label_values(&[node_id.as_str()]).observe(t0.elapsed().as_secs_f64());
@@ -501,7 +501,7 @@ impl ServiceOrchestrator {
                 return Ok((out_node, NodeOutput::Stream(stream)));
             }
 
-            let answer = remote::call_json(&target, &inputs).await;
+            let answer = transport::call_json(&target, &inputs).await;
             metrics.node_latency.with_label_values(&[node_id.as_str()]).observe(t0.elapsed().as_secs_f64());
             let answer = answer.inspect_err(|_| metrics.node_errors.with_label_values(&[node_id.as_str()]).inc())?;
             let answer = {
@@ -657,14 +657,14 @@ fn guard_stream(events: EventStream, guard_id: String, guard: Arc<Node>, metrics
                 };
                 let Some(cut) = cut else { break };
                 let sentence: String = buffer.drain(..cut).collect();
-                let target = remote::Target {
+                let target = transport::Target {
                     node: &guard_id,
                     url: &url,
                     api_key: guard.service.api_key.as_deref(),
                     policy: &guard.policy,
                 };
                 let t0 = Instant::now();
-                let answer = remote::call_json(&target, &serde_json::json!({ "text": sentence })).await;
+                let answer = transport::call_json(&target, &serde_json::json!({ "text": sentence })).await;
                 metrics.node_latency.with_label_values(&[guard_id.as_str()]).observe(t0.elapsed().as_secs_f64());
                 let answer = match answer {
                     Ok(a) => a,

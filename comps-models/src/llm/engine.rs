@@ -9,18 +9,19 @@
 //! client went away is dropped before its next step, freeing its slot at once.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use crate::ModelError;
+use comps_core::health::HealthCheck;
 use comps_core::protocol::FinishReason;
 use tokio::sync::mpsc as tmpsc;
 
 use super::decode::{StopMatcher, StopOutcome, TextStream};
 use super::model::{BatchInput, ChatModel, SequenceModel};
 use super::sampling::{Sampler, SamplingParams};
+use crate::ModelError;
+use crate::worker::{WorkerHealth, spawn_worker};
 
 /// One generation to run.
 #[derive(Debug, Clone)]
@@ -98,6 +99,7 @@ pub struct EngineLoad {
 pub struct Engine {
     jobs: mpsc::Sender<Job>,
     load: Arc<EngineLoad>,
+    health: Arc<WorkerHealth>,
     capacity: usize,
 }
 
@@ -107,18 +109,20 @@ impl Engine {
         let (tx, rx) = mpsc::channel();
         let load = Arc::new(EngineLoad::default());
         let l = load.clone();
-        let pool = crate::compute_pool("llm")?;
-        // The loop runs on a compute thread (this one only waits for it; see `compute_pool`),
-        // and a panic outside a model step still ends the engine as on a thread of its own.
-        std::thread::Builder::new()
-            .name("llm-engine".into())
-            .spawn(move || pool.install(|| run(&model, cfg, rx, &l)))?;
-        Ok(Self { jobs: tx, load, capacity: cfg.max_active.max(1) + cfg.max_queued })
+        // A panic outside a model step ends the engine; its health then says so.
+        let health = spawn_worker("llm", "engine", move |health| run(&model, cfg, rx, &l, health))?;
+        Ok(Self { jobs: tx, load, health, capacity: cfg.max_active.max(1) + cfg.max_queued })
     }
 
     /// The scheduler's gauges.
     pub fn load(&self) -> &EngineLoad {
         &self.load
+    }
+
+    /// The engine's health, for the service's `/health`: failing once the scheduler thread has
+    /// stopped, or while the model's last steps all panicked.
+    pub fn health(&self) -> HealthCheck {
+        self.health.check()
     }
 
     /// Queue a generation; its events arrive on the returned channel. Dropping the receiver
@@ -272,7 +276,7 @@ fn admit<'m>(model: &'m ChatModel, job: Job) -> Option<Sequence<'m>> {
     }
 }
 
-fn run(model: &ChatModel, cfg: EngineConfig, jobs: mpsc::Receiver<Job>, load: &EngineLoad) {
+fn run(model: &ChatModel, cfg: EngineConfig, jobs: mpsc::Receiver<Job>, load: &EngineLoad, health: &WorkerHealth) {
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut active: Vec<Sequence<'_>> = Vec::new();
     let max_active = cfg.max_active.max(1);
@@ -305,16 +309,16 @@ fn run(model: &ChatModel, cfg: EngineConfig, jobs: mpsc::Receiver<Job>, load: &E
         load.active.store(active.len(), Ordering::SeqCst);
 
         if model.batched() {
-            batched_step(model, cfg, &mut active, load);
+            batched_step(model, cfg, &mut active, load, health);
         } else {
-            one_by_one(model, cfg, &mut active, load);
+            one_by_one(model, cfg, &mut active, load, health);
         }
         load.active.store(active.len(), Ordering::SeqCst);
     }
 }
 
 /// What became of a sequence after a step: still running, or ended (and told its client).
-fn settle(seq: &mut Sequence<'_>, stepped: std::thread::Result<anyhow::Result<Step>>) -> bool {
+fn settle(seq: &mut Sequence<'_>, stepped: Result<anyhow::Result<Step>, String>) -> bool {
     match stepped {
         Ok(Ok(Step::Running)) => true,
         Ok(Ok(Step::Finished(reason))) => {
@@ -355,14 +359,20 @@ fn drop_abandoned(active: &mut Vec<Sequence<'_>>, load: &EngineLoad) {
 }
 
 /// One step of every active sequence, one after the other (backends without batched steps).
-fn one_by_one(model: &ChatModel, cfg: EngineConfig, active: &mut Vec<Sequence<'_>>, load: &EngineLoad) {
+fn one_by_one(
+    model: &ChatModel,
+    cfg: EngineConfig,
+    active: &mut Vec<Sequence<'_>>,
+    load: &EngineLoad,
+    health: &WorkerHealth,
+) {
     drop_abandoned(active, load);
     let keep: Vec<bool> = active
         .iter_mut()
         .map(|seq| {
-            let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let stepped = health.guard("a sequence's step", || {
                 seq.step(model.chunked_prefill, cfg.prefill_chunk, &model.stop_ids, model.context_len)
-            }));
+            });
             settle(seq, stepped)
         })
         .collect();
@@ -371,7 +381,13 @@ fn one_by_one(model: &ChatModel, cfg: EngineConfig, active: &mut Vec<Sequence<'_
 
 /// One pass over the weights for every active sequence: one token of each decoding sequence,
 /// and prompt tokens up to `prefill_chunk` for the prompts, oldest first.
-fn batched_step(model: &ChatModel, cfg: EngineConfig, active: &mut Vec<Sequence<'_>>, load: &EngineLoad) {
+fn batched_step(
+    model: &ChatModel,
+    cfg: EngineConfig,
+    active: &mut Vec<Sequence<'_>>,
+    load: &EngineLoad,
+    health: &WorkerHealth,
+) {
     drop_abandoned(active, load);
     if active.is_empty() {
         return;
@@ -391,7 +407,7 @@ fn batched_step(model: &ChatModel, cfg: EngineConfig, active: &mut Vec<Sequence<
             (ids.len(), ends)
         })
         .collect();
-    let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
+    let stepped = health.guard("a batched step", || {
         let mut inputs: Vec<BatchInput<'_>> = active
             .iter_mut()
             .zip(&plan)
@@ -409,7 +425,7 @@ fn batched_step(model: &ChatModel, cfg: EngineConfig, active: &mut Vec<Sequence<
         load.batch.store(inputs.len(), Ordering::SeqCst);
         load.max_batch.fetch_max(inputs.len(), Ordering::SeqCst);
         model.forward_batch(&mut inputs)
-    }));
+    });
     let outputs = match stepped {
         Ok(Ok(outputs)) => outputs,
         failed => {
@@ -434,9 +450,7 @@ fn batched_step(model: &ChatModel, cfg: EngineConfig, active: &mut Vec<Sequence<
                 return true;
             }
             let logits = outputs.next().flatten();
-            let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                seq.accept(n, logits, &model.stop_ids, model.context_len)
-            }));
+            let stepped = health.guard("sampling", || seq.accept(n, logits, &model.stop_ids, model.context_len));
             settle(seq, stepped)
         })
         .collect();

@@ -14,6 +14,9 @@
 
 use std::collections::HashMap;
 
+use comps_core::client::embeddings::parse_vector;
+use comps_core::client::rerank::parse_scores;
+use comps_core::client::shape_error;
 use comps_core::orchestrator::{NodeContext, StreamContext};
 use comps_core::sse::{ByteStream, DONE, EventStream, chunk_payload, data_frame, event_text, frame_opea};
 use comps_core::{Hooks, RerankerParms, RetrieverParms, ServiceError, ServiceType};
@@ -76,37 +79,6 @@ fn text_of(v: Option<&Value>) -> String {
     }
 }
 
-fn shape_error(node: &str, expected: &str, got: &Value) -> ServiceError {
-    let mut shown = got.to_string();
-    if shown.len() > 200 {
-        let mut end = 200;
-        while !shown.is_char_boundary(end) {
-            end -= 1;
-        }
-        shown.truncate(end);
-        shown.push('…');
-    }
-    ServiceError::Upstream(format!("node {node} answered {shown}, expected {expected}"))
-}
-
-/// The first embedding vector in a TEI, OpenAI or OPEA embedding answer.
-fn first_vector(data: &Value) -> Option<Value> {
-    let v = match data {
-        Value::Array(rows) => rows.first()?,
-        Value::Object(o) => match o.get("data") {
-            Some(d) => d.get(0)?.get("embedding")?,
-            None => o.get("embedding")?,
-        },
-        _ => return None,
-    };
-    // TEI nests a list per input; an `EmbedDoc` may carry the vector itself.
-    let v = match v {
-        Value::Array(inner) if inner.first().is_some_and(Value::is_array) => inner.first()?,
-        other => other,
-    };
-    v.as_array().filter(|a| !a.is_empty() && a.iter().all(Value::is_number)).map(|_| v.clone())
-}
-
 impl Hooks for ChatQnaHooks {
     fn align_inputs(&self, inputs: Value, ctx: &mut NodeContext<'_>) -> Result<Value, ServiceError> {
         match ctx.service.service_type {
@@ -145,14 +117,14 @@ impl Hooks for ChatQnaHooks {
         let node = ctx.node;
         match ctx.service.service_type {
             ServiceType::Embedding => {
-                let vector = first_vector(&data).ok_or_else(|| shape_error(node, "an embedding vector", &data))?;
+                let vector = parse_vector(&data).ok_or_else(|| shape_error(node, &data, "an embedding vector"))?;
                 Ok(json!({ "text": text_of(inputs.get("inputs")), "embedding": vector }))
             }
             ServiceType::Retriever => {
                 let docs: Vec<String> = data
                     .get("retrieved_docs")
                     .and_then(Value::as_array)
-                    .ok_or_else(|| shape_error(node, "a SearchedDoc with retrieved_docs", &data))?
+                    .ok_or_else(|| shape_error(node, &data, "a SearchedDoc with retrieved_docs"))?
                     .iter()
                     .map(|d| if d.is_string() { text_of(Some(d)) } else { text_of(d.get("text")) })
                     .filter(|t| !t.trim().is_empty())
@@ -182,19 +154,7 @@ impl Hooks for ChatQnaHooks {
                     .and_then(Value::as_array)
                     .map(|a| a.iter().map(|t| text_of(Some(t))).collect())
                     .unwrap_or_default();
-                let mut ranked: Vec<(usize, f64)> = data
-                    .as_array()
-                    .ok_or_else(|| shape_error(node, "a list of {index, score}", &data))?
-                    .iter()
-                    .map(|r| {
-                        let index = r.get("index").and_then(Value::as_u64).map(|i| i as usize);
-                        let score = r.get("score").and_then(Value::as_f64);
-                        match (index, score) {
-                            (Some(i), Some(s)) if i < texts.len() => Ok((i, s)),
-                            _ => Err(shape_error(node, &format!("{{index < {}, score}}", texts.len()), r)),
-                        }
-                    })
-                    .collect::<Result<_, _>>()?;
+                let mut ranked = parse_scores(node, &data, texts.len())?;
                 ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
                 let top_n = ctx.extras.get::<RerankerParms>().map_or(1, |p| p.top_n as usize);
                 let docs: Vec<String> = ranked.iter().take(top_n).map(|(i, _)| texts[*i].clone()).collect();
@@ -209,7 +169,7 @@ impl Hooks for ChatQnaHooks {
                     None => data.get("text"),
                 };
                 let Some(Value::String(text)) = text else {
-                    return Err(shape_error(node, "a chat completion", &data));
+                    return Err(shape_error(node, &data, "a chat completion"));
                 };
                 let mut out = json!({ "text": text });
                 if let Some(u) = data.get("usage") {

@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use comps_core::client::Upstream;
 use comps_core::orchestrator::NodePolicy;
 use comps_core::{CommonArgs, MicroService, Server, ServiceOrchestrator, ServiceRoleType, ServiceType};
 
@@ -226,10 +227,11 @@ pub fn server(args: &Args) -> anyhow::Result<Server> {
         orch: Arc::new(orch),
         default_model: args.llm_model.clone().filter(|m| !m.is_empty()),
         default_top_n: args.top_n.max(1),
-        dataprep: Arc::new(routes::Dataprep {
-            base: dataprep_base(args),
-            timeout: Duration::from_secs(args.dataprep_timeout_secs.max(1)),
-        }),
+        dataprep: Arc::new(Upstream::new(
+            "dataprep",
+            dataprep_base(args),
+            Duration::from_secs(args.dataprep_timeout_secs.max(1)),
+        )),
     };
     use utoipa::OpenApi;
     Ok(server.merge(routes::router(state)).openapi(routes::ChatQnaApi::openapi()))

@@ -2,12 +2,11 @@
 //! (OpenAI), `GET /v1/models`, and the dataprep forwarder.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use comps_core::extract::parse_json;
@@ -19,16 +18,9 @@ use comps_core::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::hooks::{Framing, MODEL, RequestOptions};
+use comps_core::client::Upstream;
 
-/// Where `/v1/dataprep/*` goes.
-#[derive(Debug, Clone)]
-pub struct Dataprep {
-    /// `http://host:port` of the dataprep service.
-    pub base: String,
-    /// Whole-call timeout.
-    pub timeout: Duration,
-}
+use crate::hooks::{Framing, MODEL, RequestOptions};
 
 /// Shared state of the routes.
 #[derive(Debug, Clone)]
@@ -40,7 +32,8 @@ pub struct AppState {
     /// `--top-n`: the reranked chunks that reach the LLM when the request gives no `top_n`.
     pub default_top_n: u32,
     /// The dataprep forwarder's target.
-    pub dataprep: Arc<Dataprep>,
+    /// Where `/v1/dataprep/*` goes: node `dataprep` at `http://host:port`.
+    pub dataprep: Arc<Upstream>,
 }
 
 /// The OpenAPI document of ChatQnA's routes.
@@ -241,38 +234,6 @@ fn llm_body(req: &ChatCompletionRequest, raw: &Map<String, Value>, params: &LLMP
 /// as they came; its status, content type and body come back. Failures name the `dataprep`
 /// node like any other upstream.
 async fn dataprep(State(s): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    forward(&s.dataprep, method, &uri, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn forward(d: &Dataprep, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> ServiceResult<Response> {
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let target = format!("{}{}", d.base, path_and_query);
-    let mut request = comps_core::http_client().request(method, &target).timeout(d.timeout).body(body);
-    for name in [header::CONTENT_TYPE, header::ACCEPT] {
-        if let Some(v) = headers.get(&name) {
-            request = request.header(name, v);
-        }
-    }
-    let upstream = request.send().await.map_err(|e| {
-        if e.is_timeout() {
-            ServiceError::UpstreamTimeout(format!(
-                "node dataprep did not answer within {:.0} s ({target})",
-                d.timeout.as_secs_f64()
-            ))
-        } else {
-            ServiceError::Upstream(format!("node dataprep is unreachable ({target}): {e}"))
-        }
-    })?;
-    let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = upstream
-        .bytes()
-        .await
-        .map_err(|e| ServiceError::Upstream(format!("node dataprep's answer was cut off ({target}): {e}")))?;
-    let mut response = Response::new(Body::from(bytes));
-    *response.status_mut() = status;
-    if let Some(ct) = content_type {
-        response.headers_mut().insert(header::CONTENT_TYPE, ct);
-    }
-    Ok(response)
+    s.dataprep.relay(method, path_and_query, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
 }

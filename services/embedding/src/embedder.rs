@@ -6,14 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use comps_core::client::{EmbedInputs, EmbedRequest, EmbeddingsClient, EmbeddingsWire, Upstream};
 use comps_core::health::HealthCheck;
-use comps_core::orchestrator::NodePolicy;
-use comps_core::orchestrator::remote::{Target, call_json};
+use comps_core::vector::normalize;
 use comps_core::{ServiceError, ServiceResult};
 use comps_models::embed::{EmbeddingInfo, Prompts};
-use comps_models::encoder::normalize;
 use comps_models::{BatchConfig, Batcher, EmbeddingModel, Pooling, TextTokenizer};
-use serde_json::{Value, json};
 
 /// What to embed.
 #[derive(Debug, Clone)]
@@ -25,12 +23,17 @@ pub enum EmbedInput {
 }
 
 impl EmbedInput {
+    /// The inputs as the upstream client takes them.
+    pub fn as_inputs(&self) -> EmbedInputs<'_> {
+        match self {
+            Self::Texts(t) => EmbedInputs::Texts(t),
+            Self::Tokens(t) => EmbedInputs::Tokens(t),
+        }
+    }
+
     /// Number of inputs.
     pub fn len(&self) -> usize {
-        match self {
-            Self::Texts(t) => t.len(),
-            Self::Tokens(t) => t.len(),
-        }
+        self.as_inputs().len()
     }
 
     /// Whether there is none.
@@ -190,20 +193,9 @@ impl Embedder for LocalEmbedder {
     }
 }
 
-/// Which API the remote speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RemoteKind {
-    Tei,
-    OpenAi,
-}
-
 /// A remote TEI `/embed` or OpenAI-compatible `/v1/embeddings`.
 pub struct RemoteEmbedder {
-    url: String,
-    kind: RemoteKind,
-    api_key: Option<String>,
-    model: Option<String>,
-    policy: NodePolicy,
+    client: EmbeddingsClient,
     info: EmbedderInfo,
 }
 
@@ -211,12 +203,19 @@ impl RemoteEmbedder {
     /// A proxy to `url`: TEI when the path ends in `/embed`, else OpenAI.
     pub fn new(url: &str, api_key: Option<String>, model: Option<String>, timeout: Duration) -> anyhow::Result<Self> {
         let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("--remote-url '{url}': {e}"))?;
-        let kind =
-            if parsed.path().trim_end_matches('/').ends_with("/embed") { RemoteKind::Tei } else { RemoteKind::OpenAi };
+        let wire = if parsed.path().trim_end_matches('/').ends_with("/embed") {
+            EmbeddingsWire::Tei
+        } else {
+            EmbeddingsWire::OpenAi
+        };
+        let upstream = Upstream::new("remote embedding", url, timeout).with_api_key(api_key);
+        // A TEI takes at most its --max-client-batch-size inputs per request (32 unless
+        // configured): an OpenAI request of up to 2,048 goes in slices of that size.
+        let batch = match wire {
+            EmbeddingsWire::Tei => comps_core::limits::REMOTE_TEI_BATCH,
+            EmbeddingsWire::OpenAi => usize::MAX,
+        };
         Ok(Self {
-            url: url.to_string(),
-            kind,
-            api_key: api_key.filter(|k| !k.is_empty()),
             info: EmbedderInfo {
                 model_id: model.clone().unwrap_or_else(|| url.to_string()),
                 dim: None,
@@ -226,14 +225,9 @@ impl RemoteEmbedder {
                 backend: "remote",
                 prompts: Prompts::default(),
             },
-            model,
-            policy: NodePolicy { timeout, stream_idle_timeout: timeout, ..NodePolicy::default() },
+            client: EmbeddingsClient::new(upstream, wire, batch).with_model(model),
         })
     }
-}
-
-fn floats(v: &Value) -> Option<Vec<f32>> {
-    v.as_array()?.iter().map(|x| x.as_f64().map(|f| f as f32)).collect()
 }
 
 #[async_trait]
@@ -243,63 +237,11 @@ impl Embedder for RemoteEmbedder {
     }
 
     async fn embed(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Embedded> {
-        let n = input.len();
-        let target =
-            Target { node: "remote embedding", url: &self.url, api_key: self.api_key.as_deref(), policy: &self.policy };
-        let bad = |what: &str| ServiceError::Upstream(format!("remote embedding at {} answered {what}", self.url));
-        let (mut vectors, prompt_tokens) = match self.kind {
-            RemoteKind::Tei => {
-                let EmbedInput::Texts(texts) = input else {
-                    return Err(ServiceError::invalid(opts.field, "token-id input is not supported by a TEI remote"));
-                };
-                // A TEI takes at most its --max-client-batch-size inputs per request (32 unless
-                // configured): an OpenAI request of up to 2,048 goes in slices of that size.
-                let mut vecs = Vec::with_capacity(texts.len());
-                for slice in texts.chunks(comps_core::limits::REMOTE_TEI_BATCH) {
-                    let body = json!({"inputs": slice, "normalize": opts.normalize, "truncate": opts.truncate});
-                    let v = call_json(&target, &body).await?;
-                    let part: Option<Vec<Vec<f32>>> =
-                        v.as_array().map(|a| a.iter().map(floats).collect()).unwrap_or(None);
-                    vecs.extend(part.ok_or_else(|| bad("something other than a list of vectors"))?);
-                }
-                (vecs, 0)
-            }
-            RemoteKind::OpenAi => {
-                let inputs = match input {
-                    EmbedInput::Texts(t) => json!(t),
-                    EmbedInput::Tokens(t) => json!(t),
-                };
-                let mut body = json!({"input": inputs, "encoding_format": "float"});
-                if let Some(m) = &self.model {
-                    body["model"] = json!(m);
-                }
-                let v = call_json(&target, &body).await?;
-                let mut data: Vec<(usize, Vec<f32>)> = v
-                    .get("data")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| bad("no 'data' list"))?
-                    .iter()
-                    .map(|d| {
-                        let i = d.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-                        d.get("embedding").and_then(floats).map(|e| (i, e))
-                    })
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| bad("an entry without a float 'embedding'"))?;
-                data.sort_by_key(|(i, _)| *i);
-                let tokens =
-                    v.get("usage").and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64).unwrap_or(0) as usize;
-                let vecs = data.into_iter().map(|(_, e)| e).collect::<Vec<_>>();
-                (vecs, tokens)
-            }
-        };
-        if vectors.len() != n {
-            return Err(bad(&format!("{} vectors for {n} inputs", vectors.len())));
+        if self.client.wire() == EmbeddingsWire::Tei && matches!(input, EmbedInput::Tokens(_)) {
+            return Err(ServiceError::invalid(opts.field, "token-id input is not supported by a TEI remote"));
         }
-        // OpenAI-compatible servers do not take a normalize flag, and a TEI may have been started
-        // without it: normalize once here (a no-op on unit vectors).
-        if opts.normalize {
-            vectors.iter_mut().for_each(|v| normalize(v));
-        }
-        Ok(Embedded { vectors, prompt_tokens })
+        let req = EmbedRequest { normalize: opts.normalize, truncate: Some(opts.truncate), prompt_name: None };
+        let out = self.client.embed(input.as_inputs(), &req).await?;
+        Ok(Embedded { vectors: out.vectors, prompt_tokens: out.prompt_tokens })
     }
 }

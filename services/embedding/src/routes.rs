@@ -199,7 +199,7 @@ async fn openai(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
         .map(|(i, mut v)| {
             if let Some(d) = req.dimensions {
                 v.truncate(d as usize);
-                comps_models::encoder::normalize(&mut v);
+                comps_core::vector::normalize(&mut v);
             }
             let embedding = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
@@ -319,7 +319,7 @@ async fn tei_embed(State(s): State<AppState>, comps_core::Json(req): comps_core:
             for v in &mut vectors {
                 v.truncate(d as usize);
                 if req.normalize {
-                    comps_models::encoder::normalize(v);
+                    comps_core::vector::normalize(v);
                 }
             }
         }

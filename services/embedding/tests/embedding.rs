@@ -7,11 +7,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use comps_core::vector::cosine;
 use comps_core::{CommonArgs, ErrorResponse, ServerHandle};
 use comps_embedding::{AppState, EmbedInput, EmbedOptions, Embedder, LocalEmbedder, RemoteEmbedder};
 use comps_mock_backends::{MockConfig, spawn_mock};
 use comps_models::BatchConfig;
-use comps_models::encoder::cosine;
 use serde_json::{Value, json};
 
 fn model_dir() -> PathBuf {

@@ -9,9 +9,9 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use comps_core::vector::cosine;
 use comps_embedding::{EmbedInput, EmbedOptions, Embedder, LocalEmbedder};
 use comps_models::BatchConfig;
-use comps_models::encoder::cosine;
 use comps_models::hub::{ENCODER_FILES, HubConfig, SENTENCE_FILES, resolve};
 
 fn model_dir() -> PathBuf {

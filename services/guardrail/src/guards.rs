@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use comps_core::orchestrator::NodePolicy;
-use comps_core::orchestrator::remote::{Target, call_json};
+use comps_core::client::{ChatClient, Upstream};
+use comps_core::vector::{cosine, normalize};
 use comps_core::{ServiceError, ServiceResult};
-use comps_models::encoder::{cosine, normalize};
 use comps_models::{BatchConfig, Batcher, EmbeddingModel, SequenceClassifier, TextTokenizer};
 use regex::Regex;
 use serde_json::{Value, json};
@@ -423,21 +422,13 @@ pub fn parse_verdict(answer: &str) -> Result<Vec<String>, String> {
 
 /// An LLM judge behind any OpenAI-compatible endpoint, prompted as Llama Guard.
 pub struct JudgeGuard {
-    url: String,
-    model: Option<String>,
-    api_key: Option<String>,
-    policy: NodePolicy,
+    client: ChatClient,
 }
 
 impl JudgeGuard {
-    /// A judge at `url` (`.../v1/chat/completions`).
+    /// A judge at `url` (`.../v1/chat/completions`, or the server's base URL).
     pub fn new(url: &str, model: Option<String>, api_key: Option<String>, timeout: Duration) -> Self {
-        Self {
-            url: url.into(),
-            model,
-            api_key: api_key.filter(|k| !k.is_empty()),
-            policy: NodePolicy { timeout, stream_idle_timeout: timeout, ..NodePolicy::default() },
-        }
+        Self { client: ChatClient::new(Upstream::new("guard judge", url, timeout).with_api_key(api_key), model) }
     }
 
     fn prompt(text: &str) -> String {
@@ -457,17 +448,9 @@ impl Guard for JudgeGuard {
     }
 
     async fn check(&self, text: &str) -> ServiceResult<Verdict> {
-        let target =
-            Target { node: "guard judge", url: &self.url, api_key: self.api_key.as_deref(), policy: &self.policy };
-        let mut body = json!({"messages": [{"role": "user", "content": Self::prompt(text)}], "temperature": 0, "max_tokens": 20, "stream": false});
-        if let Some(m) = &self.model {
-            body["model"] = json!(m);
-        }
-        let v = call_json(&target, &body).await?;
-        let answer = v.pointer("/choices/0/message/content").and_then(Value::as_str).ok_or_else(|| {
-            ServiceError::Upstream(format!("guard judge at {} answered without choices[0].message.content", self.url))
-        })?;
-        let violations = parse_verdict(answer).map_err(ServiceError::Upstream)?;
+        let body = json!({"messages": [{"role": "user", "content": Self::prompt(text)}], "temperature": 0, "max_tokens": 20, "stream": false});
+        let answer = self.client.complete_text(body).await?;
+        let violations = parse_verdict(&answer).map_err(ServiceError::Upstream)?;
         Ok(Verdict { violations, rewritten: None })
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use comps_core::orchestrator::NodePolicy;
-use comps_core::orchestrator::remote::{Target, call_json, call_stream};
+use comps_core::client::{ChatClient, Upstream};
+use comps_core::health::HealthCheck;
 use comps_core::protocol::{
     ChatCompletionRequest, ChatCompletionResponse, ChatCompletionResponseStreamChoice, ChatCompletionStreamResponse,
     ContentPart, DeltaMessage, FinishReason, MessageContent, Messages, UsageInfo, completion_id, unix_now,
@@ -39,6 +39,10 @@ pub trait Generator: Send + Sync {
     fn models(&self) -> Vec<Value>;
     /// Answer a validated request; `raw` is its JSON as received (for pass-through).
     async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion>;
+    /// The `/health` check of what generates locally (a proxy has nothing local to watch).
+    fn health(&self) -> HealthCheck {
+        HealthCheck::always_healthy()
+    }
 }
 
 /// Options of the request that this service does not implement are refused, never ignored.
@@ -333,6 +337,10 @@ impl Generator for LocalGenerator {
         })]
     }
 
+    fn health(&self) -> HealthCheck {
+        self.engine.health()
+    }
+
     async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion> {
         self.check_model(&req)?;
         let gen_req = self.prepare(&req, &raw).await?;
@@ -393,10 +401,7 @@ impl Generator for LocalGenerator {
 
 /// A proxy to an OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama, ...).
 pub struct RemoteGenerator {
-    url: String,
-    api_key: Option<String>,
-    model: Option<String>,
-    policy: NodePolicy,
+    client: ChatClient,
 }
 
 /// The node name upstream failures are reported under.
@@ -406,23 +411,15 @@ impl RemoteGenerator {
     /// `url` is the server's base (`http://host:8000`, `.../v1`) or its full
     /// `/v1/chat/completions` URL.
     pub fn new(url: &str, api_key: Option<String>, model: Option<String>, timeout: Duration) -> Self {
-        let trimmed = url.trim_end_matches('/');
-        let url = if trimmed.ends_with("/chat/completions") {
-            trimmed.to_string()
-        } else if trimmed.ends_with("/v1") {
-            format!("{trimmed}/chat/completions")
-        } else {
-            format!("{trimmed}/v1/chat/completions")
-        };
-        let policy = NodePolicy { timeout, stream_idle_timeout: timeout, retries: 1, ..NodePolicy::default() };
-        Self { url, api_key, model, policy }
+        let upstream = Upstream::new(REMOTE_NODE, url, timeout).with_api_key(api_key).with_retries(1);
+        Self { client: ChatClient::new(upstream, model) }
     }
 }
 
 #[async_trait]
 impl Generator for RemoteGenerator {
     fn model_name(&self) -> String {
-        self.model.clone().unwrap_or_else(|| "remote".into())
+        self.client.model().unwrap_or("remote").to_string()
     }
 
     fn models(&self) -> Vec<Value> {
@@ -431,29 +428,14 @@ impl Generator for RemoteGenerator {
 
     async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion> {
         let mut body = raw;
-        if let (Some(m), Some(obj)) = (&self.model, body.as_object_mut()) {
-            obj.insert("model".into(), json!(m));
-        }
         if let (Messages::Text(t), Some(obj)) = (&req.messages, body.as_object_mut()) {
             // OpenAI servers want a list.
             obj.insert("messages".into(), json!([{"role": "user", "content": t}]));
         }
-        let target =
-            Target { node: REMOTE_NODE, url: &self.url, api_key: self.api_key.as_deref(), policy: &self.policy };
-        if !req.is_stream() {
-            return Ok(Completion::Full(call_json(&target, &body).await?));
+        if req.is_stream() {
+            Ok(Completion::Stream(self.client.stream(body).await?))
+        } else {
+            Ok(Completion::Full(self.client.complete(body).await?))
         }
-        let events = call_stream(&target, &body).await?;
-        // An error object in the stream is the upstream's failure, reported as such.
-        let checked = events.map(|item| {
-            item.and_then(|payload| match serde_json::from_str::<Value>(&payload) {
-                Ok(v) if v.get("error").is_some() => Err(ServiceError::Upstream(format!(
-                    "node {REMOTE_NODE} failed midway: {}",
-                    v["error"].get("message").and_then(Value::as_str).unwrap_or(&payload)
-                ))),
-                _ => Ok(payload),
-            })
-        });
-        Ok(Completion::Stream(checked.boxed()))
     }
 }

@@ -155,8 +155,10 @@ pub async fn build_generator(args: &Args) -> anyhow::Result<Arc<dyn Generator>> 
     Ok(Arc::new(LocalGenerator::new(model, template, cfg)?.with_aliases(aliases)))
 }
 
-/// The server for a generator (tests use this with port 0).
+/// The server for a generator (tests use this with port 0); its `/health` fails while a local
+/// model's engine is down.
 pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server {
+    let health = state.generator.health();
     let svc = common
         .apply(MicroService::new("llm"), default_port)
         .endpoint("/v1/chat/completions")
@@ -165,7 +167,10 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
         .description(format!("LLM service ({})", state.generator.model_name()))
         .version(env!("CARGO_PKG_VERSION"));
     use utoipa::OpenApi;
-    Server::new(svc, common.server_config()).merge(routes::router(state)).openapi(routes::LlmApi::openapi())
+    Server::new(svc, common.server_config())
+        .health_check_with(health)
+        .merge(routes::router(state))
+        .openapi(routes::LlmApi::openapi())
 }
 
 /// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.

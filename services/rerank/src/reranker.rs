@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use comps_core::client::{EmbedInputs, EmbedRequest, EmbeddingsClient, EmbeddingsWire, RerankClient, Upstream};
 use comps_core::health::HealthCheck;
-use comps_core::orchestrator::NodePolicy;
-use comps_core::orchestrator::remote::{Target, call_json};
+use comps_core::vector::{cosine, normalize};
 use comps_core::{ServiceError, ServiceResult};
-use comps_models::encoder::{cosine, normalize};
 use comps_models::tokenize::{Culprit, TooLong};
 use comps_models::{BatchConfig, Batcher, EmbeddingModel, SequenceClassifier, TextTokenizer};
-use serde_json::{Value, json};
 
 /// How to score.
 #[derive(Debug, Clone, Copy)]
@@ -143,7 +141,7 @@ impl Reranker for CrossEncoder {
 /// Where a bi-encoder gets its vectors.
 enum Vectors {
     Local { tokenizer: Arc<TextTokenizer>, batcher: Batcher<Vec<u32>, Vec<f32>> },
-    Service { url: String, policy: NodePolicy },
+    Service(EmbeddingsClient),
 }
 
 /// Cosine similarity of query and text embeddings.
@@ -182,10 +180,11 @@ impl BiEncoder {
         Self {
             info: RerankerInfo { model_id: url.to_string(), kind: "bi-encoder", max_input_tokens: None },
             prefixes: Default::default(),
-            vectors: Vectors::Service {
-                url: url.to_string(),
-                policy: NodePolicy { timeout, stream_idle_timeout: timeout, ..NodePolicy::default() },
-            },
+            vectors: Vectors::Service(EmbeddingsClient::new(
+                Upstream::new("embedding service", url, timeout),
+                EmbeddingsWire::OpenAi,
+                usize::MAX,
+            )),
         }
     }
 
@@ -196,24 +195,8 @@ impl BiEncoder {
                 let ids = tokenizer.try_encode_off_runtime(texts, truncate).await?.map_err(embedded_too_long)?;
                 Ok(batcher.submit(ids).await?)
             }
-            Vectors::Service { url, policy } => {
-                let target = Target { node: "embedding service", url, api_key: None, policy };
-                let v = call_json(&target, &json!({"input": texts})).await?;
-                let mut data: Vec<(u64, Vec<f32>)> = v
-                    .get("data")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|d| {
-                                let i = d.get("index")?.as_u64()?;
-                                let e = d.get("embedding")?.as_array()?;
-                                Some((i, e.iter().filter_map(|x| x.as_f64().map(|f| f as f32)).collect()))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                data.sort_by_key(|(i, _)| *i);
-                Ok(data.into_iter().map(|(_, e)| e).collect())
+            Vectors::Service(client) => {
+                Ok(client.embed(EmbedInputs::Texts(&texts), &EmbedRequest::default()).await?.vectors)
             }
         }
     }
@@ -228,7 +211,7 @@ impl Reranker for BiEncoder {
     fn health(&self) -> HealthCheck {
         match &self.vectors {
             Vectors::Local { batcher, .. } => batcher.health(),
-            Vectors::Service { .. } => HealthCheck::always_healthy(),
+            Vectors::Service(_) => HealthCheck::always_healthy(),
         }
     }
 
@@ -253,9 +236,7 @@ impl Reranker for BiEncoder {
 
 /// A remote TEI `/rerank`.
 pub struct RemoteReranker {
-    url: String,
-    api_key: Option<String>,
-    policy: NodePolicy,
+    client: RerankClient,
     info: RerankerInfo,
 }
 
@@ -264,9 +245,7 @@ impl RemoteReranker {
     pub fn new(url: &str, api_key: Option<String>, timeout: Duration) -> anyhow::Result<Self> {
         reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("--remote-url '{url}': {e}"))?;
         Ok(Self {
-            url: url.to_string(),
-            api_key: api_key.filter(|k| !k.is_empty()),
-            policy: NodePolicy { timeout, stream_idle_timeout: timeout, ..NodePolicy::default() },
+            client: RerankClient::new(Upstream::new("remote rerank", url, timeout).with_api_key(api_key)),
             info: RerankerInfo { model_id: url.to_string(), kind: "remote", max_input_tokens: None },
         })
     }
@@ -279,20 +258,6 @@ impl Reranker for RemoteReranker {
     }
 
     async fn score(&self, query: &str, texts: &[String], opts: ScoreOptions) -> ServiceResult<Vec<f32>> {
-        let target =
-            Target { node: "remote rerank", url: &self.url, api_key: self.api_key.as_deref(), policy: &self.policy };
-        let body = json!({"query": query, "texts": texts, "raw_scores": opts.raw_scores, "truncate": opts.truncate});
-        let v = call_json(&target, &body).await?;
-        let bad = || ServiceError::Upstream(format!("remote rerank at {} answered {v}", self.url));
-        let mut scores = vec![f32::NAN; texts.len()];
-        for r in v.as_array().ok_or_else(bad)? {
-            let i = r.get("index").and_then(Value::as_u64).ok_or_else(bad)? as usize;
-            let s = r.get("score").and_then(Value::as_f64).ok_or_else(bad)? as f32;
-            *scores.get_mut(i).ok_or_else(bad)? = s;
-        }
-        if scores.iter().any(|s| s.is_nan()) {
-            return Err(bad());
-        }
-        Ok(scores)
+        self.client.scores(query, texts, opts.raw_scores, opts.truncate).await
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use comps_retriever::store::normalize;
+use comps_core::vector::normalize;
 use comps_retriever::{EmbeddedStore, FileRecord, NewChunk, PgStore, VectorStore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -808,7 +808,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::store::normalize;
+    use comps_core::vector::normalize;
 
     const DIM: usize = 16;
     const THRESHOLD: usize = 1_000;

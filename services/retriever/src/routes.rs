@@ -124,7 +124,7 @@ async fn query_vector(s: &AppState, given: Option<&[f32]>, text: &str) -> Servic
             s.embedder.embed(&[text.to_string()], Role::Query).await?.remove(0)
         }
     };
-    crate::store::normalize(&mut v);
+    comps_core::vector::normalize(&mut v);
     Ok(v)
 }
 

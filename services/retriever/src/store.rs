@@ -5,6 +5,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use comps_core::vector::dot;
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -122,10 +124,6 @@ pub fn relevance(similarity: f32) -> f32 {
     similarity.clamp(0.0, 1.0)
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 /// Run a search: an empty collection gives an empty list.
 pub async fn search(
     store: &dyn VectorStore,
@@ -169,14 +167,6 @@ pub fn mmr(mut candidates: Vec<Hit>, k: usize, lambda: f32) -> Vec<Hit> {
         taken.push(candidates.swap_remove(best));
     }
     taken
-}
-
-/// Scale `v` to unit length (zero vectors stay zero).
-pub fn normalize(v: &mut [f32]) {
-    let n = dot(v, v).sqrt();
-    if n > 0.0 {
-        v.iter_mut().for_each(|x| *x /= n);
-    }
 }
 
 #[cfg(test)]

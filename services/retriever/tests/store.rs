@@ -4,8 +4,8 @@
 mod common;
 
 use common::TempDir;
+use comps_core::vector::normalize;
 use comps_retriever::embedded::IndexStatus;
-use comps_retriever::store::normalize;
 use comps_retriever::{EmbeddedStore, FileRecord, NewChunk, VectorStore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -1,5 +1,6 @@
-//! Calls to remote nodes: one pooled client, per-node timeouts, bounded retries with backoff on
-//! connect errors and 502/503/504, and every failure turned into an error naming the node.
+//! The transport under every client: one pooled HTTP client, per-node timeouts, bounded
+//! retries with backoff on connect errors and 502/503/504, and every failure turned into an
+//! error naming the node.
 
 use std::time::Duration;
 
@@ -46,18 +47,8 @@ pub struct Target<'a> {
     pub policy: &'a NodePolicy,
 }
 
-const EXCERPT: usize = 300;
-
 fn excerpt(body: &str) -> String {
-    let t = body.trim();
-    if t.len() <= EXCERPT {
-        return t.to_string();
-    }
-    let mut end = EXCERPT;
-    while !t.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &t[..end])
+    crate::limits::excerpt_to(body.trim(), crate::limits::UPSTREAM_BODY_EXCERPT_CHARS)
 }
 
 fn retryable(status: StatusCode) -> bool {
