@@ -1,6 +1,8 @@
-//! The JSON extractor every handler uses: any parse failure or invalid value becomes the OpenAI
+//! The JSON extractors every handler uses: any parse failure or invalid value becomes the OpenAI
 //! error envelope — 400 for malformed JSON, 413 for an oversize body, 422 naming the field for a
-//! wrong type, a missing field or an out-of-range value.
+//! wrong type, a missing field or an out-of-range value. [`Json`] reads one type; [`JsonBody`]
+//! serves a route that takes several request shapes (OpenAI's and OPEA's): the body is parsed
+//! once, its keys decide the shape, and the chosen type is read from that same parse.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -8,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 use crate::error::ServiceError;
 use crate::protocol::Validate;
@@ -24,16 +27,82 @@ where
     type Rejection = ServiceError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ServiceError::PayloadTooLarge("request body is larger than this service's limit".into())
-            } else {
-                ServiceError::MalformedRequest(format!("could not read the request body: {rejection}"))
-            }
-        })?;
-        let value: T = parse_json(&bytes)?;
+        let value: T = parse_json(&read_body(req, state).await?)?;
         value.validate()?;
         Ok(Json(value))
+    }
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ServiceError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServiceError::PayloadTooLarge("request body is larger than this service's limit".into())
+        } else {
+            ServiceError::MalformedRequest(format!("could not read the request body: {rejection}"))
+        }
+    })
+}
+
+/// A JSON object body, parsed once. A handler asks it which keys it has to decide the request's
+/// shape, then reads the shape's type with [`JsonBody::typed`] (errors as [`parse_json`] gives
+/// them: the field named).
+#[derive(Debug, Clone)]
+pub struct JsonBody(Value);
+
+impl JsonBody {
+    /// Parse `bytes`: empty, malformed or not an object are errors.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ServiceError> {
+        match parse_json::<Value>(bytes)? {
+            v @ Value::Object(_) => Ok(Self(v)),
+            _ => Err(ServiceError::invalid("body", "the request body must be a JSON object")),
+        }
+    }
+
+    /// Whether the body has `key` (with any value, `null` included).
+    pub fn has(&self, key: &str) -> bool {
+        self.0.get(key).is_some()
+    }
+
+    /// The value at `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key)
+    }
+
+    /// Set `key` (a value the service fills in before reading the body, e.g. a computed vector).
+    pub fn insert(&mut self, key: &str, value: Value) {
+        if let Value::Object(m) = &mut self.0 {
+            m.insert(key.to_string(), value);
+        }
+    }
+
+    /// The body as it came (an object).
+    pub fn value(&self) -> &Value {
+        &self.0
+    }
+
+    /// The body's keys and values.
+    pub fn as_map(&self) -> &Map<String, Value> {
+        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+        // `parse` only ever builds an object; the empty map is never seen.
+        self.0.as_object().unwrap_or_else(|| EMPTY.get_or_init(Map::new))
+    }
+
+    /// The body as a JSON value (an object).
+    pub fn into_value(self) -> Value {
+        self.0
+    }
+
+    /// The body read as `T` (no validation).
+    pub fn typed<T: DeserializeOwned>(&self) -> Result<T, ServiceError> {
+        from_value(&self.0)
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ServiceError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Self::parse(&read_body(req, state).await?)
     }
 }
 
@@ -41,6 +110,11 @@ impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
     }
+}
+
+/// Read a parsed JSON value as `T`, errors naming the field as [`parse_json`]'s do.
+pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, ServiceError> {
+    serde_path_to_error::deserialize(value).map_err(path_error)
 }
 
 /// Parse `bytes` as `T`, mapping errors as the extractor does (no validation).
@@ -133,4 +207,47 @@ fn closing(s: &str, quote: char) -> Option<usize> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ChatCompletionRequest, EmbedDoc};
+
+    #[test]
+    fn a_body_is_parsed_once_and_read_as_the_shape_its_keys_choose() {
+        let mut body = JsonBody::parse(br#"{"text": "where", "k": 3}"#).unwrap();
+        assert!(body.has("text") && !body.has("messages"));
+        assert_eq!(body.get("k"), Some(&serde_json::json!(3)));
+        body.insert("embedding", serde_json::json!([0.5, 0.25]));
+        let doc: EmbedDoc = body.typed().unwrap();
+        assert_eq!(doc.k, 3);
+        assert_eq!(body.as_map().len(), 3);
+    }
+
+    #[test]
+    fn bodies_that_are_not_objects_or_not_json_are_refused_as_parse_json_refuses_them() {
+        for (bytes, status) in [(&b""[..], 400), (b"  ", 400), (b"{\"a\": ", 400), (b"[1, 2]", 422), (b"\"x\"", 422)] {
+            let e = JsonBody::parse(bytes).unwrap_err();
+            assert_eq!(e.status(), status, "{}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[test]
+    fn a_wrong_field_is_named_with_its_path() {
+        let body = JsonBody::parse(br#"{"messages": [{"role": 7, "content": "hi"}], "max_tokens": -1}"#).unwrap();
+        let e = body.typed::<ChatCompletionRequest>().unwrap_err();
+        match &e {
+            ServiceError::InvalidField { field: Some(f), message } => {
+                assert!(f.starts_with("messages") || f == "max_tokens", "{f}: {message}");
+                assert!(!message.contains(" at line "), "{message}");
+            }
+            other => panic!("expected a 422 naming the field, got {other:?}"),
+        }
+        let missing = JsonBody::parse(br#"{"text": "q"}"#).unwrap().typed::<EmbedDoc>().unwrap_err();
+        assert!(
+            matches!(&missing, ServiceError::InvalidField { field: Some(f), .. } if f == "embedding"),
+            "{missing:?}"
+        );
+    }
 }

@@ -68,6 +68,11 @@ mod builtin {
         responses((status = 200, description = "The OpenAPI document of this service", body = Object)))]
     pub async fn openapi() {}
 
+    /// The served models, as OpenAI lists them (on services that serve models).
+    #[utoipa::path(get, path = "/v1/models", tag = "models",
+        responses((status = 200, description = "The served models", body = crate::protocol::ModelList)))]
+    pub async fn models() {}
+
     /// A page rendering this document.
     #[utoipa::path(get, path = "/docs", tag = "docs",
         responses((status = 200, description = "HTML", body = String, content_type = "text/html")))]
@@ -88,6 +93,11 @@ mod builtin {
     components(schemas(ErrorResponse, ErrorDetail))
 )]
 struct Builtin;
+
+/// `GET /v1/models`, added by [`crate::Server::models`].
+#[derive(OpenApi)]
+#[openapi(paths(builtin::models), components(schemas(crate::protocol::ModelList, crate::protocol::ModelCard)))]
+pub(crate) struct Models;
 
 /// The paths every server has, whatever its routes.
 pub fn builtin_paths() -> &'static [&'static str] {

@@ -303,6 +303,19 @@ impl Server {
         self
     }
 
+    /// `GET /v1/models`: the models `list` gives, as OpenAI lists them (and in the OpenAPI
+    /// document). One place for every service that serves a model, and for a megaservice
+    /// that answers as one.
+    pub fn models(self, list: impl Fn() -> Vec<crate::protocol::ModelCard> + Send + Sync + 'static) -> Self {
+        let list = Arc::new(list);
+        let handler = move || {
+            let list = list.clone();
+            async move { axum::Json(crate::protocol::ModelList { object: "list".into(), data: list() }) }
+        };
+        use utoipa::OpenApi;
+        self.route("/v1/models", get(handler)).openapi(crate::openapi::Models::openapi())
+    }
+
     /// The OpenAPI document of this service's routes (from its handlers' `#[utoipa::path]`),
     /// served completed with the built-in routes at `/v1/openapi.json` and rendered at `/docs`.
     /// Several calls merge.

@@ -16,6 +16,48 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// One served model, as OpenAI's `GET /v1/models` lists it (vLLM adds `max_model_len`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModelCard {
+    /// The name requests may give as `model`.
+    pub id: String,
+    /// `model`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// Who serves it.
+    pub owned_by: String,
+    /// The longest context (prompt + answer) in tokens, where the service knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<usize>,
+    /// What the model is and how it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl ModelCard {
+    /// `id`, owned by `owned_by`, created at `created` (Unix seconds).
+    pub fn new(id: impl Into<String>, owned_by: impl Into<String>, created: u64) -> Self {
+        Self {
+            id: id.into(),
+            object: "model".into(),
+            created,
+            owned_by: owned_by.into(),
+            max_model_len: None,
+            description: None,
+        }
+    }
+}
+
+/// OpenAI's `GET /v1/models` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModelList {
+    /// `list`.
+    pub object: String,
+    /// The served models.
+    pub data: Vec<ModelCard>,
+}
+
 /// A completion id (`chatcmpl-<32 hex>`).
 pub fn completion_id() -> String {
     format!("chatcmpl-{}", new_id())

@@ -234,7 +234,10 @@ pub fn server(args: &Args) -> anyhow::Result<Server> {
         )),
     };
     use utoipa::OpenApi;
-    Ok(server.merge(routes::router(state)).openapi(routes::ChatQnaApi::openapi()))
+    Ok(server
+        .models(|| vec![comps_core::protocol::ModelCard::new(hooks::MODEL, "comps-rs", 0)])
+        .merge(routes::router(state))
+        .openapi(routes::ChatQnaApi::openapi()))
 }
 
 /// Serve until SIGTERM / ctrl-c.

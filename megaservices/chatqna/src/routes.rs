@@ -8,8 +8,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
-use comps_core::extract::parse_json;
+use axum::routing::{any, post};
+use comps_core::extract::JsonBody;
 use comps_core::protocol::{ChatCompletionRequest, FinishReason, UsageInfo, Validate};
 use comps_core::sse::sse_response;
 use comps_core::{
@@ -39,21 +39,11 @@ pub struct AppState {
 /// The OpenAPI document of ChatQnA's routes.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(chatqna, chat_completions, models, forwarded::ingest, forwarded::get, forwarded::delete),
+    paths(chatqna, chat_completions, forwarded::ingest, forwarded::get, forwarded::delete),
     tags((name = "chatqna", description = "The ChatQnA RAG pipeline"),
          (name = "dataprep", description = "Forwarded as they come to the dataprep service"))
 )]
 pub struct ChatQnaApi;
-
-/// The model list.
-#[allow(dead_code)]
-#[derive(utoipa::ToSchema)]
-struct ModelList {
-    /// `list`.
-    object: String,
-    /// `chatqna`.
-    data: Vec<Value>,
-}
 
 /// The dataprep routes as the forwarder passes them on (one handler serves them all).
 #[allow(dead_code)]
@@ -84,7 +74,6 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chatqna", post(chatqna))
         .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
         .route("/v1/dataprep/{*rest}", any(dataprep))
         .with_state(state)
 }
@@ -95,8 +84,8 @@ pub fn router(state: AppState) -> Router {
     request_body = ChatCompletionRequest,
     responses((status = 200, description = "The answer, streamed or whole",
         content((String = "text/event-stream"), (comps_core::protocol::ChatCompletionResponse = "application/json")))))]
-async fn chatqna(State(s): State<AppState>, body: Bytes) -> Response {
-    answer(&s, &body, Framing::Opea).await.unwrap_or_else(IntoResponse::into_response)
+async fn chatqna(State(s): State<AppState>, body: JsonBody) -> ServiceResult<Response> {
+    answer(&s, &body, Framing::Opea).await
 }
 
 /// Ask the pipeline as an OpenAI model (`chatqna`): `chat.completion.chunk` events when
@@ -105,28 +94,15 @@ async fn chatqna(State(s): State<AppState>, body: Bytes) -> Response {
     request_body = ChatCompletionRequest,
     responses((status = 200, description = "The answer, whole or streamed",
         content((comps_core::protocol::ChatCompletionResponse = "application/json"), (String = "text/event-stream")))))]
-async fn chat_completions(State(s): State<AppState>, body: Bytes) -> Response {
-    answer(&s, &body, Framing::OpenAi).await.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// The pipeline as a model.
-#[utoipa::path(get, path = "/v1/models", tag = "chatqna", responses((status = 200, description = "`chatqna`", body = ModelList)))]
-async fn models() -> Response {
-    axum::Json(json!({
-        "object": "list",
-        "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "comps-rs"}],
-    }))
-    .into_response()
+async fn chat_completions(State(s): State<AppState>, body: JsonBody) -> ServiceResult<Response> {
+    answer(&s, &body, Framing::OpenAi).await
 }
 
 /// Run the pipeline for one request. `/v1/chatqna` streams unless `"stream": false`;
 /// `/v1/chat/completions` streams only when asked, as OpenAI does.
-async fn answer(s: &AppState, body: &[u8], framing: Framing) -> ServiceResult<Response> {
-    let raw: Value = parse_json(body)?;
-    let Value::Object(raw) = raw else {
-        return Err(ServiceError::invalid("body", "the request body must be a JSON object"));
-    };
-    let req: ChatCompletionRequest = parse_json(body)?;
+async fn answer(s: &AppState, body: &JsonBody, framing: Framing) -> ServiceResult<Response> {
+    let req: ChatCompletionRequest = body.typed()?;
+    let raw = body.as_map();
     req.validate()?;
     let stream = match raw.get("stream") {
         None | Some(Value::Null) => framing == Framing::Opea,
@@ -165,7 +141,7 @@ async fn answer(s: &AppState, body: &[u8], framing: Framing) -> ServiceResult<Re
     });
     let top_n = if raw.get("top_n").is_some_and(|v| !v.is_null()) { req.top_n } else { s.default_top_n };
     extras.insert(RerankerParms { top_n, ..RerankerParms::default() });
-    extras.insert(RequestOptions { framing, language: req.language.clone(), llm_body: llm_body(&req, &raw, &params) });
+    extras.insert(RequestOptions { framing, language: req.language.clone(), llm_body: llm_body(&req, raw, &params) });
 
     let mut result = s.orch.schedule(json!({ "text": question }), params, extras).await?;
     if stream && let Some(frames) = result.take_stream() {

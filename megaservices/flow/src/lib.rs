@@ -132,7 +132,7 @@ async fn run_flow(orch: &ServiceOrchestrator, body: Map<String, Value>) -> Resul
     if !params_src.contains_key("stream") {
         params_src.insert("stream".into(), Value::Bool(false));
     }
-    let params: LLMParams = comps_core::extract::parse_json(Value::Object(params_src).to_string().as_bytes())?;
+    let params: LLMParams = comps_core::extract::from_value(&Value::Object(params_src))?;
     params.validate()?;
     let mut result = orch.schedule(Value::Object(body), params, Extras::new()).await?;
     if let Some(stream) = result.take_stream() {

@@ -123,6 +123,7 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
     use utoipa::OpenApi;
     Server::new(svc, common.server_config())
         .health_check_with(health)
+        .models(move || vec![comps_core::protocol::ModelCard::new(&info.model_id, "comps-rs", 0)])
         .merge(routes::router(state))
         .openapi(routes::EmbeddingApi::openapi())
 }

@@ -3,12 +3,11 @@
 //! does; TEI and OPEA requests keep TEI's `--max-client-batch-size`.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use comps_core::extract::parse_json;
+use comps_core::extract::JsonBody;
 use comps_core::limits::OPENAI_MAX_EMBEDDING_INPUTS;
 use comps_core::protocol::{
     EmbedDoc, Embedding, EmbeddingData, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingResponseData,
@@ -16,7 +15,7 @@ use comps_core::protocol::{
 };
 use comps_core::{ServiceError, ServiceResult};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::AppState;
 use crate::embedder::{EmbedInput, EmbedOptions};
@@ -24,7 +23,7 @@ use crate::embedder::{EmbedInput, EmbedOptions};
 /// The OpenAPI document of the service's routes.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(embeddings, tei_embed, info, models),
+    paths(embeddings, tei_embed, info),
     tags((name = "embedding", description = "OpenAI and OPEA embeddings"),
          (name = "tei", description = "Text Embeddings Inference's routes"))
 )]
@@ -94,37 +93,12 @@ struct InfoPooling {
     pooling: Option<String>,
 }
 
-/// OpenAI's model list.
-#[allow(dead_code)]
-#[derive(utoipa::ToSchema)]
-struct ModelList {
-    /// `list`.
-    object: String,
-    /// The served model.
-    data: Vec<ModelCard>,
-}
-
-/// One served model.
-#[allow(dead_code)]
-#[derive(utoipa::ToSchema)]
-struct ModelCard {
-    /// The model's name.
-    id: String,
-    /// `model`.
-    object: String,
-    /// Always 0.
-    created: u64,
-    /// `comps-rs`.
-    owned_by: String,
-}
-
 /// The service's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/embeddings", post(embeddings))
         .route("/embed", post(tei_embed))
         .route("/info", get(info))
-        .route("/v1/models", get(models))
         .with_state(state)
 }
 
@@ -158,21 +132,12 @@ fn check_count(field: &'static str, n: usize, limit: InputLimit) -> ServiceResul
 #[utoipa::path(post, path = "/v1/embeddings", tag = "embedding",
     request_body = EmbeddingsBody,
     responses((status = 200, description = "The embeddings", body = EmbeddingsAnswer)))]
-async fn embeddings(State(s): State<AppState>, body: Bytes) -> Response {
-    let shape: Value = match parse_json(&body) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    let result = if shape.get("input").is_some() || shape.get("text").is_none() {
-        openai(&s, &body).await
-    } else {
-        opea(&s, &body).await
-    };
-    result.unwrap_or_else(IntoResponse::into_response)
+async fn embeddings(State(s): State<AppState>, body: JsonBody) -> ServiceResult<Response> {
+    if body.has("input") || !body.has("text") { openai(&s, &body).await } else { opea(&s, &body).await }
 }
 
-async fn openai(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
-    let req: EmbeddingRequest = parse_json(body)?;
+async fn openai(s: &AppState, body: &JsonBody) -> ServiceResult<Response> {
+    let req: EmbeddingRequest = body.typed()?;
     req.validate()?;
     let input = match req.input {
         EmbeddingInput::Text(t) => EmbedInput::Texts(with_prompt(s, None, vec![t])?),
@@ -220,8 +185,8 @@ async fn openai(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
     Ok(axum::Json(resp).into_response())
 }
 
-async fn opea(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
-    let doc: TextDoc = parse_json(body)?;
+async fn opea(s: &AppState, body: &JsonBody) -> ServiceResult<Response> {
+    let doc: TextDoc = body.typed()?;
     let (texts, single) = match doc.text.clone() {
         Some(TextOrList::Text(t)) => (vec![t], true),
         Some(TextOrList::List(l)) => (l, false),
@@ -344,15 +309,5 @@ async fn info(State(s): State<AppState>) -> impl IntoResponse {
         "embedding_dimension": i.dim,
         "backend": i.backend,
         "version": env!("CARGO_PKG_VERSION"),
-    }))
-}
-
-/// The served model, as OpenAI lists models.
-#[utoipa::path(get, path = "/v1/models", tag = "embedding",
-    responses((status = 200, description = "The served model", body = ModelList)))]
-async fn models(State(s): State<AppState>) -> impl IntoResponse {
-    axum::Json(json!({
-        "object": "list",
-        "data": [{"id": s.embedder.info().model_id, "object": "model", "created": 0, "owned_by": "comps-rs"}],
     }))
 }

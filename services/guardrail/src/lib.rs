@@ -19,11 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use comps_core::extract::parse_json;
+use comps_core::extract::JsonBody;
 use comps_core::protocol::{GeneratedDoc, LLMParamsDoc, TextDoc};
 use comps_core::{CommonArgs, MicroService, Server, ServiceError, ServiceResult, ServiceType};
 use comps_models::BatchArgs;
@@ -249,20 +248,9 @@ pub fn router(state: AppState) -> Router {
 #[utoipa::path(post, path = "/v1/guardrails", tag = "guardrails",
     request_body = GuardBody,
     responses((status = 200, description = "The text passed on, or the refusal", body = GuardAnswer)))]
-async fn guardrails(State(s): State<AppState>, body: Bytes) -> Response {
-    handle(&s, &body).await.unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn handle(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
-    let shape: serde_json::Value = parse_json(body)?;
-    if !shape.is_object() {
-        return Err(ServiceError::InvalidField {
-            field: None,
-            message: "expected a JSON object (TextDoc, LLMParamsDoc or GeneratedDoc)".into(),
-        });
-    }
-    if shape.get("query").is_some() {
-        let mut doc: LLMParamsDoc = parse_json(body)?;
+async fn guardrails(State(s): State<AppState>, body: JsonBody) -> ServiceResult<Response> {
+    if body.has("query") {
+        let mut doc: LLMParamsDoc = body.typed()?;
         let (violations, text) = check(&s.guards, &doc.query).await?;
         if !violations.is_empty() {
             return Ok(axum::Json(refusal(&violations)).into_response());
@@ -270,13 +258,13 @@ async fn handle(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
         doc.query = text;
         return Ok(axum::Json(doc).into_response());
     }
-    if shape.get("prompt").is_some() {
-        let doc: GeneratedDoc = parse_json(body)?;
+    if body.has("prompt") {
+        let doc: GeneratedDoc = body.typed()?;
         let (violations, text) = check(&s.guards, &doc.text).await?;
         let out = if violations.is_empty() { TextDoc::new(text) } else { refusal(&violations) };
         return Ok(axum::Json(out).into_response());
     }
-    let doc: TextDoc = parse_json(body)?;
+    let doc: TextDoc = body.typed()?;
     let Some(text) = doc.text.as_ref().map(|t| t.joined()) else {
         return Err(ServiceError::invalid("text", "text is required"));
     };

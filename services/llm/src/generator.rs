@@ -9,7 +9,7 @@ use comps_core::client::{ChatClient, Upstream};
 use comps_core::health::HealthCheck;
 use comps_core::protocol::{
     ChatCompletionRequest, ChatCompletionResponse, ChatCompletionResponseStreamChoice, ChatCompletionStreamResponse,
-    ContentPart, DeltaMessage, FinishReason, MessageContent, Messages, UsageInfo, completion_id, unix_now,
+    ContentPart, DeltaMessage, FinishReason, MessageContent, Messages, ModelCard, UsageInfo, completion_id, unix_now,
 };
 use comps_core::sse::EventStream;
 use comps_core::{ServiceError, ServiceResult};
@@ -36,7 +36,7 @@ pub trait Generator: Send + Sync {
     /// The served model name.
     fn model_name(&self) -> String;
     /// The `data` entries of `GET /v1/models`.
-    fn models(&self) -> Vec<Value>;
+    fn models(&self) -> Vec<ModelCard>;
     /// Answer a validated request; `raw` is its JSON as received (for pass-through).
     async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion>;
     /// The `/health` check of what generates locally (a proxy has nothing local to watch).
@@ -326,15 +326,11 @@ impl Generator for LocalGenerator {
         self.model.name.clone()
     }
 
-    fn models(&self) -> Vec<Value> {
-        vec![json!({
-            "id": self.model.name,
-            "object": "model",
-            "created": unix_now(),
-            "owned_by": "comps-rs",
-            "max_model_len": self.model.context_len,
-            "description": self.model.description,
-        })]
+    fn models(&self) -> Vec<ModelCard> {
+        let mut card = ModelCard::new(&self.model.name, "comps-rs", unix_now());
+        card.max_model_len = Some(self.model.context_len);
+        card.description = Some(self.model.description.clone());
+        vec![card]
     }
 
     fn health(&self) -> HealthCheck {
@@ -422,8 +418,8 @@ impl Generator for RemoteGenerator {
         self.client.model().unwrap_or("remote").to_string()
     }
 
-    fn models(&self) -> Vec<Value> {
-        vec![json!({"id": self.model_name(), "object": "model", "created": unix_now(), "owned_by": "remote"})]
+    fn models(&self) -> Vec<ModelCard> {
+        vec![ModelCard::new(self.model_name(), "remote", unix_now())]
     }
 
     async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion> {

@@ -159,6 +159,7 @@ pub async fn build_generator(args: &Args) -> anyhow::Result<Arc<dyn Generator>> 
 /// model's engine is down.
 pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server {
     let health = state.generator.health();
+    let generator = state.generator.clone();
     let svc = common
         .apply(MicroService::new("llm"), default_port)
         .endpoint("/v1/chat/completions")
@@ -169,6 +170,7 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
     use utoipa::OpenApi;
     Server::new(svc, common.server_config())
         .health_check_with(health)
+        .models(move || generator.models())
         .merge(routes::router(state))
         .openapi(routes::LlmApi::openapi())
 }

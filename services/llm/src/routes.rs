@@ -1,23 +1,22 @@
 //! HTTP routes: OpenAI `POST /v1/chat/completions` (also taking OPEA's `LLMParamsDoc`, as
-//! OPEA's LLM microservice does) and `GET /v1/models`.
+//! OPEA's LLM microservice does); `GET /v1/models` is the server's shared route.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use comps_core::extract::parse_json;
+use axum::routing::post;
+use comps_core::extract::JsonBody;
 use comps_core::protocol::{ChatCompletionRequest, GeneratedDoc, LLMParamsDoc, Validate, new_id};
 use comps_core::sse::{frame_events, frame_opea, sse_response};
 use comps_core::{ServiceError, ServiceResult};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::AppState;
 use crate::generator::Completion;
 
 /// The OpenAPI document of the service's routes.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(chat_completions, models), tags((name = "llm", description = "OpenAI chat completions")))]
+#[openapi(paths(chat_completions), tags((name = "llm", description = "OpenAI chat completions")))]
 pub struct LlmApi;
 
 /// The request shapes of `/v1/chat/completions`.
@@ -42,29 +41,9 @@ enum ChatAnswer {
     Opea(GeneratedDoc),
 }
 
-/// The model list.
-#[allow(dead_code)]
-#[derive(utoipa::ToSchema)]
-struct ModelList {
-    /// `list`.
-    object: String,
-    /// The served models (`id`, `object`, `created`, `owned_by`, `max_model_len`).
-    data: Vec<Value>,
-}
-
 /// The service's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
-        .with_state(state)
-}
-
-/// The served model.
-#[utoipa::path(get, path = "/v1/models", tag = "llm",
-    responses((status = 200, description = "The served model", body = ModelList)))]
-async fn models(State(s): State<AppState>) -> Response {
-    axum::Json(json!({"object": "list", "data": s.generator.models()})).into_response()
+    Router::new().route("/v1/chat/completions", post(chat_completions)).with_state(state)
 }
 
 /// A chat completion: OpenAI (`messages`) or OPEA `LLMParamsDoc` (`query`), told apart by
@@ -74,22 +53,14 @@ async fn models(State(s): State<AppState>) -> Response {
     request_body = ChatBody,
     responses((status = 200, description = "The answer, whole or streamed",
         content((ChatAnswer = "application/json"), (String = "text/event-stream")))))]
-async fn chat_completions(State(s): State<AppState>, body: Bytes) -> Response {
-    let shape: Value = match parse_json(&body) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    let result = if shape.get("messages").is_none() && shape.get("query").is_some() {
-        opea(&s, &body).await
-    } else {
-        openai(&s, &body, shape).await
-    };
-    result.unwrap_or_else(IntoResponse::into_response)
+async fn chat_completions(State(s): State<AppState>, body: JsonBody) -> ServiceResult<Response> {
+    if !body.has("messages") && body.has("query") { opea(&s, &body).await } else { openai(&s, body).await }
 }
 
-async fn openai(s: &AppState, body: &[u8], raw: Value) -> ServiceResult<Response> {
-    let req: ChatCompletionRequest = parse_json(body)?;
+async fn openai(s: &AppState, body: JsonBody) -> ServiceResult<Response> {
+    let req: ChatCompletionRequest = body.typed()?;
     req.validate()?;
+    let raw = body.into_value();
     Ok(match s.generator.chat(req, raw).await? {
         Completion::Full(v) => axum::Json(v).into_response(),
         Completion::Stream(events) => sse_response(frame_events(events)),
@@ -98,8 +69,8 @@ async fn openai(s: &AppState, body: &[u8], raw: Value) -> ServiceResult<Response
 
 /// OPEA's `LLMParamsDoc`: the query is the user's message; streamed answers use OPEA's
 /// `data: b'...'` framing, others come back as a `GeneratedDoc`.
-async fn opea(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
-    let doc: LLMParamsDoc = parse_json(body)?;
+async fn opea(s: &AppState, body: &JsonBody) -> ServiceResult<Response> {
+    let doc: LLMParamsDoc = body.typed()?;
     doc.validate()?;
     let mut raw = json!({
         "messages": [{"role": "user", "content": doc.query}],

@@ -3,18 +3,17 @@
 //! and `GET /info`.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use comps_core::extract::parse_json;
+use comps_core::extract::JsonBody;
 use comps_core::protocol::{
     ChatCompletionRequest, Document, LLMParamsDoc, RerankingRequest, RerankingResponse, RerankingResponseData,
     SearchedDoc, Validate,
 };
 use comps_core::{ServiceError, ServiceResult};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::AppState;
 use crate::reranker::ScoreOptions;
@@ -188,28 +187,22 @@ async fn tei_rerank(State(s): State<AppState>, comps_core::Json(req): comps_core
 #[utoipa::path(post, path = "/v1/reranking", tag = "reranking",
     request_body = RerankingBody,
     responses((status = 200, description = "The best documents, best first", body = RerankingAnswer)))]
-async fn opea_rerank(State(s): State<AppState>, body: Bytes) -> Response {
-    let shape: Value = match parse_json(&body) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    let has = |k: &str| shape.get(k).is_some();
+async fn opea_rerank(State(s): State<AppState>, body: JsonBody) -> ServiceResult<Response> {
     // Told apart by their keys; anything else is read as a SearchedDoc, whose errors name the
     // missing fields.
-    let result = if has("messages") {
+    if body.has("messages") {
         chat_request(&s, &body).await
-    } else if has("input") && !has("initial_query") {
+    } else if body.has("input") && !body.has("initial_query") {
         reranking_request(&s, &body).await
     } else {
         searched_doc(&s, &body).await
-    };
-    result.unwrap_or_else(IntoResponse::into_response)
+    }
 }
 
 /// `SearchedDoc` → `LLMParamsDoc{query, documents: the top_n best texts}` (OPEA's reranking
 /// microservice).
-async fn searched_doc(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
-    let doc: SearchedDoc = parse_json(body)?;
+async fn searched_doc(s: &AppState, body: &JsonBody) -> ServiceResult<Response> {
+    let doc: SearchedDoc = body.typed()?;
     doc.validate()?;
     let texts: Vec<String> = doc.retrieved_docs.iter().map(|d| d.text_str()).collect();
     let ranked = rank(s, &doc.initial_query, &texts, ScoreOptions { raw_scores: false, truncate: true }).await?;
@@ -220,8 +213,8 @@ async fn searched_doc(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
 }
 
 /// `RerankingRequest` → `RerankingResponse`.
-async fn reranking_request(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
-    let req: RerankingRequest = parse_json(body)?;
+async fn reranking_request(s: &AppState, body: &JsonBody) -> ServiceResult<Response> {
+    let req: RerankingRequest = body.typed()?;
     req.validate()?;
     let texts: Vec<String> = req.retrieved_docs.iter().map(|d| d.text()).collect();
     let ranked = rank(s, &req.input, &texts, ScoreOptions { raw_scores: false, truncate: true }).await?;
@@ -234,8 +227,8 @@ async fn reranking_request(s: &AppState, body: &[u8]) -> ServiceResult<Response>
 }
 
 /// `ChatCompletionRequest` → itself with `reranked_docs` and `documents` filled.
-async fn chat_request(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
-    let mut req: ChatCompletionRequest = parse_json(body)?;
+async fn chat_request(s: &AppState, body: &JsonBody) -> ServiceResult<Response> {
+    let mut req: ChatCompletionRequest = body.typed()?;
     req.validate()?;
     let query = match &req.input {
         Some(comps_core::protocol::EmbeddingInput::Text(t)) => t.clone(),

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{Multipart, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use comps_core::extract::parse_json;
+use comps_core::extract::{JsonBody, parse_json};
 use comps_core::protocol::{
     ChatCompletionRequest, DataprepDeleteRequest, DataprepFile, DataprepGetRequest, DataprepIngestForm, Document,
     EmbedDoc, RetrievalRequest, RetrievalResponse, RetrievalResponseData, SearchedDoc, TextDoc, Validate, new_id,
@@ -149,30 +149,25 @@ fn response_data(hits: &[Hit]) -> Vec<RetrievalResponseData> {
 #[utoipa::path(post, path = "/v1/retrieval", tag = "retrieval",
     request_body = RetrievalBody,
     responses((status = 200, description = "The nearest chunks", body = RetrievalAnswer)))]
-async fn retrieval(State(s): State<AppState>, body: Bytes) -> Response {
-    let shape: Value = match parse_json(&body) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    let result = if shape.get("messages").is_some() {
+async fn retrieval(State(s): State<AppState>, body: JsonBody) -> ServiceResult<Response> {
+    if body.has("messages") {
         chat_request(&s, &body).await
-    } else if shape.get("text").is_some() {
-        embed_doc(&s, shape).await
+    } else if body.has("text") {
+        embed_doc(&s, body).await
     } else {
         retrieval_request(&s, &body).await
-    };
-    result.unwrap_or_else(IntoResponse::into_response)
+    }
 }
 
-async fn embed_doc(s: &AppState, mut shape: Value) -> ServiceResult<Response> {
+async fn embed_doc(s: &AppState, mut body: JsonBody) -> ServiceResult<Response> {
     // A query without a vector is embedded here.
-    let missing = shape.get("embedding").is_none_or(|e| e.is_null() || e.as_array().is_some_and(|a| a.is_empty()));
+    let missing = body.get("embedding").is_none_or(|e| e.is_null() || e.as_array().is_some_and(|a| a.is_empty()));
     if missing {
-        let text = shape.get("text").and_then(Value::as_str).unwrap_or_default().to_string();
+        let text = body.get("text").and_then(Value::as_str).unwrap_or_default().to_string();
         let v = query_vector(s, None, &text).await?;
-        shape["embedding"] = json!(v);
+        body.insert("embedding", json!(v));
     }
-    let doc: EmbedDoc = parse_json(shape.to_string().as_bytes())?;
+    let doc: EmbedDoc = body.typed()?;
     doc.validate()?;
     let query: Vec<f32> = match &doc.embedding {
         comps_core::protocol::Embedding::Single(v) => v.clone(),
@@ -198,8 +193,8 @@ async fn embed_doc(s: &AppState, mut shape: Value) -> ServiceResult<Response> {
     Ok(axum::Json(out).into_response())
 }
 
-async fn retrieval_request(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
-    let req: RetrievalRequest = parse_json(body)?;
+async fn retrieval_request(s: &AppState, body: &JsonBody) -> ServiceResult<Response> {
+    let req: RetrievalRequest = body.typed()?;
     req.validate()?;
     let text = req.input.clone().unwrap_or_default();
     let q = query_vector(s, req.embedding.as_ref().and_then(|e| e.vector()), &text).await?;
@@ -216,8 +211,8 @@ async fn retrieval_request(s: &AppState, body: &[u8]) -> ServiceResult<Response>
     Ok(axum::Json(out).into_response())
 }
 
-async fn chat_request(s: &AppState, body: &[u8]) -> ServiceResult<Response> {
-    let mut req: ChatCompletionRequest = parse_json(body)?;
+async fn chat_request(s: &AppState, body: &JsonBody) -> ServiceResult<Response> {
+    let mut req: ChatCompletionRequest = body.typed()?;
     req.validate()?;
     let text = match &req.input {
         Some(comps_core::protocol::EmbeddingInput::Text(t)) => t.clone(),
@@ -462,43 +457,35 @@ fn index_from_body(body: &[u8]) -> ServiceResult<Option<String>> {
 #[utoipa::path(post, path = "/v1/dataprep/get", tag = "dataprep",
     request_body(content = Option<DataprepGetRequest>, content_type = "application/json"),
     responses((status = 200, description = "The stored files", body = Vec<DataprepFile>)))]
-async fn get_files(State(s): State<AppState>, body: Bytes) -> Response {
-    async {
-        let index = index_from_body(&body)?;
-        let coll = collection(&s, index.as_deref())?;
-        let files = s.store.list_files(coll).await.map_err(store_error)?;
-        let list: Vec<Value> =
-            files.iter().map(|f| json!({"name": f.name, "id": f.name, "type": "File", "parent": ""})).collect();
-        Ok::<_, ServiceError>(axum::Json(list).into_response())
-    }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+async fn get_files(State(s): State<AppState>, body: Bytes) -> ServiceResult<Response> {
+    let index = index_from_body(&body)?;
+    let coll = collection(&s, index.as_deref())?;
+    let files = s.store.list_files(coll).await.map_err(store_error)?;
+    let list: Vec<Value> =
+        files.iter().map(|f| json!({"name": f.name, "id": f.name, "type": "File", "parent": ""})).collect();
+    Ok(axum::Json(list).into_response())
 }
 
 /// Delete one file (or link) and its chunks, or `all` of a collection.
 #[utoipa::path(post, path = "/v1/dataprep/delete", tag = "dataprep",
     request_body = DataprepDeleteRequest,
     responses((status = 200, description = "Deleted", body = Object, example = json!({"status": true}))))]
-async fn delete_files(State(s): State<AppState>, body: Bytes) -> Response {
-    async {
-        let v: Value = parse_json(&body)?;
-        let path = v.get("file_path").and_then(Value::as_str).ok_or_else(|| {
-            ServiceError::invalid("file_path", "file_path is required: a file name, a link or \"all\" - 'file_path'")
-        })?;
-        let coll = collection(&s, v.get("index_name").and_then(Value::as_str))?;
-        if path == "all" {
-            s.store.delete_all(coll).await.map_err(store_error)?;
-            let _ = tokio::fs::remove_dir_all(s.upload_dir.join(coll)).await;
-        } else {
-            if !s.store.delete_file(coll, path).await.map_err(store_error)? {
-                return Err(ServiceError::NotFound(format!("File {path} not found. Please check file_path.")));
-            }
-            if check_file_name(path).is_ok() {
-                let _ = tokio::fs::remove_file(s.upload_dir.join(coll).join(path)).await;
-            }
+async fn delete_files(State(s): State<AppState>, body: JsonBody) -> ServiceResult<Response> {
+    let v = body.value();
+    let path = v.get("file_path").and_then(Value::as_str).ok_or_else(|| {
+        ServiceError::invalid("file_path", "file_path is required: a file name, a link or \"all\" - 'file_path'")
+    })?;
+    let coll = collection(&s, v.get("index_name").and_then(Value::as_str))?;
+    if path == "all" {
+        s.store.delete_all(coll).await.map_err(store_error)?;
+        let _ = tokio::fs::remove_dir_all(s.upload_dir.join(coll)).await;
+    } else {
+        if !s.store.delete_file(coll, path).await.map_err(store_error)? {
+            return Err(ServiceError::NotFound(format!("File {path} not found. Please check file_path.")));
         }
-        Ok::<_, ServiceError>(axum::Json(json!({"status": true})).into_response())
+        if check_file_name(path).is_ok() {
+            let _ = tokio::fs::remove_file(s.upload_dir.join(coll).join(path)).await;
+        }
     }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+    Ok(axum::Json(json!({"status": true})).into_response())
 }
