@@ -403,7 +403,7 @@ async fn upstream_failures_are_502s_naming_the_node() {
     let r = comps_core::http_client().post(format!("{}/v1/dataprep/get", mega.url())).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let err: Value = r.json().await.unwrap();
-    assert!(err["error"]["message"].as_str().unwrap().contains("node dataprep is unreachable"), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("node dataprep could not be reached"), "{err}");
 }
 
 #[tokio::test]

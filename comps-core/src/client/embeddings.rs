@@ -52,6 +52,8 @@ pub struct EmbedRequest<'a> {
     pub truncate: Option<bool>,
     /// TEI's `prompt_name` (E5's `query` / `passage`).
     pub prompt_name: Option<&'a str>,
+    /// The request field the inputs came from, named in input errors (`input` when unset).
+    pub field: Option<&'static str>,
 }
 
 /// Vectors in input order, and the prompt tokens the upstream counted (0 when it does not say).
@@ -139,7 +141,10 @@ impl EmbeddingsClient {
         match self.wire {
             EmbeddingsWire::Tei => {
                 let EmbedInputs::Texts(texts) = inputs else {
-                    return Err(ServiceError::invalid("input", "token-id input is not supported by a TEI upstream"));
+                    return Err(ServiceError::invalid(
+                        req.field.unwrap_or("input"),
+                        "token-id input is not supported by a TEI upstream",
+                    ));
                 };
                 let mut body = json!({"inputs": &texts[range], "normalize": req.normalize});
                 if let Some(t) = req.truncate {
@@ -298,7 +303,7 @@ mod tests {
     fn bodies_carry_each_wires_options() {
         let texts = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         let tei = EmbeddingsClient::new(node(), EmbeddingsWire::Tei, 2);
-        let req = EmbedRequest { normalize: true, truncate: Some(true), prompt_name: Some("query") };
+        let req = EmbedRequest { normalize: true, truncate: Some(true), prompt_name: Some("query"), field: None };
         let (body, n) = tei.body(EmbedInputs::Texts(&texts), 2..3, &req).unwrap();
         assert_eq!(n, 1);
         assert_eq!(body, json!({"inputs": ["c"], "normalize": true, "truncate": true, "prompt_name": "query"}));

@@ -110,23 +110,13 @@ impl Upstream {
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
-        let node = &self.node;
-        let upstream = request.send().await.map_err(|e| {
-            if e.is_timeout() {
-                ServiceError::UpstreamTimeout(format!(
-                    "node {node} did not answer within {:.0} s ({target})",
-                    self.policy.timeout.as_secs_f64()
-                ))
-            } else {
-                ServiceError::Upstream(format!("node {node} is unreachable ({target}): {e}"))
-            }
-        })?;
+        let target = Target { url: &target, ..self.target() };
+        let upstream = request.send().await.map_err(|e| transport::send_error(&target, &e))?;
         let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
-        let bytes = upstream
-            .bytes()
-            .await
-            .map_err(|e| ServiceError::Upstream(format!("node {node}'s answer was cut off ({target}): {e}")))?;
+        let bytes = upstream.bytes().await.map_err(|e| {
+            ServiceError::Upstream(format!("node {}'s answer was cut off ({}): {e}", target.node, target.url))
+        })?;
         let mut response = Response::new(Body::from(bytes));
         *response.status_mut() = status;
         if let Some(ct) = content_type {

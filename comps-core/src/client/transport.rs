@@ -99,23 +99,24 @@ async fn send(t: &Target<'_>, body: &Value, stream: bool) -> Result<reqwest::Res
                     )));
                 }
             }
-            Ok(Err(e)) if e.is_timeout() => return Err(timeout_error(t)),
             Ok(Err(e)) if e.is_connect() && attempt < t.policy.retries => format!("connect error: {e}"),
-            Ok(Err(e)) => {
-                let what = if e.is_connect() { "could not be reached" } else { "failed" };
-                return Err(ServiceError::Upstream(format!(
-                    "node {} {what} at {}: {}",
-                    t.node,
-                    t.url,
-                    error_chain(&e)
-                )));
-            }
+            Ok(Err(e)) => return Err(send_error(t, &e)),
         };
         let wait = t.policy.backoff * 2u32.saturating_pow(attempt);
         tracing::warn!(node = t.node, attempt = attempt + 1, reason = %failure, wait_ms = wait.as_millis() as u64, "retrying node");
         tokio::time::sleep(wait).await;
         attempt += 1;
     }
+}
+
+/// A request to `t` that failed before an answer came: a timeout, or the node named as
+/// unreachable (or failing) with the whole error chain.
+pub(crate) fn send_error(t: &Target<'_>, e: &reqwest::Error) -> ServiceError {
+    if e.is_timeout() {
+        return timeout_error(t);
+    }
+    let what = if e.is_connect() { "could not be reached" } else { "failed" };
+    ServiceError::Upstream(format!("node {} {what} at {}: {}", t.node, t.url, error_chain(e)))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -237,10 +237,12 @@ impl Embedder for RemoteEmbedder {
     }
 
     async fn embed(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Embedded> {
-        if self.client.wire() == EmbeddingsWire::Tei && matches!(input, EmbedInput::Tokens(_)) {
-            return Err(ServiceError::invalid(opts.field, "token-id input is not supported by a TEI remote"));
-        }
-        let req = EmbedRequest { normalize: opts.normalize, truncate: Some(opts.truncate), prompt_name: None };
+        let req = EmbedRequest {
+            normalize: opts.normalize,
+            truncate: Some(opts.truncate),
+            prompt_name: None,
+            field: Some(opts.field),
+        };
         let out = self.client.embed(input.as_inputs(), &req).await?;
         Ok(Embedded { vectors: out.vectors, prompt_tokens: out.prompt_tokens })
     }

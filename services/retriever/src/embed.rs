@@ -64,7 +64,7 @@ impl EmbeddingClient {
             Role::Passage => self.prompts.passage.as_deref(),
             Role::Query => self.prompts.query.as_deref(),
         };
-        let req = EmbedRequest { normalize: true, truncate: Some(true), prompt_name };
+        let req = EmbedRequest { normalize: true, truncate: Some(true), prompt_name, field: None };
         Ok(self.client.embed(EmbedInputs::Texts(texts), &req).await?.vectors)
     }
 }
