@@ -193,7 +193,7 @@ impl Hooks for KFromExtras {
     }
     fn align_outputs(&self, mut out: Value, inputs: &Value, ctx: &mut NodeContext<'_>) -> Result<Value, ServiceError> {
         out["k_was"] = inputs["k"].clone();
-        out["max_tokens"] = json!(ctx.llm_params.max_tokens);
+        out["max_tokens"] = json!(ctx.llm_params.map(|p| p.max_tokens));
         Ok(out)
     }
 }

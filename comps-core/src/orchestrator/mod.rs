@@ -36,6 +36,7 @@ pub use crate::client::NodePolicy;
 use crate::client::transport;
 pub use dag::{Dag, GraphError};
 
+use crate::client::Target;
 use crate::error::ServiceError;
 use crate::metrics::{LATENCY_BUCKETS, Metrics};
 use crate::protocol::{LLMParams, completion_id};
@@ -51,22 +52,76 @@ pub struct NodeContext<'a> {
     pub node: &'a str,
     /// The node's descriptor.
     pub service: &'a MicroService,
-    /// The request's LLM parameters.
-    pub llm_params: &'a LLMParams,
-    /// The request's extra parameters.
+    /// What the node received: its predecessors' answers merged (or the request's inputs for
+    /// an entry node), before `align_inputs`.
+    pub received: &'a Value,
+    /// OPEA's LLM parameters, when the request was scheduled with them.
+    pub llm_params: Option<&'a LLMParams>,
+    /// The request's typed values (a megaservice's per-request context).
     pub extras: &'a Extras,
     /// This request's graph: hooks may cut edges or remove nodes.
     pub graph: &'a mut Dag,
+    nodes: &'a HashMap<String, Arc<Node>>,
+}
+
+impl NodeContext<'_> {
+    /// The descriptor of any node of the pipeline (e.g. to ask what type a downstream node is).
+    pub fn service_of(&self, node: &str) -> Option<&MicroService> {
+        self.nodes.get(node).map(|n| &n.service)
+    }
 }
 
 /// What `align_generator` sees.
 pub struct StreamContext<'a> {
     /// The node whose stream this is (the output guard's, when there is one).
     pub node: &'a str,
-    /// The request's LLM parameters.
-    pub llm_params: &'a LLMParams,
-    /// The request's extra parameters.
+    /// OPEA's LLM parameters, when the request was scheduled with them.
+    pub llm_params: Option<&'a LLMParams>,
+    /// The request's typed values.
     pub extras: &'a Extras,
+}
+
+/// How one request runs through the graph.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// LLM nodes stream their answer to the client.
+    pub stream: bool,
+    /// OPEA's LLM parameters, merged into every LLM node's inputs as OPEA does. `None` when the
+    /// hooks build the LLM's body themselves (from a context in `extras`).
+    pub llm_params: Option<LLMParams>,
+    /// Typed per-request values for the hooks.
+    pub extras: Extras,
+}
+
+impl RunOptions {
+    /// OPEA's way: `llm_params` decide streaming and are injected into LLM inputs.
+    pub fn opea(llm_params: LLMParams, extras: Extras) -> Self {
+        Self { stream: llm_params.stream, llm_params: Some(llm_params), extras }
+    }
+}
+
+/// How the orchestrator reaches a node: HTTP in production ([`HttpTransport`]), anything that
+/// answers like a node in tests (hooks and scheduling run in process, no sockets).
+#[async_trait::async_trait]
+pub trait NodeTransport: Send + Sync {
+    /// POST `body`, read a JSON answer.
+    async fn json(&self, target: &Target<'_>, body: &Value) -> Result<Value, ServiceError>;
+    /// POST `body`, read the answer's SSE events.
+    async fn stream(&self, target: &Target<'_>, body: &Value) -> Result<EventStream, ServiceError>;
+}
+
+/// Nodes over HTTP, through [`crate::client::transport`] (timeouts, retries, errors naming the node).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpTransport;
+
+#[async_trait::async_trait]
+impl NodeTransport for HttpTransport {
+    async fn json(&self, target: &Target<'_>, body: &Value) -> Result<Value, ServiceError> {
+        transport::call_json(target, body).await
+    }
+    async fn stream(&self, target: &Target<'_>, body: &Value) -> Result<EventStream, ServiceError> {
+        transport::call_stream(target, body).await
+    }
 }
 
 /// A megaservice's adaptations between nodes. Every method defaults to the identity.
@@ -239,9 +294,14 @@ struct Node {
 }
 
 struct Request {
-    llm_params: LLMParams,
-    extras: Extras,
+    opts: RunOptions,
     start: Instant,
+}
+
+impl Request {
+    fn stream_context<'a>(&'a self, node: &'a str) -> StreamContext<'a> {
+        StreamContext { node, llm_params: self.opts.llm_params.as_ref(), extras: &self.opts.extras }
+    }
 }
 
 /// The DAG engine of a megaservice.
@@ -249,6 +309,7 @@ pub struct ServiceOrchestrator {
     graph: Dag,
     nodes: Arc<HashMap<String, Arc<Node>>>,
     hooks: Arc<dyn Hooks>,
+    transport: Arc<dyn NodeTransport>,
     metrics: OrchestratorMetrics,
     default_policy: NodePolicy,
 }
@@ -278,6 +339,7 @@ impl ServiceOrchestrator {
             graph: Dag::new(),
             nodes: Arc::new(HashMap::new()),
             hooks: Arc::new(IdentityHooks),
+            transport: Arc::new(HttpTransport),
             metrics: OrchestratorMetrics::new(),
             default_policy: NodePolicy::default(),
         }
@@ -286,6 +348,12 @@ impl ServiceOrchestrator {
     /// Use these hooks.
     pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
         self.hooks = hooks;
+        self
+    }
+
+    /// Reach the nodes through this transport instead of HTTP.
+    pub fn with_transport(mut self, transport: Arc<dyn NodeTransport>) -> Self {
+        self.transport = transport;
         self
     }
 
@@ -331,104 +399,53 @@ impl ServiceOrchestrator {
         self.nodes.get(node).map(|n| &n.service)
     }
 
-    /// Run the graph for one request. Entry nodes get `inputs`; a node starts when all its
-    /// predecessors are done, with their JSON answers merged key by key in the order the
-    /// predecessors were added. On the first failure the rest of the work is cancelled and the
-    /// error (naming the node) is returned.
+    /// Run the graph for one request the OPEA way: `llm_params` decide streaming and are
+    /// merged into the LLM nodes' inputs. See [`Self::run`].
     pub async fn schedule(
         &self,
         inputs: Value,
         llm_params: LLMParams,
         extras: Extras,
     ) -> Result<ScheduleResult, ServiceError> {
+        self.run(inputs, RunOptions::opea(llm_params, extras)).await
+    }
+
+    /// Run the graph for one request. Entry nodes get `inputs`; a node starts when all its
+    /// predecessors are done, with their JSON answers merged key by key in the order the
+    /// predecessors were added. On the first failure the rest of the work is cancelled and the
+    /// error (naming the node) is returned.
+    pub async fn run(&self, inputs: Value, opts: RunOptions) -> Result<ScheduleResult, ServiceError> {
         let pending = Arc::new(Pending::new(&self.metrics.pending));
-        let req = Arc::new(Request { llm_params, extras, start: Instant::now() });
+        let req = Arc::new(Request { opts, start: Instant::now() });
         let graph = Arc::new(Mutex::new(self.graph.clone()));
         let entry = self.graph.ind_nodes();
 
         let mut results: BTreeMap<String, NodeOutput> = BTreeMap::new();
-        let mut started: HashSet<String> = HashSet::new();
-        let mut tasks = FuturesUnordered::new();
-        for node in &entry {
-            started.insert(node.clone());
-            tasks.push(self.execute(node.clone(), inputs.clone(), req.clone(), graph.clone(), pending.clone()));
-        }
+        let mut started: HashSet<String> = entry.iter().cloned().collect();
+        let mut tasks: FuturesUnordered<_> = entry
+            .iter()
+            .map(|node| self.execute(node.clone(), inputs.clone(), req.clone(), graph.clone(), pending.clone()))
+            .collect();
 
         // Dropping `tasks` on an early return cancels every call still in flight.
         while let Some(done) = tasks.next().await {
-            let (node, output) = done?;
+            let (node, mut output) = done?;
             let mut g = lock(&graph);
-            let mut downstreams = g.downstream(&node);
-            let mut cut = Vec::new();
-            let black_list: Vec<String> = match &output {
-                NodeOutput::Json(v) => v
-                    .get("downstream_black_list")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
-                    .unwrap_or_default(),
-                NodeOutput::Stream(_) => Vec::new(),
-            };
-            for pattern in &black_list {
-                let re = match Regex::new(pattern) {
-                    Ok(re) => re,
-                    Err(e) => {
-                        tracing::warn!(node = %node, pattern = %pattern, error = %e, "invalid downstream_black_list pattern ignored");
-                        continue;
-                    }
-                };
-                downstreams.retain(|d| {
-                    if re.is_match(d) {
-                        let _ = g.delete_edge(&node, d);
-                        cut.push(d.clone());
-                        false
-                    } else {
-                        true
-                    }
-                });
-            }
-            let mut output = output;
-            if !black_list.is_empty() && downstreams.is_empty() && req.llm_params.stream {
-                // Everything downstream is cut: answer the client with this node's text as a
-                // one-event stream, so a UI sees the same shape as a normal answer.
-                if let NodeOutput::Json(v) = &output {
-                    let text = v.get("text").map(text_of).unwrap_or_default();
-                    let events: EventStream =
-                        futures::stream::once(async move { Ok(chunk_payload(&completion_id(), "opea", &text)) })
-                            .boxed();
-                    let ctx = StreamContext { node: &node, llm_params: &req.llm_params, extras: &req.extras };
-                    let events = count_tokens(&self.metrics, events, req.start);
-                    let bytes = self.hooks.align_generator(events, &ctx);
-                    output = NodeOutput::Stream(finish_stream(&self.metrics, bytes, req.start, pending.clone()));
-                }
+            let (downstreams, cut) = cut_black_listed(&mut g, &node, &output);
+            if !cut.is_empty() && downstreams.is_empty() && req.opts.stream {
+                output = self.refusal_as_stream(&node, output, &req, &pending);
             }
             results.insert(node.clone(), output);
-
             for d in downstreams.iter().chain(cut.iter()) {
-                if started.contains(d) || !g.contains(d) {
-                    continue;
+                if let Some(merged) = ready_inputs(&g, d, &started, &results)? {
+                    started.insert(d.clone());
+                    tasks.push(self.execute(d.clone(), merged, req.clone(), graph.clone(), pending.clone()));
                 }
-                let preds = g.predecessors(d);
-                if preds.is_empty() || !preds.iter().all(|p| results.contains_key(p)) {
-                    continue;
-                }
-                let merged = merge_inputs(&preds, &results, d)?;
-                started.insert(d.clone());
-                tasks.push(self.execute(d.clone(), merged, req.clone(), graph.clone(), pending.clone()));
             }
         }
 
-        let mut runtime_graph = lock(&graph).clone();
-        let mut keep: HashSet<String> = entry.iter().cloned().collect();
-        for e in &entry {
-            keep.extend(runtime_graph.all_downstreams(e));
-        }
-        for n in runtime_graph.nodes() {
-            if !keep.contains(&n) {
-                runtime_graph.delete_node_if_exists(&n);
-            }
-        }
-        let streaming = results.values().any(|r| matches!(r, NodeOutput::Stream(_)));
-        if !streaming {
+        let runtime_graph = reached(&lock(&graph), &entry);
+        if !results.values().any(|r| matches!(r, NodeOutput::Stream(_))) {
             self.metrics.request.observe(req.start.elapsed().as_secs_f64());
         }
         // A stream holds its own reference to `pending`; dropping ours here lets the gauge
@@ -437,87 +454,223 @@ impl ServiceOrchestrator {
         Ok(ScheduleResult { results, runtime_graph })
     }
 
+    /// Everything downstream of `node` was cut: answer the client with its text as a one-event
+    /// stream, so a UI sees the same shape as a normal answer.
+    fn refusal_as_stream(&self, node: &str, output: NodeOutput, req: &Request, pending: &Arc<Pending>) -> NodeOutput {
+        let NodeOutput::Json(v) = &output else { return output };
+        let text = v.get("text").map(text_of).unwrap_or_default();
+        let events: EventStream =
+            futures::stream::once(async move { Ok(chunk_payload(&completion_id(), "opea", &text)) }).boxed();
+        let events = count_tokens(&self.metrics, events, req.start);
+        let bytes = self.hooks.align_generator(events, &req.stream_context(node));
+        NodeOutput::Stream(finish_stream(&self.metrics, bytes, req.start, pending.clone()))
+    }
+
+    /// Call one node: align its inputs, call it (a stream when it is a streaming LLM), align
+    /// its answer.
     fn execute(
         &self,
         node_id: String,
-        mut inputs: Value,
+        received: Value,
         req: Arc<Request>,
         graph: Arc<Mutex<Dag>>,
         pending: Arc<Pending>,
     ) -> impl Future<Output = Result<(String, NodeOutput), ServiceError>> + Send + 'static {
-        let node = self.nodes.get(&node_id).cloned();
-        let nodes = self.nodes.clone();
-        let hooks = self.hooks.clone();
-        let metrics = self.metrics.clone();
+        let step = Step {
+            node: self.nodes.get(&node_id).cloned(),
+            nodes: self.nodes.clone(),
+            hooks: self.hooks.clone(),
+            transport: self.transport.clone(),
+            metrics: self.metrics.clone(),
+            req,
+            graph,
+        };
         async move {
-            let node = node.ok_or_else(|| ServiceError::Internal(format!("node {node_id} has no service")))?;
-            let svc = &node.service;
-            let is_llm = svc.service_type.takes_llm_params();
-            if is_llm {
-                inject_llm_params(&mut inputs, &req.llm_params);
+            let node =
+                step.node.clone().ok_or_else(|| ServiceError::Internal(format!("node {node_id} has no service")))?;
+            let inputs = step.align_inputs(&node_id, &node, &received)?;
+            if node.service.service_type.takes_llm_params() && step.req.opts.stream {
+                let stream = step.call_streaming(&node_id, &node, &inputs, pending).await?;
+                return Ok(stream);
             }
-            let inputs = {
-                let mut g = lock(&graph);
-                let mut ctx = NodeContext {
-                    node: &node_id,
-                    service: svc,
-                    llm_params: &req.llm_params,
-                    extras: &req.extras,
-                    graph: &mut g,
-                };
-                hooks.align_inputs(inputs, &mut ctx)?
-            };
-            let url = svc.endpoint_path();
-            let target =
-                transport::Target { node: &node_id, url: &url, api_key: svc.api_key.as_deref(), policy: &node.policy };
-            let t0 = Instant::now();
-
-            if is_llm && req.llm_params.stream {
-                let events = transport::call_stream(&target, &inputs).await.inspect_err(|_| {
-                    metrics.node_errors.with_label_values(&[node_id.as_str()]).inc();
-                })?;
-                metrics.node_latency.with_label_values(&[node_id.as_str()]).observe(t0.elapsed().as_secs_f64());
-                let downstream = lock(&graph).downstream(&node_id);
-                let (out_node, events) = match downstream.as_slice() {
-                    [] => (node_id.clone(), events),
-                    [guard] => {
-                        let g = nodes
-                            .get(guard)
-                            .cloned()
-                            .ok_or_else(|| ServiceError::Internal(format!("node {guard} has no service")))?;
-                        (guard.clone(), guard_stream(events, guard.clone(), g, metrics.clone()))
-                    }
-                    many => {
-                        return Err(ServiceError::Internal(format!(
-                            "streaming node {node_id} has {} downstream nodes; only one (an output guard) is supported",
-                            many.len()
-                        )));
-                    }
-                };
-                let ctx = StreamContext { node: &out_node, llm_params: &req.llm_params, extras: &req.extras };
-                let events = count_tokens(&metrics, events, req.start);
-                let bytes = hooks.align_generator(events, &ctx);
-                let stream = finish_stream(&metrics, bytes, req.start, pending);
-                return Ok((out_node, NodeOutput::Stream(stream)));
-            }
-
-            let answer = transport::call_json(&target, &inputs).await;
-            metrics.node_latency.with_label_values(&[node_id.as_str()]).observe(t0.elapsed().as_secs_f64());
-            let answer = answer.inspect_err(|_| metrics.node_errors.with_label_values(&[node_id.as_str()]).inc())?;
-            let answer = {
-                let mut g = lock(&graph);
-                let mut ctx = NodeContext {
-                    node: &node_id,
-                    service: svc,
-                    llm_params: &req.llm_params,
-                    extras: &req.extras,
-                    graph: &mut g,
-                };
-                hooks.align_outputs(answer, &inputs, &mut ctx)?
-            };
+            let answer = step.call_json(&node_id, &node, &inputs).await?;
+            let answer = step.align_outputs(&node_id, &node, answer, &inputs, &received)?;
             Ok((node_id, NodeOutput::Json(answer)))
         }
     }
+}
+
+/// What one node's call needs, owned so the call can run as its own future.
+struct Step {
+    node: Option<Arc<Node>>,
+    nodes: Arc<HashMap<String, Arc<Node>>>,
+    hooks: Arc<dyn Hooks>,
+    transport: Arc<dyn NodeTransport>,
+    metrics: OrchestratorMetrics,
+    req: Arc<Request>,
+    graph: Arc<Mutex<Dag>>,
+}
+
+impl Step {
+    fn context<'a>(&'a self, node_id: &'a str, node: &'a Node, received: &'a Value, g: &'a mut Dag) -> NodeContext<'a> {
+        NodeContext {
+            node: node_id,
+            service: &node.service,
+            received,
+            llm_params: self.req.opts.llm_params.as_ref(),
+            extras: &self.req.opts.extras,
+            graph: g,
+            nodes: &self.nodes,
+        }
+    }
+
+    /// OPEA's LLM parameters merged in (when the request has them), then the hooks' `align_inputs`.
+    fn align_inputs(&self, node_id: &str, node: &Node, received: &Value) -> Result<Value, ServiceError> {
+        let mut inputs = received.clone();
+        if node.service.service_type.takes_llm_params()
+            && let Some(params) = &self.req.opts.llm_params
+        {
+            inject_llm_params(&mut inputs, params);
+        }
+        let mut g = lock(&self.graph);
+        let mut ctx = self.context(node_id, node, received, &mut g);
+        self.hooks.align_inputs(inputs, &mut ctx)
+    }
+
+    fn align_outputs(
+        &self,
+        node_id: &str,
+        node: &Node,
+        answer: Value,
+        inputs: &Value,
+        received: &Value,
+    ) -> Result<Value, ServiceError> {
+        let mut g = lock(&self.graph);
+        let mut ctx = self.context(node_id, node, received, &mut g);
+        self.hooks.align_outputs(answer, inputs, &mut ctx)
+    }
+
+    fn target<'a>(node_id: &'a str, node: &'a Node, url: &'a str) -> Target<'a> {
+        Target { node: node_id, url, api_key: node.service.api_key.as_deref(), policy: &node.policy }
+    }
+
+    /// A JSON call, timed and counted per node.
+    async fn call_json(&self, node_id: &str, node: &Node, inputs: &Value) -> Result<Value, ServiceError> {
+        let url = node.service.endpoint_path();
+        let t0 = Instant::now();
+        let answer = self.transport.json(&Self::target(node_id, node, &url), inputs).await;
+        self.metrics.node_latency.with_label_values(&[node_id]).observe(t0.elapsed().as_secs_f64());
+        answer.inspect_err(|_| self.metrics.node_errors.with_label_values(&[node_id]).inc())
+    }
+
+    /// A streaming LLM call: its events go through the output guard (when one follows it) and
+    /// `align_generator` to become the client's stream.
+    async fn call_streaming(
+        &self,
+        node_id: &str,
+        node: &Node,
+        inputs: &Value,
+        pending: Arc<Pending>,
+    ) -> Result<(String, NodeOutput), ServiceError> {
+        let url = node.service.endpoint_path();
+        let t0 = Instant::now();
+        let events = self
+            .transport
+            .stream(&Self::target(node_id, node, &url), inputs)
+            .await
+            .inspect_err(|_| self.metrics.node_errors.with_label_values(&[node_id]).inc())?;
+        self.metrics.node_latency.with_label_values(&[node_id]).observe(t0.elapsed().as_secs_f64());
+        let downstream = lock(&self.graph).downstream(node_id);
+        let (out_node, events) = match downstream.as_slice() {
+            [] => (node_id.to_string(), events),
+            [guard] => {
+                let g = self
+                    .nodes
+                    .get(guard)
+                    .cloned()
+                    .ok_or_else(|| ServiceError::Internal(format!("node {guard} has no service")))?;
+                let guarded = guard_stream(events, guard.clone(), g, self.transport.clone(), self.metrics.clone());
+                (guard.clone(), guarded)
+            }
+            many => {
+                return Err(ServiceError::Internal(format!(
+                    "streaming node {node_id} has {} downstream nodes; only one (an output guard) is supported",
+                    many.len()
+                )));
+            }
+        };
+        let events = count_tokens(&self.metrics, events, self.req.start);
+        let bytes = self.hooks.align_generator(events, &self.req.stream_context(&out_node));
+        let stream = finish_stream(&self.metrics, bytes, self.req.start, pending);
+        Ok((out_node, NodeOutput::Stream(stream)))
+    }
+}
+
+/// Apply a node's `downstream_black_list`: the edges to downstream nodes matching a pattern are
+/// cut. Returns the downstream nodes still linked and those cut.
+fn cut_black_listed(g: &mut Dag, node: &str, output: &NodeOutput) -> (Vec<String>, Vec<String>) {
+    let mut downstreams = g.downstream(node);
+    let mut cut = Vec::new();
+    let patterns: Vec<&str> = match output {
+        NodeOutput::Json(v) => v
+            .get("downstream_black_list")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default(),
+        NodeOutput::Stream(_) => Vec::new(),
+    };
+    for pattern in patterns {
+        let re = match Regex::new(pattern) {
+            Ok(re) => re,
+            Err(e) => {
+                tracing::warn!(node = %node, pattern = %pattern, error = %e, "invalid downstream_black_list pattern ignored");
+                continue;
+            }
+        };
+        downstreams.retain(|d| {
+            if re.is_match(d) {
+                let _ = g.delete_edge(node, d);
+                cut.push(d.clone());
+                false
+            } else {
+                true
+            }
+        });
+    }
+    (downstreams, cut)
+}
+
+/// The inputs of `node` when it can start now: still in the graph, not started, and every
+/// predecessor answered (their answers merged). `None` when it cannot start yet (or ever).
+fn ready_inputs(
+    g: &Dag,
+    node: &str,
+    started: &HashSet<String>,
+    results: &BTreeMap<String, NodeOutput>,
+) -> Result<Option<Value>, ServiceError> {
+    if started.contains(node) || !g.contains(node) {
+        return Ok(None);
+    }
+    let preds = g.predecessors(node);
+    if preds.is_empty() || !preds.iter().all(|p| results.contains_key(p)) {
+        return Ok(None);
+    }
+    merge_inputs(&preds, results, node).map(Some)
+}
+
+/// The request's graph pruned to what the entry nodes still reach.
+fn reached(graph: &Dag, entry: &[String]) -> Dag {
+    let mut runtime_graph = graph.clone();
+    let mut keep: HashSet<String> = entry.iter().cloned().collect();
+    for e in entry {
+        keep.extend(runtime_graph.all_downstreams(e));
+    }
+    for n in runtime_graph.nodes() {
+        if !keep.contains(&n) {
+            runtime_graph.delete_node_if_exists(&n);
+        }
+    }
+    runtime_graph
 }
 
 /// Observe first-token and inter-token latency on each event with text.
@@ -627,7 +780,13 @@ fn kind_of(v: &Value) -> &'static str {
 
 /// Pass the LLM's text through an output guard sentence by sentence; the guard's answers become
 /// the stream's tokens (OPEA's `\s?\S+\s?` split), each as an OpenAI chunk payload.
-fn guard_stream(events: EventStream, guard_id: String, guard: Arc<Node>, metrics: OrchestratorMetrics) -> EventStream {
+fn guard_stream(
+    events: EventStream,
+    guard_id: String,
+    guard: Arc<Node>,
+    transport: Arc<dyn NodeTransport>,
+    metrics: OrchestratorMetrics,
+) -> EventStream {
     async_stream::stream! {
         let token_re = Regex::new(r"\s?\S+\s?").expect("valid regex");
         let id = completion_id();
@@ -657,14 +816,9 @@ fn guard_stream(events: EventStream, guard_id: String, guard: Arc<Node>, metrics
                 };
                 let Some(cut) = cut else { break };
                 let sentence: String = buffer.drain(..cut).collect();
-                let target = transport::Target {
-                    node: &guard_id,
-                    url: &url,
-                    api_key: guard.service.api_key.as_deref(),
-                    policy: &guard.policy,
-                };
+                let target = Step::target(&guard_id, &guard, &url);
                 let t0 = Instant::now();
-                let answer = transport::call_json(&target, &serde_json::json!({ "text": sentence })).await;
+                let answer = transport.json(&target, &serde_json::json!({ "text": sentence })).await;
                 metrics.node_latency.with_label_values(&[guard_id.as_str()]).observe(t0.elapsed().as_secs_f64());
                 let answer = match answer {
                     Ok(a) => a,

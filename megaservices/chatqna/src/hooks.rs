@@ -12,18 +12,17 @@
 //! When the retriever finds nothing, rerank is taken out of this request's graph and the LLM
 //! gets the template with an empty context (OPEA's), or the question alone (`--rag-template comps`).
 
-use std::collections::HashMap;
-
 use comps_core::client::embeddings::parse_vector;
 use comps_core::client::rerank::parse_scores;
 use comps_core::client::shape_error;
 use comps_core::orchestrator::{NodeContext, StreamContext};
 use comps_core::sse::{ByteStream, DONE, EventStream, chunk_payload, data_frame, event_text, frame_opea};
-use comps_core::{Hooks, RerankerParms, RetrieverParms, ServiceError, ServiceType};
+use comps_core::{Hooks, ServiceError, ServiceType};
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use crate::prompt::{self, RagTemplate};
+use crate::request::RequestContext;
 
 /// How a request's stream is written to its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,39 +34,24 @@ pub enum Framing {
     OpenAi,
 }
 
-/// The request's settings the hooks need beyond `LLMParams`.
-#[derive(Debug, Clone, Default)]
-pub struct RequestOptions {
-    /// Stream framing.
-    pub framing: Framing,
-    /// `auto`, `en` or `zh`: the RAG template's language.
-    pub language: String,
-    /// The OpenAI body sent to the LLM, without `messages` (model, sampling, stream...).
-    pub llm_body: Map<String, Value>,
-}
-
-/// The hooks, knowing each node's service type.
+/// The hooks. Each request's settings come from its [`RequestContext`]; a node's type from the
+/// orchestrator.
 #[derive(Debug, Clone)]
 pub struct ChatQnaHooks {
-    types: HashMap<String, ServiceType>,
     template: RagTemplate,
     query_prompt: Option<String>,
 }
 
 impl ChatQnaHooks {
-    /// Hooks for nodes of these types (node id -> type), prompting with `template`.
-    pub fn new(types: HashMap<String, ServiceType>, template: RagTemplate) -> Self {
-        Self { types, template, query_prompt: None }
+    /// Hooks prompting with `template`.
+    pub fn new(template: RagTemplate) -> Self {
+        Self { template, query_prompt: None }
     }
 
     /// Ask the embedding node for this TEI `prompt_name` for the question (`query` for E5).
     pub fn with_query_prompt(mut self, name: Option<String>) -> Self {
         self.query_prompt = name.filter(|n| !n.is_empty());
         self
-    }
-
-    fn is(&self, node: &str, ty: ServiceType) -> bool {
-        self.types.get(node) == Some(&ty)
     }
 }
 
@@ -96,15 +80,13 @@ impl Hooks for ChatQnaHooks {
                 let mut body = Map::new();
                 body.insert("text".into(), inputs.get("text").cloned().unwrap_or(Value::Null));
                 body.insert("embedding".into(), inputs.get("embedding").cloned().unwrap_or(Value::Null));
-                let params = ctx.extras.get::<RetrieverParms>().cloned().unwrap_or_default();
-                if let Ok(Value::Object(p)) = serde_json::to_value(params) {
+                if let Ok(Value::Object(p)) = serde_json::to_value(&RequestContext::of(ctx)?.search) {
                     body.extend(p.into_iter().filter(|(k, v)| k != "id" && !v.is_null()));
                 }
                 Ok(Value::Object(body))
             }
             ServiceType::Llm => {
-                let opts = ctx.extras.get::<RequestOptions>().cloned().unwrap_or_default();
-                let mut body = opts.llm_body;
+                let mut body = RequestContext::of(ctx)?.llm_body.clone();
                 let prompt = text_of(inputs.get("inputs"));
                 body.insert("messages".into(), json!([{ "role": "user", "content": prompt }]));
                 Ok(Value::Object(body))
@@ -133,8 +115,12 @@ impl Hooks for ChatQnaHooks {
                     Some(q @ Value::String(_)) => text_of(Some(q)),
                     _ => text_of(inputs.get("text")),
                 };
-                let reranks: Vec<String> =
-                    ctx.graph.downstream(node).into_iter().filter(|d| self.is(d, ServiceType::Rerank)).collect();
+                let reranks: Vec<String> = ctx
+                    .graph
+                    .downstream(node)
+                    .into_iter()
+                    .filter(|d| ctx.service_of(d).is_some_and(|s| s.service_type == ServiceType::Rerank))
+                    .collect();
                 if !reranks.is_empty() && !docs.is_empty() {
                     // A chunk longer than the reranker's window is cut, not refused.
                     return Ok(json!({ "query": query, "texts": docs, "truncate": true }));
@@ -146,7 +132,7 @@ impl Hooks for ChatQnaHooks {
                     }
                     ctx.graph.delete_node_if_exists(&r);
                 }
-                Ok(json!({ "inputs": self.prompt(&query, &docs, ctx) }))
+                Ok(json!({ "inputs": self.prompt(&query, &docs, ctx)? }))
             }
             ServiceType::Rerank => {
                 let texts: Vec<String> = inputs
@@ -156,10 +142,10 @@ impl Hooks for ChatQnaHooks {
                     .unwrap_or_default();
                 let mut ranked = parse_scores(node, &data, texts.len())?;
                 ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-                let top_n = ctx.extras.get::<RerankerParms>().map_or(1, |p| p.top_n as usize);
+                let top_n = RequestContext::of(ctx)?.top_n as usize;
                 let docs: Vec<String> = ranked.iter().take(top_n).map(|(i, _)| texts[*i].clone()).collect();
                 let query = text_of(inputs.get("query"));
-                Ok(json!({ "inputs": self.prompt(&query, &docs, ctx) }))
+                Ok(json!({ "inputs": self.prompt(&query, &docs, ctx)? }))
             }
             ServiceType::Llm => {
                 // OpenAI answer, or an OPEA LLM microservice's GeneratedDoc.
@@ -180,12 +166,25 @@ impl Hooks for ChatQnaHooks {
                 }
                 Ok(out)
             }
+            // An output guard's answer is the final one: it keeps the LLM's usage and finish
+            // reason, which it was not sent.
+            ServiceType::Guardrail => {
+                let mut out = data;
+                if let Value::Object(o) = &mut out {
+                    for key in ["usage", "finish_reason"] {
+                        if let Some(v) = ctx.received.get(key).filter(|_| !o.contains_key(key)) {
+                            o.insert(key.into(), v.clone());
+                        }
+                    }
+                }
+                Ok(out)
+            }
             _ => Ok(data),
         }
     }
 
     fn align_generator(&self, events: EventStream, ctx: &StreamContext<'_>) -> ByteStream {
-        match ctx.extras.get::<RequestOptions>().map(|o| o.framing).unwrap_or_default() {
+        match ctx.extras.get::<RequestContext>().map(|r| r.framing).unwrap_or_default() {
             Framing::Opea => frame_opea(events),
             Framing::OpenAi => openai_chunks(events),
         }
@@ -193,9 +192,9 @@ impl Hooks for ChatQnaHooks {
 }
 
 impl ChatQnaHooks {
-    fn prompt(&self, query: &str, docs: &[String], ctx: &NodeContext<'_>) -> String {
-        let language = ctx.extras.get::<RequestOptions>().map_or("auto", |o| o.language.as_str());
-        prompt::build(query, docs, language, ctx.llm_params.chat_template.as_deref(), self.template)
+    fn prompt(&self, query: &str, docs: &[String], ctx: &NodeContext<'_>) -> Result<String, ServiceError> {
+        let r = RequestContext::of(ctx)?;
+        Ok(prompt::build(query, docs, &r.language, r.chat_template.as_deref(), self.template))
     }
 }
 

@@ -20,9 +20,9 @@
 
 pub mod hooks;
 pub mod prompt;
+pub mod request;
 pub mod routes;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +30,8 @@ use comps_core::client::Upstream;
 use comps_core::orchestrator::NodePolicy;
 use comps_core::{CommonArgs, MicroService, Server, ServiceOrchestrator, ServiceRoleType, ServiceType};
 
-pub use hooks::{ChatQnaHooks, Framing, MODEL, RequestOptions};
+pub use hooks::{ChatQnaHooks, Framing, MODEL};
+pub use request::RequestContext;
 
 /// Command-line flags. Backend addresses take OPEA's ChatQnA environment names.
 #[derive(Debug, Clone, clap::Parser)]
@@ -187,10 +188,9 @@ pub fn orchestrator(args: &Args) -> anyhow::Result<ServiceOrchestrator> {
         chain.push(guard("guardrail_out")?);
     }
 
-    let types: HashMap<String, ServiceType> = chain.iter().map(|s| (s.node_id(), s.service_type)).collect();
     let mut orch = ServiceOrchestrator::new()
         .with_hooks(Arc::new(
-            ChatQnaHooks::new(types, args.rag_template).with_query_prompt(args.embedding_prompt_name.clone()),
+            ChatQnaHooks::new(args.rag_template).with_query_prompt(args.embedding_prompt_name.clone()),
         ))
         .with_default_policy(policy);
     for s in &chain {
@@ -225,8 +225,10 @@ pub fn server(args: &Args) -> anyhow::Result<Server> {
     orch.metrics().register_into(&server.metrics());
     let state = routes::AppState {
         orch: Arc::new(orch),
-        default_model: args.llm_model.clone().filter(|m| !m.is_empty()),
-        default_top_n: args.top_n.max(1),
+        defaults: request::Defaults {
+            model: args.llm_model.clone().filter(|m| !m.is_empty()),
+            top_n: args.top_n.max(1),
+        },
         dataprep: Arc::new(Upstream::new(
             "dataprep",
             dataprep_base(args),
