@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full ChatQnA pipeline in Docker on a machine that reaches no container registry: builds a
-# Debian base image locally (scripts/docker-base.sh), the binaries on the host, and the image
+# Debian base image locally (scripts/docker/base-image.sh), the binaries on the host, and the image
 # from them (docker/Dockerfile.prebuilt), then runs docker-compose.yaml.
 #
 #   scripts/compose.sh up      start the pipeline on OPEA's ports (8888, 6006, 7000, 8808, 9009, 9090)
@@ -11,7 +11,7 @@
 #
 # COMPS_DOCKER_PROFILE=debug packs debug binaries (what the test suite has built already).
 # COMPS_DOCKER_SOURCE=1 builds the image from source instead (docker/Dockerfile, its cached
-# dependency layer), with a Rust builder image made locally by scripts/docker-builder.sh.
+# dependency layer), with a Rust builder image made locally by scripts/docker/builder-image.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE="${BASE_IMAGE:-comps-rs/bookworm-base}"
@@ -22,10 +22,10 @@ command -v docker-compose >/dev/null || COMPOSE=(docker compose)
 
 stage() {
     bash scripts/fetch-models.sh
-    bash scripts/docker-base.sh "$BASE"
+    bash scripts/docker/base-image.sh "$BASE"
     if [ "${COMPS_DOCKER_SOURCE:-0}" = 1 ]; then
         export BUILDER_IMAGE="${BUILDER_IMAGE:-comps-rs/rust-builder:1.95}" BASE_IMAGE="$BASE"
-        bash scripts/docker-builder.sh "$BUILDER_IMAGE"
+        bash scripts/docker/builder-image.sh "$BUILDER_IMAGE"
         "${COMPOSE[@]}" -p "$PROJECT" build
         return
     fi
@@ -71,7 +71,7 @@ test)
     trap '"${COMPOSE[@]}" -p "$PROJECT" down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
     stage
     "${COMPOSE[@]}" -p "$PROJECT" up -d
-    COMPOSE_CMD="${COMPOSE[*]} -p $PROJECT" python3 scripts/compose_check.py "http://127.0.0.1:$CHATQNA_HOST_PORT"
+    COMPOSE_CMD="${COMPOSE[*]} -p $PROJECT" python3 scripts/docker/compose_check.py "http://127.0.0.1:$CHATQNA_HOST_PORT"
     "${COMPOSE[@]}" -p "$PROJECT" down -v --remove-orphans
     trap - EXIT
     left="$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")"

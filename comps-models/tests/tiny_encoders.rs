@@ -1,5 +1,5 @@
 //! Numerics of our BERT and XLM-RoBERTa encoders against Hugging Face `transformers`, on tiny
-//! randomly initialised checkpoints made by `scripts/gen-tiny-encoders.py` (weights drawn with
+//! randomly initialised checkpoints made by `scripts/fixtures/gen-tiny-encoders.py` (weights drawn with
 //! std 0.2 so every layer matters) and committed with their reference outputs.
 
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 """Embedding throughput: the candle encoder offline (sequences/s at 16 and 128 tokens, batch
 1, 8, 32), PyTorch sentence-transformers on the same weights and threads in the same run (when
-the .venv from scripts/python-env.sh exists), and the service under 64 concurrent
+the .venv from scripts/dev/python-env.sh exists), and the service under 64 concurrent
 single-text clients (wrk, 128-token texts) against the offline batched figure."""
 
 import json
@@ -38,7 +38,7 @@ def main():
         print(r.stdout.strip() or r.stderr.strip())
         torch = json_line(r.stdout)
     else:
-        print("\n(PyTorch not installed: run scripts/python-env.sh to compare in the same run)")
+        print("\n(PyTorch not installed: run scripts/dev/python-env.sh to compare in the same run)")
 
     print("\n== service, 64 concurrent clients, one 128-token text each")
     with Procs() as procs:

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# RAG evaluation of ChatQnA on our own question set (scripts/eval/data/): retrieval hit rate,
+# RAG evaluation of ChatQnA on our own question set (scripts/bench/eval/data/): retrieval hit rate,
 # answer accuracy, latency and TTFT per LLM; results also in bench-results/eval-rag.json.
 # Fetches the models if absent; builds the release binaries only when no complete set exists.
 #
-#   scripts/eval-rag.sh [--models models/A,models/B] [--bin DIR] [--out FILE] [--limit N]
+#   scripts/bench/eval-rag.sh [--models models/A,models/B] [--bin DIR] [--out FILE] [--limit N]
 #                       [--embedder models/E] [--top-n N] [--set KEY=VALUE ...]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 MODELS_DIR="${MODELS_DIR:-models}"
 for m in all-MiniLM-L6-v2 multilingual-e5-small Qwen2.5-Coder-0.5B-Instruct SmolLM2-135M-Instruct; do
@@ -36,4 +36,4 @@ if [ -z "$bin" ] || ! complete "$bin"; then
         -p comps-guardrail -p comps-chatqna
     bin=target/release
 fi
-exec python3 scripts/eval/eval_rag.py "$@" --bin "$bin"
+exec python3 scripts/bench/eval/eval_rag.py "$@" --bin "$bin"

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Create a Python venv with llama-cpp-python (llama.cpp built from the PyPI sdist) for the
-# reference/benchmark scripts under scripts/ (llama-cpp-reference.py, bench/llamacpp_*.py).
+# reference/benchmark scripts (scripts/fixtures/llama-cpp-reference.py, scripts/bench/llamacpp_*.py).
 #
-#   scripts/llama-cpp-env.sh                 # creates $REPO/.venv-llamacpp, prints its python
-#   VENV=/some/where scripts/llama-cpp-env.sh
-#   PYTHON=python3.11 scripts/llama-cpp-env.sh
+#   scripts/bench/llama-cpp-env.sh                 # creates $REPO/.venv-llamacpp, prints its python
+#   VENV=/some/where scripts/bench/llama-cpp-env.sh
+#   PYTHON=python3.11 scripts/bench/llama-cpp-env.sh
 #
 # Idempotent: when the venv already has llama-cpp-python at the pinned version, nothing is
 # rebuilt. llama.cpp is compiled with -DGGML_NATIVE=ON (AVX-512 etc. of *this* CPU), so the
 # venv is not portable to other machines; delete it to force a rebuild.
 #
 # Only stdout is the python path (last line), everything else goes to stderr, so that
-#   PY="$(scripts/llama-cpp-env.sh)"
+#   PY="$(scripts/bench/llama-cpp-env.sh)"
 # works.
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VENV:-$REPO_ROOT/.venv-llamacpp}"
 PYTHON="${PYTHON:-python3}"
 LLAMA_CPP_PYTHON_VERSION="0.3.36"

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Build llama.cpp's own HTTP server (llama-server) from the llama.cpp sources vendored in the
-# same llama-cpp-python sdist that scripts/llama-cpp-env.sh builds, so the served benchmark's
+# same llama-cpp-python sdist that scripts/bench/llama-cpp-env.sh builds, so the served benchmark's
 # anchor is the very library the kernel benchmark measures. The served anchor of
-# scripts/bench-llm.sh (continuous batching over parallel slots, OpenAI routes).
+# scripts/bench/llm.sh (continuous batching over parallel slots, OpenAI routes).
 #
-#   scripts/llama-server-build.sh            # prints the llama-server path (last line of stdout)
+#   scripts/bench/llama-server-build.sh            # prints the llama-server path (last line of stdout)
 #
 # The sdist comes from PyPI (pip download); cmake and ninja from the venv llama-cpp-env.sh made.
 # Output under $REPO/.llama-server/ (git-ignored); nothing is rebuilt when the binary exists
 # for the pinned version. Built with -DGGML_NATIVE=ON: not portable to other CPUs.
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VENV:-$REPO_ROOT/.venv-llamacpp}"
 OUT="${LLAMA_SERVER_DIR:-$REPO_ROOT/.llama-server}"
-VERSION="$(sed -n 's/^LLAMA_CPP_PYTHON_VERSION="\(.*\)"$/\1/p' "$REPO_ROOT/scripts/llama-cpp-env.sh")"
+VERSION="$(sed -n 's/^LLAMA_CPP_PYTHON_VERSION="\(.*\)"$/\1/p' "$REPO_ROOT/scripts/bench/llama-cpp-env.sh")"
 
 log() { echo "==> $*" >&2; }
 die() {
@@ -30,7 +30,7 @@ if [[ -x "$bin" ]]; then
   exit 0
 fi
 
-bash "$REPO_ROOT/scripts/llama-cpp-env.sh" >/dev/null
+bash "$REPO_ROOT/scripts/bench/llama-cpp-env.sh" >/dev/null
 mkdir -p "$OUT/$VERSION"
 cd "$OUT/$VERSION"
 if [[ ! -d src ]]; then

@@ -1,6 +1,6 @@
-"""llama.cpp prefill and decode speed, the llama.cpp half of scripts/bench-llm.sh: SmolLM2-135M-
+"""llama.cpp prefill and decode speed, the llama.cpp half of scripts/bench/llm.sh: SmolLM2-135M-
 Instruct at Q4_1, Q4_0 and Q8_0 and Qwen2.5-Coder-0.5B-Instruct's Q4_K_M file. Run with the venv
-from scripts/llama-cpp-env.sh:
+from scripts/bench/llama-cpp-env.sh:
 
     .venv-llamacpp/bin/python scripts/bench/llamacpp_bench.py [--json] [--threads 2] [--quants Q4_1,Q4_K_M]
 

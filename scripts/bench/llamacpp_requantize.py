@@ -1,5 +1,5 @@
 """Requantize SmolLM2-135M-Instruct from the packaged Q4_1 GGUF to Q8_0 and Q4_0 with llama.cpp,
-for benchmarking and fidelity fixtures. Run with the venv from scripts/llama-cpp-env.sh:
+for benchmarking and fidelity fixtures. Run with the venv from scripts/bench/llama-cpp-env.sh:
 
     .venv-llamacpp/bin/python scripts/bench/llamacpp_requantize.py [--force]
 

@@ -1,5 +1,5 @@
 """Served LLM benchmark: comps-llm (native backend, continuous batching) beside llama-server
-(built by scripts/llama-server-build.sh from the same llama.cpp the kernel benchmark uses) on the
+(built by scripts/bench/llama-server-build.sh from the same llama.cpp the kernel benchmark uses) on the
 same GGUF file, one after the other in one run, at c=1, 4 and 16 streamed clients.
 
 Every request is the same chat prompt behind its own first line (so no server answers a prompt from

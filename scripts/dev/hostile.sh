@@ -5,13 +5,13 @@
 # load, 1,000 dropped streams, overload, kill -9 during ingest). Bounded in requests and time;
 # prints one summary line. Run by scripts/test.sh after the cargo tests.
 #
-#   scripts/hostile.sh            # debug binaries (cargo build --workspace --bins)
-#   scripts/hostile.sh --soak     # the longer version
-#   COMPS_BIN=target/release scripts/hostile.sh
+#   scripts/dev/hostile.sh            # debug binaries (cargo build --workspace --bins)
+#   scripts/dev/hostile.sh --soak     # the longer version
+#   COMPS_BIN=target/release scripts/dev/hostile.sh
 #
 # Python tools from PyPI, pinned, in .venv-hostile/.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 VENV=.venv-hostile
 PINS="schemathesis==4.32.5 openapi-spec-validator==0.9.0"

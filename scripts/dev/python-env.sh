@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Python environment for the PyTorch reference side of the embedding service
-# (scripts/gen-embedding-fixture.py, scripts/bench/embedding_torch.py): a venv at .venv/ in the
+# (scripts/fixtures/gen-embedding-fixture.py, scripts/bench/embedding_torch.py): a venv at .venv/ in the
 # repo root with CPU PyTorch and sentence-transformers, everything from PyPI, every version
 # pinned.
 #
-#   scripts/python-env.sh            # create or check .venv
-#   scripts/python-env.sh --force    # reinstall the pinned set even if the stamp matches
-#   .venv/bin/python scripts/gen-embedding-fixture.py
+#   scripts/dev/python-env.sh            # create or check .venv
+#   scripts/dev/python-env.sh --force    # reinstall the pinned set even if the stamp matches
+#   .venv/bin/python scripts/fixtures/gen-embedding-fixture.py
 #
 # Why the odd install: PyPI's Linux x86_64 torch wheel is built with CUDA and depends on ~20
 # nvidia-*/cuda-*/triton packages. Installed normally that is ~5 GB. We install every package
@@ -21,7 +21,7 @@
 # the smoke test passes, nothing is installed.
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VENV:-$REPO_ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.comps-python-env"

@@ -2,7 +2,7 @@
 # Build the local base image the Dockerfiles use on machines that reach no container registry:
 # a minimal Debian bookworm made by debootstrap from Debian's package mirror, then `docker
 # import`ed. With a registry, skip this and keep the Dockerfiles' public default base image.
-# Usage: scripts/docker-base.sh [image name]   (default comps-rs/bookworm-base; a no-op when
+# Usage: scripts/docker/base-image.sh [image name]   (default comps-rs/bookworm-base; a no-op when
 # the image exists)
 set -euo pipefail
 IMAGE="${1:-comps-rs/bookworm-base}"

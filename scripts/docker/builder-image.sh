@@ -5,12 +5,12 @@
 # rust-toolchain.toml pins), then `docker import`ed. The host's CA bundle goes in too, so cargo
 # in the container trusts whatever the host trusts on its way to crates.io.
 #
-# Usage: scripts/docker-builder.sh [image name]   (default comps-rs/rust-builder:1.95; a no-op
+# Usage: scripts/docker/builder-image.sh [image name]   (default comps-rs/rust-builder:1.95; a no-op
 # when the image exists). Then:
 #   docker build -f docker/Dockerfile --build-arg BUILDER_IMAGE=comps-rs/rust-builder:1.95 \
 #       --build-arg BASE_IMAGE=comps-rs/bookworm-base -t comps-rs/comps:latest .
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 IMAGE="${1:-comps-rs/rust-builder:1.95}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 

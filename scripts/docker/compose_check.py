@@ -1,6 +1,6 @@
 """End-to-end check of the pipeline started by docker-compose (called by scripts/compose.sh test).
 
-Usage: COMPOSE_CMD="docker-compose -p NAME" python3 scripts/compose_check.py http://127.0.0.1:PORT
+Usage: COMPOSE_CMD="docker-compose -p NAME" python3 scripts/docker/compose_check.py http://127.0.0.1:PORT
 
 Ingests a sample document through ChatQnA's dataprep forwarder, asks about it (non-streamed and
 streamed), stops the llm container and expects a fast 502 naming the llm node, starts it again

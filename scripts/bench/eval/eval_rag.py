@@ -1,4 +1,4 @@
-"""RAG evaluation of the ChatQnA pipeline on our own question set (scripts/eval/data/).
+"""RAG evaluation of the ChatQnA pipeline on our own question set (scripts/bench/eval/data/).
 
 For each model: the six processes on free loopback ports with a fresh data dir (the hostile
 suite's Stack), the four documents ingested through chatqna's dataprep route with the default
@@ -10,7 +10,7 @@ data event; the stream is closed there).
   answer correct  the answer holds one of the accepted strings (case-insensitive; a number
                   must not be part of a longer number)
 
-    python3 scripts/eval/eval_rag.py [--models a,b] [--bin DIR] [--out FILE] [--limit N] [--set K=V ...]
+    python3 scripts/bench/eval/eval_rag.py [--models a,b] [--bin DIR] [--out FILE] [--limit N] [--set K=V ...]
 
 --set puts an environment variable into every service's environment (each flag of a service
 has one), e.g. --set CHATQNA_RAG_TEMPLATE=comps, to compare a setting against the default.
@@ -30,7 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DATA = Path(__file__).resolve().parent / "data"
 sys.path.insert(0, str(ROOT / "tests" / "hostile"))
 from suite import Service, Stack, multipart, request  # noqa: E402

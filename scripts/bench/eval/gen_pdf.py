@@ -1,14 +1,14 @@
 """Write the evaluation's PDF (data/tarrow-observatory.pdf) from its text
 (data/pdf-source/tarrow-observatory.txt): Helvetica pages built by hand, as
-scripts/gen-pdf-fixture.py does, but wrapped and spread over as many pages as the text needs.
+scripts/fixtures/gen-pdf-fixture.py does, but wrapped and spread over as many pages as the text needs.
 
-    python3 scripts/eval/gen_pdf.py
+    python3 scripts/bench/eval/gen_pdf.py
 """
 import sys
 import textwrap
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fixtures"))
 from pdfwrite import escape, pdf, stream  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"

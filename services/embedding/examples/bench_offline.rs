@@ -1,6 +1,6 @@
 //! Offline encoder throughput: sequences/s for inputs of exactly 16 and 128 tokens at batch
 //! 1, 8 and 32, straight through the model (no HTTP, no batcher), as
-//! `scripts/bench-embedding.sh` reports it. Prints a table and a `JSON {...}` line.
+//! `scripts/bench/embedding.sh` reports it. Prints a table and a `JSON {...}` line.
 //!
 //! `cargo run --release -p comps-embedding --example bench_offline -- models/all-MiniLM-L6-v2 3`
 

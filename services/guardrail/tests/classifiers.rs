@@ -1,5 +1,5 @@
 //! Prompt-injection classifiers against `transformers`: tiny randomly initialised
-//! DeBERTa-v2 and BERT sequence classifiers (written by `scripts/gen-tiny-classifiers.py`),
+//! DeBERTa-v2 and BERT sequence classifiers (written by `scripts/fixtures/gen-tiny-classifiers.py`),
 //! their tokenizers' ids and their logits, one text at a time and as a padded batch.
 
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! Greedy tokens of our candle engine against llama.cpp on the same GGUF file. The fixtures
-//! were written by `scripts/llama-cpp-reference.py` (llama-cpp-python built from PyPI, KV cache
+//! were written by `scripts/fixtures/llama-cpp-reference.py` (llama-cpp-python built from PyPI, KV cache
 //! in f32 as ours) for five fixed ChatML prompts, 48 new tokens each, on the packaged Q4_1 file
 //! and on its Q8_0 requantization, with llama.cpp's gap between its best and second-best logit
 //! at every step.

@@ -1,5 +1,5 @@
 //! Safetensors chat models against `transformers`: tiny randomly initialised Llama and Qwen2
-//! checkpoints (written by `scripts/gen-tiny-llms.py`) with their chat template, tokenizer,
+//! checkpoints (written by `scripts/fixtures/gen-tiny-llms.py`) with their chat template, tokenizer,
 //! last-position logits and 16 greedy tokens as computed by PyTorch.
 
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! Cross-encoders with segment ids, against `transformers`: tiny random BERT (two token types,
 //! the passage in segment 1, like the ms-marco MiniLM rerankers) and XLM-RoBERTa (one segment)
-//! sequence classifiers written by `scripts/gen-tiny-cross-encoders.py`. Our tokenizer must give
+//! sequence classifiers written by `scripts/fixtures/gen-tiny-cross-encoders.py`. Our tokenizer must give
 //! every (query, passage) pair the ids and token type ids transformers used, and the service
 //! started as `--mode cross-encoder` must answer transformers' raw logits within 1e-4.
 

@@ -1,7 +1,7 @@
 //! Vector store benchmark: 100k x 384 clustered unit vectors (shaped like sentence embeddings
 //! of many topics, not uniform noise) stored in the embedded store, then 1,000 queries:
 //! p50 / p99 latency of a top-10 search and recall@10 against exact search, plus the rate at
-//! which chunks are stored (embedding excluded). Run through `scripts/bench-retriever.sh`.
+//! which chunks are stored (embedding excluded). Run through `scripts/bench/retriever.sh`.
 
 use std::time::Instant;
 

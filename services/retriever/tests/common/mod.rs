@@ -73,7 +73,7 @@ pub async fn serve_with(args: Args) -> ServerHandle {
     comps_retriever::server(state, &common, 0, true).bind().await.unwrap().spawn()
 }
 
-/// A private Postgres + pgvector server (scripts/pgvector-server.sh), stopped on drop.
+/// A private Postgres + pgvector server (scripts/dev/pgvector-server.sh), stopped on drop.
 pub struct PgServer {
     dir: TempDir,
     /// Its connection URL.
@@ -83,11 +83,11 @@ pub struct PgServer {
 impl PgServer {
     pub fn start() -> Self {
         let dir = TempDir::new("pg");
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pgvector-server.sh");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/dev/pgvector-server.sh");
         let out = std::process::Command::new("bash").arg(&script).arg("start").arg(dir.path()).output().unwrap();
         assert!(
             out.status.success(),
-            "scripts/pgvector-server.sh start failed:\n{}",
+            "scripts/dev/pgvector-server.sh start failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         let url = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
@@ -98,7 +98,7 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pgvector-server.sh");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/dev/pgvector-server.sh");
         let _ = std::process::Command::new("bash").arg(&script).arg("stop").arg(self.dir.path()).output();
     }
 }
