@@ -59,6 +59,41 @@ class Procs:
                 p.kill()
 
 
+class ChatQnA:
+    """The ChatQnA pipeline as `comps up` (tools/launcher) runs it for scripts/chatqna.sh, on
+    free ports, its data in `data_dir`; entering returns the services' URLs, leaving stops it.
+    `up_args` are more `comps up` flags, `chatqna_args` the megaservice's."""
+
+    def __init__(self, data_dir, up_args=(), chatqna_args=(), timeout=900):
+        self.data_dir, self.timeout = data_dir, timeout
+        self.ready = os.path.join(data_dir, "ready.json")
+        ports = [f"--{n}-port=0" for n in ("chatqna", "embedding", "retriever", "rerank", "llm", "guardrail")]
+        self.argv = [os.path.join(ROOT, "target", "release", "comps"), "up", "--bin-dir", RELEASE, "--data-dir",
+                     data_dir, "--ready-file", self.ready, "--no-fetch", *ports, *up_args, "--", *chatqna_args]
+
+    def __enter__(self):
+        self.log = open(os.path.join(self.data_dir, "comps-up.log"), "wb")
+        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     env={**os.environ, "RUST_LOG": "warn"})
+        deadline = time.time() + self.timeout
+        while not os.path.exists(self.ready):
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.__exit__()
+                with open(os.path.join(self.data_dir, "comps-up.log"), errors="replace") as f:
+                    sys.exit(f"comps up did not get ready:\n{f.read()[-4000:]}")
+            time.sleep(0.2)
+        with open(self.ready) as f:
+            return json.load(f)
+
+    def __exit__(self, *exc):
+        self.proc.terminate()  # comps stops every service it started
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
 def post(url, body):
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:

@@ -24,7 +24,7 @@ import time
 import urllib.request
 import json
 
-from benchlib import HEADER, RELEASE, ROOT, Procs, free_port, post, row, wrk
+from benchlib import HEADER, RELEASE, ROOT, ChatQnA, Procs, free_port, post, row, wrk
 
 SECONDS = next((int(a) for a in sys.argv[1:] if a.isdigit()), 5)
 QUESTION = "What colour did Odalys Brenner paint the Zephyrine lighthouse, and when was it built?"
@@ -88,28 +88,10 @@ def pipeline(backend, llm=None, label=None):
     llm = llm or f"{RELEASE}/comps-llm"
     label = label or backend
     print(f"\n== the real pipeline: e5-small + embedded store + rerank + Qwen2.5-Coder-0.5B (Q4_K_M, {label}: {llm}) ==")
-    with Procs() as procs, tempfile.TemporaryDirectory() as data:
-        ports = {n: free_port() for n in ("embedding", "retriever", "rerank", "llm", "chatqna")}
-        e5 = os.path.join(ROOT, "models", "multilingual-e5-small")
-        common = ["--host", "127.0.0.1"]
-        env = {"RUST_LOG": "warn"}
-        procs.start([f"{RELEASE}/comps-embedding", *common, "--port", str(ports["embedding"]), "--model", e5],
-                    ports["embedding"], env)
-        procs.start([f"{RELEASE}/comps-retriever", *common, "--port", str(ports["retriever"]), "--data-dir", data,
-                     "--embedding-url", f"http://127.0.0.1:{ports['embedding']}/embed", "--chunk-tokenizer", e5,
-                     "--passage-prompt-name", "passage", "--query-prompt-name", "query"], ports["retriever"], env)
-        procs.start([f"{RELEASE}/comps-rerank", *common, "--port", str(ports["rerank"]), "--model", e5],
-                    ports["rerank"], env)
-        procs.start([llm, *common, "--port", str(ports["llm"]), "--backend", backend, "--model",
-                     os.path.join(ROOT, "models", "Qwen2.5-Coder-0.5B-Instruct")], ports["llm"], env)
-        procs.start([f"{RELEASE}/chatqna", *common, "--port", str(ports["chatqna"])], ports["chatqna"], {
-            **env, "EMBEDDING_SERVER_PORT": str(ports["embedding"]), "RETRIEVER_SERVICE_PORT": str(ports["retriever"]),
-            "RERANK_SERVER_PORT": str(ports["rerank"]), "LLM_SERVER_PORT": str(ports["llm"]),
-            "EMBEDDING_QUERY_PROMPT_NAME": "query", "CHATQNA_TOP_N": "3"})
-        base = f"http://127.0.0.1:{ports['chatqna']}"
-        for f in sorted(os.listdir(os.path.join(ROOT, "samples"))):
-            subprocess.run(["curl", "-fsS", "-o", "/dev/null", "-F", f"files=@{os.path.join(ROOT, 'samples', f)}",
-                            f"{base}/v1/dataprep/ingest"], check=True)
+    up = ["--no-guardrail", "--llm-bin", llm, "--llm-arg=--backend", f"--llm-arg={backend}"]
+    # comps up ingests samples/ as scripts/chatqna.sh does.
+    with tempfile.TemporaryDirectory() as data, ChatQnA(data, up) as urls:
+        base = urls["chatqna"]
         url = f"{base}/v1/chatqna"
         stream_once(url, 8)  # warm-up
         print(f"{'run':<28} {'TTFT p50 ms':>12} {'TTFT max ms':>12} {'decode tok/s/stream':>20} {'total tok/s':>12}")

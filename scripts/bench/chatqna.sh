@@ -7,5 +7,5 @@ cd "$(dirname "$0")/../.."
 command -v wrk >/dev/null || { echo "installing wrk (Debian)"; apt-get install -y wrk >/dev/null; }
 bash scripts/fetch-models.sh
 cargo build --release --locked -p comps-chatqna -p comps-flow -p comps-mock-backends -p comps-embedding \
-    -p comps-retriever -p comps-rerank -p comps-llm
+    -p comps-retriever -p comps-rerank -p comps-llm -p comps-launcher
 python3 scripts/bench/chatqna.py "$@"
