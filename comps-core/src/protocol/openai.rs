@@ -313,6 +313,9 @@ pub struct ChatCompletionRequest {
     /// Streaming options.
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Keep generating past the end-of-sequence token, up to `max_tokens` (vLLM's extension).
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
     /// Sampling temperature in [0, 2].
     #[serde(default = "some_temperature")]
     pub temperature: Option<f64>,

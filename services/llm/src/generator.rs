@@ -1,10 +1,9 @@
-//! The `Generator` trait and its two implementations: a local model behind the scheduler, and
-//! a proxy to any OpenAI-compatible server.
+//! What answers chat requests ([`Llm`]): a local model behind the scheduler, answering the typed
+//! request, or a proxy to any OpenAI-compatible server, forwarding the client's body as it came.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use comps_core::client::{ChatClient, Upstream};
 use comps_core::health::HealthCheck;
 use comps_core::protocol::{
@@ -30,18 +29,59 @@ pub enum Completion {
     Stream(EventStream),
 }
 
-/// Produces chat completions.
-#[async_trait]
-pub trait Generator: Send + Sync {
+/// What answers this service's chat requests.
+#[derive(Clone)]
+pub enum Llm {
+    /// A model in this process, answering the typed request.
+    Local(Arc<LocalGenerator>),
+    /// An OpenAI-compatible server the client's body is forwarded to, with the fields this
+    /// service does not model (vLLM's and others' extensions) as they came.
+    Proxy(Arc<RemoteGenerator>),
+}
+
+impl From<Arc<LocalGenerator>> for Llm {
+    fn from(g: Arc<LocalGenerator>) -> Self {
+        Self::Local(g)
+    }
+}
+
+impl From<Arc<RemoteGenerator>> for Llm {
+    fn from(g: Arc<RemoteGenerator>) -> Self {
+        Self::Proxy(g)
+    }
+}
+
+impl Llm {
     /// The served model name.
-    fn model_name(&self) -> String;
+    pub fn model_name(&self) -> String {
+        match self {
+            Self::Local(g) => g.model.name.clone(),
+            Self::Proxy(p) => p.model_name(),
+        }
+    }
+
     /// The `data` entries of `GET /v1/models`.
-    fn models(&self) -> Vec<ModelCard>;
-    /// Answer a validated request; `raw` is its JSON as received (for pass-through).
-    async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion>;
-    /// The `/health` check of what generates locally (a proxy has nothing local to watch).
-    fn health(&self) -> HealthCheck {
-        HealthCheck::always_healthy()
+    pub fn models(&self) -> Vec<ModelCard> {
+        match self {
+            Self::Local(g) => g.models(),
+            Self::Proxy(p) => vec![ModelCard::new(p.model_name(), "remote", unix_now())],
+        }
+    }
+
+    /// The `/health` check: the local engine's; a proxy has nothing local to watch.
+    pub fn health(&self) -> HealthCheck {
+        match self {
+            Self::Local(g) => g.engine.health(),
+            Self::Proxy(_) => HealthCheck::always_healthy(),
+        }
+    }
+
+    /// Answer a validated request; `body` is what the client sent (a proxy forwards it).
+    pub async fn chat(&self, req: ChatCompletionRequest, body: Value) -> ServiceResult<Completion> {
+        match self {
+            Self::Local(g) => g.chat(req).await,
+            Self::Proxy(p) => p.forward(&req, body).await,
+        }
     }
 }
 
@@ -255,7 +295,7 @@ impl LocalGenerator {
 
     /// Everything a request needs before it is queued: prompt, token budget, sampling.
     /// Long RAG prompts take a while to tokenize: that runs on the blocking pool.
-    pub async fn prepare(&self, req: &ChatCompletionRequest, raw: &Value) -> ServiceResult<GenRequest> {
+    pub async fn prepare(&self, req: &ChatCompletionRequest) -> ServiceResult<GenRequest> {
         refuse_unsupported(req)?;
         let prompt = self.render_prompt(req)?;
         tracing::debug!(%prompt, "rendered prompt");
@@ -287,7 +327,7 @@ impl LocalGenerator {
                 ),
             ));
         }
-        let ignore_eos = raw.get("ignore_eos").and_then(Value::as_bool).unwrap_or(false);
+        let ignore_eos = req.ignore_eos.unwrap_or(false);
         tracing::info!(prompt_tokens = prompt_ids.len(), max_tokens, "generation requested");
         Ok(GenRequest {
             prompt_ids,
@@ -320,26 +360,19 @@ fn chunk(id: &str, created: u64, model: &str, delta: DeltaMessage, finish: Optio
     serde_json::to_string(&c).unwrap_or_default()
 }
 
-#[async_trait]
-impl Generator for LocalGenerator {
-    fn model_name(&self) -> String {
-        self.model.name.clone()
-    }
-
-    fn models(&self) -> Vec<ModelCard> {
+impl LocalGenerator {
+    /// The `data` entries of `GET /v1/models`: the model with its context length.
+    pub fn models(&self) -> Vec<ModelCard> {
         let mut card = ModelCard::new(&self.model.name, "comps-rs", unix_now());
         card.max_model_len = Some(self.model.context_len);
         card.description = Some(self.model.description.clone());
         vec![card]
     }
 
-    fn health(&self) -> HealthCheck {
-        self.engine.health()
-    }
-
-    async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion> {
+    /// Answer a validated request.
+    pub async fn chat(&self, req: ChatCompletionRequest) -> ServiceResult<Completion> {
         self.check_model(&req)?;
-        let gen_req = self.prepare(&req, &raw).await?;
+        let gen_req = self.prepare(&req).await?;
         let mut events = self.engine.submit(gen_req)?;
         let model = req.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.model.name.clone());
         if !req.is_stream() {
@@ -412,20 +445,17 @@ impl RemoteGenerator {
     }
 }
 
-#[async_trait]
-impl Generator for RemoteGenerator {
-    fn model_name(&self) -> String {
+impl RemoteGenerator {
+    /// The model it asks for (`remote` when the upstream chooses).
+    pub fn model_name(&self) -> String {
         self.client.model().unwrap_or("remote").to_string()
     }
 
-    fn models(&self) -> Vec<ModelCard> {
-        vec![ModelCard::new(self.model_name(), "remote", unix_now())]
-    }
-
-    async fn chat(&self, req: ChatCompletionRequest, raw: Value) -> ServiceResult<Completion> {
-        let mut body = raw;
+    /// Forward the client's `body` (its checked form is `req`): a text `messages` becomes the
+    /// list OpenAI servers want; everything else goes as it came.
+    pub async fn forward(&self, req: &ChatCompletionRequest, body: Value) -> ServiceResult<Completion> {
+        let mut body = body;
         if let (Messages::Text(t), Some(obj)) = (&req.messages, body.as_object_mut()) {
-            // OpenAI servers want a list.
             obj.insert("messages".into(), json!([{"role": "user", "content": t}]));
         }
         if req.is_stream() {

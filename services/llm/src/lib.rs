@@ -28,7 +28,7 @@ use comps_models::hub::{self, HubConfig};
 pub use comps_models::llm::{
     Backend, BatchInput, ChatModel, Engine, EngineConfig, GenDone, GenEvent, GenRequest, Quantize,
 };
-pub use generator::{Completion, Generator, LocalGenerator, RemoteGenerator};
+pub use generator::{Completion, Llm, LocalGenerator, RemoteGenerator};
 
 /// Default port (OPEA's compose).
 pub const DEFAULT_PORT: u16 = 9009;
@@ -89,8 +89,8 @@ pub struct Args {
 /// Shared state of the routes.
 #[derive(Clone)]
 pub struct AppState {
-    /// The compute.
-    pub generator: Arc<dyn Generator>,
+    /// What answers.
+    pub llm: Llm,
 }
 
 /// Files of a safetensors chat model on the hub.
@@ -108,15 +108,15 @@ pub async fn resolve_model(model: &str, hub: &HubConfig) -> anyhow::Result<PathB
     })
 }
 
-/// Build the generator the flags describe.
-pub async fn build_generator(args: &Args) -> anyhow::Result<Arc<dyn Generator>> {
+/// Build what the flags describe: a local model, or a proxy.
+pub async fn build_llm(args: &Args) -> anyhow::Result<Llm> {
     if let Some(url) = &args.remote_url {
-        return Ok(Arc::new(RemoteGenerator::new(
+        return Ok(Llm::Proxy(Arc::new(RemoteGenerator::new(
             url,
             args.remote_api_key.clone(),
             args.remote_model.clone(),
             Duration::from_secs(args.remote_timeout_secs.max(1)),
-        )));
+        ))));
     }
     let quantize = Quantize::parse(&args.quantize)
         .ok_or_else(|| anyhow::anyhow!("--quantize must be none, auto, q8_0 or q4_0 (got '{}')", args.quantize))?;
@@ -152,32 +152,32 @@ pub async fn build_generator(args: &Args) -> anyhow::Result<Arc<dyn Generator>> 
         max_queued: args.max_queued_requests,
         prefill_chunk: args.prefill_chunk.max(1),
     };
-    Ok(Arc::new(LocalGenerator::new(model, template, cfg)?.with_aliases(aliases)))
+    Ok(Llm::Local(Arc::new(LocalGenerator::new(model, template, cfg)?.with_aliases(aliases))))
 }
 
 /// The server for a generator (tests use this with port 0); its `/health` fails while a local
 /// model's engine is down.
 pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server {
-    let health = state.generator.health();
-    let generator = state.generator.clone();
+    let health = state.llm.health();
+    let llm = state.llm.clone();
     let svc = common
         .apply(MicroService::new("llm"), default_port)
         .endpoint("/v1/chat/completions")
         .service_type(ServiceType::Llm)
         .datatypes("ChatCompletionRequest", "ChatCompletionResponse")
-        .description(format!("LLM service ({})", state.generator.model_name()))
+        .description(format!("LLM service ({})", state.llm.model_name()))
         .version(env!("CARGO_PKG_VERSION"));
     use utoipa::OpenApi;
     Server::new(svc, common.server_config())
         .health_check_with(health)
-        .models(move || generator.models())
+        .models(move || llm.models())
         .merge(routes::router(state))
         .openapi(routes::LlmApi::openapi())
 }
 
 /// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let generator = build_generator(&args).await?;
-    server(AppState { generator }, &args.common, DEFAULT_PORT).bind().await?.serve().await?;
+    let llm = build_llm(&args).await?;
+    server(AppState { llm }, &args.common, DEFAULT_PORT).bind().await?.serve().await?;
     Ok(())
 }

@@ -60,8 +60,7 @@ async fn chat_completions(State(s): State<AppState>, body: JsonBody) -> ServiceR
 async fn openai(s: &AppState, body: JsonBody) -> ServiceResult<Response> {
     let req: ChatCompletionRequest = body.typed()?;
     req.validate()?;
-    let raw = body.into_value();
-    Ok(match s.generator.chat(req, raw).await? {
+    Ok(match s.llm.chat(req, body.into_value()).await? {
         Completion::Full(v) => axum::Json(v).into_response(),
         Completion::Stream(events) => sse_response(frame_events(events)),
     })
@@ -92,7 +91,7 @@ async fn opea(s: &AppState, body: &JsonBody) -> ServiceResult<Response> {
     let req: ChatCompletionRequest = serde_json::from_value(raw.clone())
         .map_err(|e| ServiceError::Internal(format!("LLMParamsDoc conversion: {e}")))?;
     req.validate()?;
-    match s.generator.chat(req, raw).await? {
+    match s.llm.chat(req, raw).await? {
         Completion::Stream(events) => Ok(sse_response(frame_opea(events))),
         Completion::Full(v) => {
             let text = v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string();

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use comps_core::{CommonArgs, ServerHandle};
-use comps_llm::{AppState, ChatModel, EngineConfig, Generator, LocalGenerator, Quantize, RemoteGenerator};
+use comps_llm::{AppState, ChatModel, EngineConfig, Llm, LocalGenerator, Quantize, RemoteGenerator};
 use comps_mock_backends::{MockConfig, spawn_mock};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -33,8 +33,8 @@ fn generator(cfg: EngineConfig) -> Arc<LocalGenerator> {
     Arc::new(LocalGenerator::new(model(), None, cfg).expect("generator starts"))
 }
 
-async fn serve(generator: Arc<dyn Generator>) -> ServerHandle {
-    let state = AppState { generator };
+async fn serve(llm: impl Into<Llm>) -> ServerHandle {
+    let state = AppState { llm: llm.into() };
     comps_llm::server(state, &CommonArgs::local(), 0).bind().await.unwrap().spawn()
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use comps_core::CommonArgs;
-use comps_llm::{AppState, ChatModel, EngineConfig, LocalGenerator, Quantize};
+use comps_llm::{AppState, ChatModel, EngineConfig, Llm, LocalGenerator, Quantize};
 use serde_json::{Value, json};
 
 fn qwen() -> PathBuf {
@@ -25,8 +25,11 @@ async fn qwen_loads_from_its_directory_and_answers_from_the_context() {
     assert!(model.description.starts_with("qwen2"), "{}", model.description);
     assert!(model.context_len >= 4096, "context {}", model.context_len);
     let g = LocalGenerator::new(model, None, EngineConfig::default()).expect("generator starts");
-    let h =
-        comps_llm::server(AppState { generator: Arc::new(g) }, &CommonArgs::local(), 0).bind().await.unwrap().spawn();
+    let h = comps_llm::server(AppState { llm: Llm::Local(Arc::new(g)) }, &CommonArgs::local(), 0)
+        .bind()
+        .await
+        .unwrap()
+        .spawn();
     let prompt = "Use the search results to answer.\n### Search results: The harbour of Vellmar was dredged in \
                   1874 by the engineer Corwin Ashby, who painted its lighthouse teal.\n### Question: What colour \
                   is the Vellmar lighthouse?\n### Answer:\n";
