@@ -73,6 +73,11 @@ mod builtin {
         responses((status = 200, description = "The served models", body = crate::protocol::ModelList)))]
     pub async fn models() {}
 
+    /// The served model and the service's limits, as TEI describes them.
+    #[utoipa::path(get, path = "/info", tag = "tei",
+        responses((status = 200, description = "The model and the limits", body = crate::protocol::TeiInfo)))]
+    pub async fn info() {}
+
     /// A page rendering this document.
     #[utoipa::path(get, path = "/docs", tag = "docs",
         responses((status = 200, description = "HTML", body = String, content_type = "text/html")))]
@@ -174,3 +179,8 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     .into_iter()
     .flatten()
 }
+
+/// `GET /info`, added by [`crate::Server::info`].
+#[derive(OpenApi)]
+#[openapi(paths(builtin::info), components(schemas(crate::protocol::TeiInfo)))]
+pub(crate) struct Info;

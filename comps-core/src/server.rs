@@ -316,6 +316,17 @@ impl Server {
         self.route("/v1/models", get(handler)).openapi(crate::openapi::Models::openapi())
     }
 
+    /// Serve TEI's `GET /info` with what `info` says now (one shape for every service that has it).
+    pub fn info(self, info: impl Fn() -> crate::protocol::TeiInfo + Send + Sync + 'static) -> Self {
+        let info = Arc::new(info);
+        let handler = move || {
+            let info = info.clone();
+            async move { axum::Json(info()) }
+        };
+        use utoipa::OpenApi;
+        self.route("/info", get(handler)).openapi(crate::openapi::Info::openapi())
+    }
+
     /// The OpenAPI document of this service's routes (from its handlers' `#[utoipa::path]`),
     /// served completed with the built-in routes at `/v1/openapi.json` and rendered at `/docs`.
     /// Several calls merge.
@@ -534,11 +545,8 @@ async fn health_check(State(s): State<Shared>) -> Response {
     .into_response()
 }
 
-async fn health(State(s): State<Shared>) -> Response {
-    match probe_health(&s) {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => e.into_response(),
-    }
+async fn health(State(s): State<Shared>) -> Result<StatusCode, ServiceError> {
+    probe_health(&s).map(|()| StatusCode::OK)
 }
 
 async fn statistics(State(s): State<Shared>) -> impl IntoResponse {

@@ -58,6 +58,38 @@ pub struct ModelList {
     pub data: Vec<ModelCard>,
 }
 
+/// TEI's `GET /info`: the served model and the service's limits. Fields a service does not have
+/// are left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TeiInfo {
+    /// The model's name.
+    pub model_id: String,
+    /// Always `null`: no model revision is tracked.
+    pub model_sha: Option<String>,
+    /// The weights' type (`float32`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_dtype: Option<String>,
+    /// The kind of model, as TEI writes it: `{"embedding": {"pooling": ...}}`,
+    /// `{"reranker": {...}}`.
+    #[schema(value_type = Object)]
+    pub model_type: Value,
+    /// The longest input in tokens, when known.
+    pub max_input_length: Option<usize>,
+    /// The most inputs in one request.
+    pub max_client_batch_size: usize,
+    /// Whether over-long inputs are truncated when a request does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_truncate: Option<bool>,
+    /// The vector size, when known (embedding services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_dimension: Option<usize>,
+    /// `local` (a model in this process) or `remote` (a proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The service's version.
+    pub version: String,
+}
+
 /// A completion id (`chatcmpl-<32 hex>`).
 pub fn completion_id() -> String {
     format!("chatcmpl-{}", new_id())

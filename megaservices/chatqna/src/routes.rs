@@ -123,7 +123,13 @@ async fn answer(s: &AppState, body: &JsonBody, framing: Framing) -> ServiceResul
 /// Forward `/v1/dataprep/*` to the dataprep service: method, query, body and content type go
 /// as they came; its status, content type and body come back. Failures name the `dataprep`
 /// node like any other upstream.
-async fn dataprep(State(s): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn dataprep(
+    State(s): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ServiceResult<Response> {
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    s.dataprep.relay(method, path_and_query, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
+    s.dataprep.relay(method, path_and_query, &headers, body).await
 }

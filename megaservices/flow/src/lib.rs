@@ -22,8 +22,8 @@ use axum::routing::post;
 use comps_core::orchestrator::Extras;
 use comps_core::sse::sse_response;
 use comps_core::{
-    CommonArgs, Json, LLMParams, MicroService, Server, ServiceError, ServiceOrchestrator, ServiceRoleType, ServiceType,
-    Validate,
+    CommonArgs, Json, LLMParams, MicroService, Server, ServiceOrchestrator, ServiceResult, ServiceRoleType,
+    ServiceType, Validate,
 };
 use serde_json::{Map, Value};
 
@@ -119,14 +119,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn handle(State(orch): State<Arc<ServiceOrchestrator>>, Json(body): Json<Map<String, Value>>) -> Response {
-    match run_flow(&orch, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn run_flow(orch: &ServiceOrchestrator, body: Map<String, Value>) -> Result<Response, ServiceError> {
+async fn handle(
+    State(orch): State<Arc<ServiceOrchestrator>>,
+    Json(body): Json<Map<String, Value>>,
+) -> ServiceResult<Response> {
     let mut params_src = body.clone();
     params_src.retain(|k, _| k != "id");
     if !params_src.contains_key("stream") {

@@ -112,6 +112,7 @@ pub async fn build_embedder(args: &Args) -> anyhow::Result<Arc<dyn Embedder>> {
 /// embedder's model worker is down.
 pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server {
     let info = state.embedder.info().clone();
+    let tei = routes::tei_info(&state);
     let health = state.embedder.health();
     let svc = common
         .apply(MicroService::new("embedding"), default_port)
@@ -124,6 +125,7 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
     Server::new(svc, common.server_config())
         .health_check_with(health)
         .models(move || vec![comps_core::protocol::ModelCard::new(&info.model_id, "comps-rs", 0)])
+        .info(move || tei.clone())
         .merge(routes::router(state))
         .openapi(routes::EmbeddingApi::openapi())
 }

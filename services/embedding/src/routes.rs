@@ -5,13 +5,13 @@
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use base64::Engine;
 use comps_core::extract::JsonBody;
 use comps_core::limits::OPENAI_MAX_EMBEDDING_INPUTS;
 use comps_core::protocol::{
     EmbedDoc, Embedding, EmbeddingData, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingResponseData,
-    TextDoc, TextOrList, UsageInfo, Validate,
+    TeiInfo, TextDoc, TextOrList, UsageInfo, Validate,
 };
 use comps_core::{ServiceError, ServiceResult};
 use serde::Deserialize;
@@ -23,7 +23,7 @@ use crate::embedder::{EmbedInput, EmbedOptions};
 /// The OpenAPI document of the service's routes.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(embeddings, tei_embed, info),
+    paths(embeddings, tei_embed),
     tags((name = "embedding", description = "OpenAI and OPEA embeddings"),
          (name = "tei", description = "Text Embeddings Inference's routes"))
 )]
@@ -51,55 +51,9 @@ enum EmbeddingsAnswer {
     Opea(EmbedDoc),
 }
 
-/// TEI-like service information, as `GET /info` writes it.
-#[allow(dead_code)]
-#[derive(utoipa::ToSchema)]
-struct Info {
-    /// The model's name.
-    model_id: String,
-    /// Always `null`: no model revision is tracked.
-    model_sha: Option<String>,
-    /// `float32`.
-    model_dtype: String,
-    /// The kind of model and its pooling.
-    model_type: InfoModelType,
-    /// The longest input in tokens, when known.
-    max_input_length: Option<usize>,
-    /// The most inputs in one TEI `/embed` or OPEA `TextDoc` request.
-    max_client_batch_size: usize,
-    /// Whether over-long inputs are truncated when a request does not say.
-    auto_truncate: bool,
-    /// The vector size, when known.
-    embedding_dimension: Option<usize>,
-    /// `local` (a model in this process) or `remote` (a proxy).
-    backend: String,
-    /// This service's version.
-    version: String,
-}
-
-/// `{"embedding": {"pooling": ...}}`.
-#[allow(dead_code)]
-#[derive(utoipa::ToSchema)]
-struct InfoModelType {
-    /// An embedding model.
-    embedding: InfoPooling,
-}
-
-/// An embedding model's pooling.
-#[allow(dead_code)]
-#[derive(utoipa::ToSchema)]
-struct InfoPooling {
-    /// `mean`, `cls`, ..., when known.
-    pooling: Option<String>,
-}
-
 /// The service's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/embeddings", post(embeddings))
-        .route("/embed", post(tei_embed))
-        .route("/info", get(info))
-        .with_state(state)
+    Router::new().route("/v1/embeddings", post(embeddings)).route("/embed", post(tei_embed)).with_state(state)
 }
 
 /// The most inputs a request may carry, and what that limit is called in the refusal.
@@ -268,46 +222,40 @@ impl Validate for TeiEmbedRequest {
 #[utoipa::path(post, path = "/embed", tag = "tei",
     request_body = TeiEmbedRequest,
     responses((status = 200, description = "One vector per input", body = Vec<Vec<f32>>)))]
-async fn tei_embed(State(s): State<AppState>, comps_core::Json(req): comps_core::Json<TeiEmbedRequest>) -> Response {
+async fn tei_embed(
+    State(s): State<AppState>,
+    comps_core::Json(req): comps_core::Json<TeiEmbedRequest>,
+) -> ServiceResult<Response> {
     let texts = req.inputs.to_vec();
-    let run = async {
-        check_count("inputs", texts.len(), InputLimit::ClientBatch(s.max_client_batch_size))?;
-        let texts = with_prompt(&s, req.prompt_name.as_deref(), texts)?;
-        let opts = EmbedOptions {
-            normalize: req.normalize,
-            truncate: req.truncate.unwrap_or(s.auto_truncate),
-            field: "inputs",
-        };
-        let out = s.embedder.embed(EmbedInput::Texts(texts), opts).await?;
-        let mut vectors = out.vectors;
-        if let Some(d) = req.dimensions {
-            for v in &mut vectors {
-                v.truncate(d as usize);
-                if req.normalize {
-                    comps_core::vector::normalize(v);
-                }
+    check_count("inputs", texts.len(), InputLimit::ClientBatch(s.max_client_batch_size))?;
+    let texts = with_prompt(&s, req.prompt_name.as_deref(), texts)?;
+    let opts =
+        EmbedOptions { normalize: req.normalize, truncate: req.truncate.unwrap_or(s.auto_truncate), field: "inputs" };
+    let mut vectors = s.embedder.embed(EmbedInput::Texts(texts), opts).await?.vectors;
+    if let Some(d) = req.dimensions {
+        for v in &mut vectors {
+            v.truncate(d as usize);
+            if req.normalize {
+                comps_core::vector::normalize(v);
             }
         }
-        Ok::<_, ServiceError>(axum::Json(vectors).into_response())
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+    }
+    Ok(axum::Json(vectors).into_response())
 }
 
-/// TEI-like information on the model and the service's limits.
-#[utoipa::path(get, path = "/info", tag = "tei",
-    responses((status = 200, description = "The model and the limits", body = Info)))]
-async fn info(State(s): State<AppState>) -> impl IntoResponse {
+/// TEI's `/info` for this service: the model and the limits.
+pub fn tei_info(s: &AppState) -> TeiInfo {
     let i = s.embedder.info();
-    axum::Json(json!({
-        "model_id": i.model_id,
-        "model_sha": null,
-        "model_dtype": "float32",
-        "model_type": {"embedding": {"pooling": i.pooling}},
-        "max_input_length": i.max_input_tokens,
-        "max_client_batch_size": s.max_client_batch_size,
-        "auto_truncate": s.auto_truncate,
-        "embedding_dimension": i.dim,
-        "backend": i.backend,
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
+    TeiInfo {
+        model_id: i.model_id.clone(),
+        model_sha: None,
+        model_dtype: Some("float32".into()),
+        model_type: json!({"embedding": {"pooling": i.pooling}}),
+        max_input_length: i.max_input_tokens,
+        max_client_batch_size: s.max_client_batch_size,
+        auto_truncate: Some(s.auto_truncate),
+        embedding_dimension: i.dim,
+        backend: Some(i.backend.to_string()),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
 }

@@ -399,7 +399,7 @@ async fn openapi_document_covers_every_route() {
     let embeddings = &doc["paths"]["/v1/embeddings"]["post"];
     assert!(embeddings["summary"].is_string(), "{embeddings}");
     assert!(embeddings["description"].as_str().is_some_and(|d| d.contains("TextDoc")), "{embeddings}");
-    let info = &schemas["Info"]["properties"];
+    let info = &schemas["TeiInfo"]["properties"];
     for field in ["model_id", "max_client_batch_size", "auto_truncate", "embedding_dimension", "backend"] {
         assert!(info.get(field).is_some(), "{field}: {info}");
     }

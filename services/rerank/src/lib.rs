@@ -100,6 +100,7 @@ pub async fn build_reranker(args: &Args) -> anyhow::Result<Arc<dyn Reranker>> {
 /// reranker's model worker is down.
 pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server {
     let info = state.reranker.info().clone();
+    let tei = routes::tei_info(&state);
     let health = state.reranker.health();
     let svc = common
         .apply(MicroService::new("reranking"), default_port)
@@ -111,6 +112,7 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
     use utoipa::OpenApi;
     Server::new(svc, common.server_config())
         .health_check_with(health)
+        .info(move || tei.clone())
         .merge(routes::router(state))
         .openapi(routes::RerankApi::openapi())
 }

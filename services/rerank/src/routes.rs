@@ -5,11 +5,11 @@
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use comps_core::extract::JsonBody;
 use comps_core::protocol::{
     ChatCompletionRequest, Document, LLMParamsDoc, RerankingRequest, RerankingResponse, RerankingResponseData,
-    SearchedDoc, Validate,
+    SearchedDoc, TeiInfo, Validate,
 };
 use comps_core::{ServiceError, ServiceResult};
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use crate::reranker::ScoreOptions;
 /// The OpenAPI document of the service's routes.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(tei_rerank, opea_rerank, info),
+    paths(tei_rerank, opea_rerank),
     tags((name = "reranking", description = "OPEA's reranking"),
          (name = "tei", description = "Text Embeddings Inference's routes"))
 )]
@@ -54,45 +54,9 @@ enum RerankingAnswer {
     Chat(ChatCompletionRequest),
 }
 
-/// TEI-like service information, as `GET /info` writes it.
-#[allow(dead_code)]
-#[derive(utoipa::ToSchema)]
-struct Info {
-    /// The model's name.
-    model_id: String,
-    /// The kind of reranker.
-    model_type: InfoModelType,
-    /// The longest input in tokens, when known.
-    max_input_length: Option<usize>,
-    /// The most texts in one request.
-    max_client_batch_size: usize,
-    /// This service's version.
-    version: String,
-}
-
-/// `{"reranker": {"kind": ...}}`.
-#[allow(dead_code)]
-#[derive(utoipa::ToSchema)]
-struct InfoModelType {
-    /// A reranker.
-    reranker: InfoKind,
-}
-
-/// A reranker's kind.
-#[allow(dead_code)]
-#[derive(utoipa::ToSchema)]
-struct InfoKind {
-    /// `cross-encoder`, `bi-encoder` or `remote`.
-    kind: String,
-}
-
 /// The service's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/rerank", post(tei_rerank))
-        .route("/v1/reranking", post(opea_rerank))
-        .route("/info", get(info))
-        .with_state(state)
+    Router::new().route("/rerank", post(tei_rerank)).route("/v1/reranking", post(opea_rerank)).with_state(state)
 }
 
 /// TEI's rerank request.
@@ -165,18 +129,17 @@ async fn rank(s: &AppState, query: &str, texts: &[String], opts: ScoreOptions) -
 #[utoipa::path(post, path = "/rerank", tag = "tei",
     request_body = TeiRerankRequest,
     responses((status = 200, description = "The texts ranked, best first", body = Vec<Rank>)))]
-async fn tei_rerank(State(s): State<AppState>, comps_core::Json(req): comps_core::Json<TeiRerankRequest>) -> Response {
+async fn tei_rerank(
+    State(s): State<AppState>,
+    comps_core::Json(req): comps_core::Json<TeiRerankRequest>,
+) -> ServiceResult<Response> {
     let opts = ScoreOptions { raw_scores: req.raw_scores, truncate: req.truncate };
-    match rank(&s, &req.query, &req.texts, opts).await {
-        Ok(ranked) => {
-            let out: Vec<Rank> = ranked
-                .into_iter()
-                .map(|(index, score)| Rank { index, score, text: req.return_text.then(|| req.texts[index].clone()) })
-                .collect();
-            axum::Json(out).into_response()
-        }
-        Err(e) => e.into_response(),
-    }
+    let ranked = rank(&s, &req.query, &req.texts, opts).await?;
+    let out: Vec<Rank> = ranked
+        .into_iter()
+        .map(|(index, score)| Rank { index, score, text: req.return_text.then(|| req.texts[index].clone()) })
+        .collect();
+    Ok(axum::Json(out).into_response())
 }
 
 /// Rerank retrieved documents for a query, as OPEA asks.
@@ -243,16 +206,19 @@ async fn chat_request(s: &AppState, body: &JsonBody) -> ServiceResult<Response> 
     Ok(axum::Json(req).into_response())
 }
 
-/// TEI-like information on the model and the service's limits.
-#[utoipa::path(get, path = "/info", tag = "tei",
-    responses((status = 200, description = "The model and the limits", body = Info)))]
-async fn info(State(s): State<AppState>) -> impl IntoResponse {
+/// TEI's `/info` for this service: the model and the limits.
+pub fn tei_info(s: &AppState) -> TeiInfo {
     let i = s.reranker.info();
-    axum::Json(json!({
-        "model_id": i.model_id,
-        "model_type": {"reranker": {"kind": i.kind}},
-        "max_input_length": i.max_input_tokens,
-        "max_client_batch_size": s.max_client_batch_size,
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
+    TeiInfo {
+        model_id: i.model_id.clone(),
+        model_sha: None,
+        model_dtype: None,
+        model_type: json!({"reranker": {"kind": i.kind}}),
+        max_input_length: i.max_input_tokens,
+        max_client_batch_size: s.max_client_batch_size,
+        auto_truncate: None,
+        embedding_dimension: None,
+        backend: None,
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
 }

@@ -382,11 +382,8 @@ async fn store_document(
 #[utoipa::path(post, path = "/v1/dataprep/ingest", tag = "dataprep",
     request_body(content = DataprepIngestForm, content_type = "multipart/form-data"),
     responses((status = 200, description = "Stored", body = Object, example = json!({"status": 200, "message": "Data preparation succeeded"}))))]
-async fn ingest(State(s): State<AppState>, mp: Multipart) -> Response {
-    ingest_inner(&s, mp).await.unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn ingest_inner(s: &AppState, mp: Multipart) -> ServiceResult<Response> {
+async fn ingest(State(s): State<AppState>, mp: Multipart) -> ServiceResult<Response> {
+    let s = &s;
     let staging_dir = s.upload_dir.join(format!(".staging-{}", new_id()));
     tokio::fs::create_dir_all(&staging_dir)
         .await
