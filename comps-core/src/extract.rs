@@ -143,11 +143,23 @@ fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> ServiceErro
             ServiceError::MalformedRequest(format!("malformed JSON: {inner}"))
         }
         Category::Data => {
-            let message = strip_position(&inner.to_string());
-            // serde reports a missing field at its parent; name the field itself.
-            let field = match message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
-                Some(missing) if path == "." => missing.to_string(),
-                Some(missing) => format!("{path}.{missing}"),
+            let mut message = strip_position(&inner.to_string());
+            // serde reports a missing field, and a bad one of a flattened parameter group, at
+            // its parent; name the field itself.
+            let named = message.strip_prefix(crate::protocol::params::FIELD_ERROR_PREFIX).and_then(|r| {
+                let (name, rest) = r.split_once("`: ")?;
+                Some((name.to_string(), rest.to_string()))
+            });
+            let child = match named {
+                Some((name, rest)) => {
+                    message = rest;
+                    Some(name)
+                }
+                None => message.strip_prefix("missing field `").and_then(|r| r.split('`').next()).map(str::to_string),
+            };
+            let field = match child {
+                Some(child) if path == "." => child,
+                Some(child) => format!("{path}.{child}"),
                 None if path == "." => String::new(),
                 None => path,
             };
@@ -221,7 +233,7 @@ mod tests {
         assert_eq!(body.get("k"), Some(&serde_json::json!(3)));
         body.insert("embedding", serde_json::json!([0.5, 0.25]));
         let doc: EmbedDoc = body.typed().unwrap();
-        assert_eq!(doc.k, 3);
+        assert_eq!(doc.search.k, 3);
         assert_eq!(body.as_map().len(), 3);
     }
 
@@ -231,6 +243,37 @@ mod tests {
             let e = JsonBody::parse(bytes).unwrap_err();
             assert_eq!(e.status(), status, "{}", String::from_utf8_lossy(bytes));
         }
+    }
+
+    #[test]
+    fn a_wrong_field_of_a_flattened_group_is_named() {
+        use crate::protocol::{LLMParamsDoc, RetrievalRequest};
+        let cases: [(&[u8], &str); 3] = [
+            (br#"{"text": "q", "embedding": [0.1], "k": "four"}"#, "k"),
+            (br#"{"query": "q", "top_p": "high"}"#, "top_p"),
+            (br#"{"embedding": [0.1], "lambda_mult": [1]}"#, "lambda_mult"),
+        ];
+        for (i, (bytes, field)) in cases.into_iter().enumerate() {
+            let body = JsonBody::parse(bytes).unwrap();
+            let e = match i {
+                0 => body.typed::<EmbedDoc>().unwrap_err(),
+                1 => body.typed::<LLMParamsDoc>().unwrap_err(),
+                _ => body.typed::<RetrievalRequest>().unwrap_err(),
+            };
+            match &e {
+                ServiceError::InvalidField { field: Some(f), message } => {
+                    assert_eq!(f, field);
+                    assert!(message.starts_with(&format!("invalid value for '{field}': invalid type")), "{message}");
+                }
+                other => panic!("expected a 422 naming {field}, got {other:?}"),
+            }
+        }
+        // The groups stay flat on the wire and keep their defaults.
+        let doc: EmbedDoc =
+            JsonBody::parse(br#"{"text": "q", "embedding": [0.1], "fetch_k": 9}"#).unwrap().typed().unwrap();
+        assert_eq!((doc.search.k, doc.search.fetch_k, doc.search.search_type.as_str()), (4, 9, "similarity"));
+        let v = serde_json::to_value(&doc).unwrap();
+        assert_eq!((v["k"].as_u64(), v["fetch_k"].as_u64()), (Some(4), Some(9)));
     }
 
     #[test]

@@ -31,12 +31,12 @@ fn chat_request_string_messages_take_opea_defaults() {
     assert_eq!(r.max_tokens, Some(1024));
     assert_eq!(r.temperature, Some(0.01));
     assert_eq!(r.stream, Some(false));
-    assert_eq!(r.k, 4);
-    assert_eq!(r.fetch_k, 20);
+    assert_eq!(r.search.k, 4);
+    assert_eq!(r.search.fetch_k, 20);
     assert_eq!(r.top_n, 1);
-    assert_eq!(r.lambda_mult, 0.5);
-    assert_eq!(r.score_threshold, 0.2);
-    assert_eq!(r.search_type, "similarity");
+    assert_eq!(r.search.lambda_mult, 0.5);
+    assert_eq!(r.search.score_threshold, 0.2);
+    assert_eq!(r.search.search_type, "similarity");
     assert_eq!(r.n, Some(1));
     assert_eq!(r.repetition_penalty, Some(1.0));
     assert_eq!(r.stop, Some(Stop::Many(vec![])));
@@ -99,20 +99,23 @@ fn docs_generate_ids_and_take_defaults() {
 
     let p: LLMParams = serde_json::from_value(json!({})).unwrap();
     assert!(p.stream);
-    assert_eq!((p.max_tokens, p.max_new_tokens, p.top_k), (1024, 1024, 10));
-    assert_eq!((p.top_p, p.typical_p, p.temperature, p.repetition_penalty), (0.95, 0.95, 0.01, 1.03));
+    assert_eq!((p.sampling.max_tokens, p.sampling.max_new_tokens, p.sampling.top_k), (1024, 1024, 10));
+    assert_eq!(
+        (p.sampling.top_p, p.sampling.typical_p, p.sampling.temperature, p.sampling.repetition_penalty),
+        (0.95, 0.95, 0.01, 1.03)
+    );
     assert_eq!(p.language, "auto");
     assert!(is_doc_id(&json!(p.id)));
 
     let d = LLMParamsDoc::new("q");
-    assert!(d.stream && d.documents.is_empty() && d.max_new_tokens == 1024);
+    assert!(d.stream && d.documents.is_empty() && d.sampling.max_new_tokens == 1024);
 
     let r = RetrieverParms::default();
     assert_eq!(
-        (r.search_type.as_str(), r.k, r.fetch_k, r.lambda_mult, r.score_threshold),
+        (r.search.search_type.as_str(), r.search.k, r.search.fetch_k, r.search.lambda_mult, r.search.score_threshold),
         ("similarity", 4, 20, 0.5, 0.2)
     );
-    assert!(r.distance_threshold.is_none());
+    assert!(r.search.distance_threshold.is_none());
     assert_eq!(RerankerParms::default().top_n, 1);
 }
 

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use comps_core::orchestrator::{Dag, Extras, GraphError, Hooks, NodeContext, NodePolicy, ServiceOrchestrator};
-use comps_core::{Json, LLMParams, RetrieverParms, ServiceError, ServiceResult, ServiceType, TextDoc};
+use comps_core::{
+    Json, LLMParams, RetrieverParms, SamplingParams, SearchParams, ServiceError, ServiceResult, ServiceType, TextDoc,
+};
 use comps_mock_backends::{MockConfig, spawn_mock};
 use comps_tests::{collect, mock_node, serve, tokens};
 use serde_json::{Value, json};
@@ -186,14 +188,14 @@ struct KFromExtras;
 impl Hooks for KFromExtras {
     fn align_inputs(&self, mut inputs: Value, ctx: &mut NodeContext<'_>) -> Result<Value, ServiceError> {
         let p = ctx.extras.get::<RetrieverParms>().ok_or_else(|| ServiceError::Internal("no extras".into()))?;
-        inputs["k"] = json!(p.k);
+        inputs["k"] = json!(p.search.k);
         inputs["node"] = json!(ctx.node);
         inputs["type"] = json!(ctx.service.service_type.opea_name());
         Ok(inputs)
     }
     fn align_outputs(&self, mut out: Value, inputs: &Value, ctx: &mut NodeContext<'_>) -> Result<Value, ServiceError> {
         out["k_was"] = inputs["k"].clone();
-        out["max_tokens"] = json!(ctx.llm_params.map(|p| p.max_tokens));
+        out["max_tokens"] = json!(ctx.llm_params.map(|p| p.sampling.max_tokens));
         Ok(out)
     }
 }
@@ -207,9 +209,12 @@ async fn extras_and_llm_params_reach_the_hooks_and_llm_nodes() {
     mega.add(s.clone()).unwrap().add(llm.clone()).unwrap();
     mega.flow_to(&s, &llm).unwrap();
     let mut extras = Extras::new();
-    extras.insert(RetrieverParms { k: 7, ..RetrieverParms::default() });
-    let p =
-        LLMParams { max_tokens: 33, model: Some("my-model".into()), top_k: 3, stream: false, ..LLMParams::default() };
+    extras.insert(RetrieverParms {
+        search: SearchParams { k: 7, ..SearchParams::default() },
+        ..RetrieverParms::default()
+    });
+    let sampling = SamplingParams { max_tokens: 33, top_k: 3, ..SamplingParams::default() };
+    let p = LLMParams { sampling, model: Some("my-model".into()), stream: false, ..LLMParams::default() };
     let r = mega.schedule(json!({"text": "q"}), p, extras).await.unwrap();
     let out = r.results["retriever/MicroService"].json().unwrap();
     assert_eq!(out["seen"]["k"], 7);

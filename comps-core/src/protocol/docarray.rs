@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::validate::{Validate, positive, retriever_params, within};
+use super::params::{SamplingParams, SearchParams};
+use super::validate::{Validate, positive};
 use crate::error::ServiceError;
 
 /// A new doc id: 32 lowercase hex characters, as docarray's `ID` default.
@@ -101,24 +102,9 @@ pub struct EmbedDoc {
     pub text: TextOrList,
     /// The vector(s).
     pub embedding: Embedding,
-    /// `similarity` | `similarity_distance_threshold` | `similarity_score_threshold` | `mmr`.
-    #[serde(default = "default_search_type")]
-    pub search_type: String,
-    /// How many docs to return.
-    #[serde(default = "default_k")]
-    pub k: u32,
-    /// Maximum distance for `similarity_distance_threshold`.
-    #[serde(default)]
-    pub distance_threshold: Option<f64>,
-    /// Candidates fetched before MMR.
-    #[serde(default = "default_fetch_k")]
-    pub fetch_k: u32,
-    /// MMR diversity (0 = most diverse, 1 = most relevant).
-    #[serde(default = "default_lambda_mult")]
-    pub lambda_mult: f64,
-    /// Minimum relevance for `similarity_score_threshold`.
-    #[serde(default = "default_score_threshold")]
-    pub score_threshold: f64,
+    /// The retriever's search parameters.
+    #[serde(flatten)]
+    pub search: SearchParams,
     /// Metadata filters.
     #[serde(default)]
     pub constraints: Option<Value>,
@@ -129,14 +115,7 @@ pub struct EmbedDoc {
 
 impl Validate for EmbedDoc {
     fn validate(&self) -> Result<(), ServiceError> {
-        retriever_params(
-            &self.search_type,
-            self.k,
-            self.fetch_k,
-            self.lambda_mult,
-            self.score_threshold,
-            self.distance_threshold,
-        )
+        self.search.validate()
     }
 }
 
@@ -208,33 +187,9 @@ pub struct LLMParamsDoc {
     pub model: Option<String>,
     /// The prompt.
     pub query: String,
-    /// Maximum tokens to generate.
-    #[serde(default = "default_max_tokens")]
-    pub max_tokens: u32,
-    /// TGI's name for `max_tokens`.
-    #[serde(default = "default_max_tokens")]
-    pub max_new_tokens: u32,
-    /// Top-k sampling.
-    #[serde(default = "default_top_k")]
-    pub top_k: u32,
-    /// Nucleus sampling.
-    #[serde(default = "default_top_p")]
-    pub top_p: f64,
-    /// Typical sampling.
-    #[serde(default = "default_top_p")]
-    pub typical_p: f64,
-    /// Sampling temperature.
-    #[serde(default = "default_temperature")]
-    pub temperature: f64,
-    /// OpenAI frequency penalty.
-    #[serde(default)]
-    pub frequency_penalty: f64,
-    /// OpenAI presence penalty.
-    #[serde(default)]
-    pub presence_penalty: f64,
-    /// Repetition penalty (1 = none).
-    #[serde(default = "default_repetition_penalty")]
-    pub repetition_penalty: f64,
+    /// Sampling.
+    #[serde(flatten)]
+    pub sampling: SamplingParams,
     /// Stream the answer.
     #[serde(default = "default_true")]
     pub stream: bool,
@@ -264,17 +219,7 @@ impl LLMParamsDoc {
 
 impl Validate for LLMParamsDoc {
     fn validate(&self) -> Result<(), ServiceError> {
-        sampling(
-            self.max_new_tokens,
-            self.top_k,
-            self.top_p,
-            self.typical_p,
-            self.temperature,
-            self.repetition_penalty,
-        )?;
-        positive("max_tokens", self.max_tokens)?;
-        within("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
-        within("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        self.sampling.validate()
     }
 }
 
@@ -304,33 +249,9 @@ pub struct LLMParams {
     /// Model name.
     #[serde(default)]
     pub model: Option<String>,
-    /// Maximum tokens to generate.
-    #[serde(default = "default_max_tokens")]
-    pub max_tokens: u32,
-    /// TGI's name for `max_tokens`.
-    #[serde(default = "default_max_tokens")]
-    pub max_new_tokens: u32,
-    /// Top-k sampling.
-    #[serde(default = "default_top_k")]
-    pub top_k: u32,
-    /// Nucleus sampling.
-    #[serde(default = "default_top_p")]
-    pub top_p: f64,
-    /// Typical sampling.
-    #[serde(default = "default_top_p")]
-    pub typical_p: f64,
-    /// Sampling temperature.
-    #[serde(default = "default_temperature")]
-    pub temperature: f64,
-    /// OpenAI frequency penalty.
-    #[serde(default)]
-    pub frequency_penalty: f64,
-    /// OpenAI presence penalty.
-    #[serde(default)]
-    pub presence_penalty: f64,
-    /// Repetition penalty (1 = none).
-    #[serde(default = "default_repetition_penalty")]
-    pub repetition_penalty: f64,
+    /// Sampling.
+    #[serde(flatten)]
+    pub sampling: SamplingParams,
     /// Stream the answer.
     #[serde(default = "default_true")]
     pub stream: bool,
@@ -353,15 +274,7 @@ impl Default for LLMParams {
 
 impl Validate for LLMParams {
     fn validate(&self) -> Result<(), ServiceError> {
-        sampling(
-            self.max_new_tokens,
-            self.top_k,
-            self.top_p,
-            self.typical_p,
-            self.temperature,
-            self.repetition_penalty,
-        )?;
-        positive("max_tokens", self.max_tokens)
+        self.sampling.validate()
     }
 }
 
@@ -371,24 +284,9 @@ pub struct RetrieverParms {
     /// Doc id.
     #[serde(default = "new_id")]
     pub id: String,
-    /// Search type.
-    #[serde(default = "default_search_type")]
-    pub search_type: String,
-    /// How many docs to return.
-    #[serde(default = "default_k")]
-    pub k: u32,
-    /// Maximum distance for `similarity_distance_threshold`.
-    #[serde(default)]
-    pub distance_threshold: Option<f64>,
-    /// Candidates fetched before MMR.
-    #[serde(default = "default_fetch_k")]
-    pub fetch_k: u32,
-    /// MMR diversity.
-    #[serde(default = "default_lambda_mult")]
-    pub lambda_mult: f64,
-    /// Minimum relevance for `similarity_score_threshold`.
-    #[serde(default = "default_score_threshold")]
-    pub score_threshold: f64,
+    /// The retriever's search parameters.
+    #[serde(flatten)]
+    pub search: SearchParams,
 }
 
 impl Default for RetrieverParms {
@@ -399,14 +297,7 @@ impl Default for RetrieverParms {
 
 impl Validate for RetrieverParms {
     fn validate(&self) -> Result<(), ServiceError> {
-        retriever_params(
-            &self.search_type,
-            self.k,
-            self.fetch_k,
-            self.lambda_mult,
-            self.score_threshold,
-            self.distance_threshold,
-        )
+        self.search.validate()
     }
 }
 
@@ -431,22 +322,6 @@ impl Validate for RerankerParms {
     fn validate(&self) -> Result<(), ServiceError> {
         positive("top_n", self.top_n)
     }
-}
-
-fn sampling(
-    max_new_tokens: u32,
-    top_k: u32,
-    top_p: f64,
-    typical_p: f64,
-    temperature: f64,
-    repetition_penalty: f64,
-) -> Result<(), ServiceError> {
-    positive("max_new_tokens", max_new_tokens)?;
-    positive("top_k", top_k)?;
-    within("top_p", top_p, 0.0, 1.0)?;
-    within("typical_p", typical_p, 0.0, 1.0)?;
-    within("temperature", temperature, 0.0, 2.0)?;
-    within("repetition_penalty", repetition_penalty, 0.0, f64::MAX)
 }
 
 /// Deserialize JSON `null` as the type's default (pydantic `Optional[list] = []`).
@@ -482,16 +357,16 @@ pub(crate) fn default_top_n() -> u32 {
 pub(crate) fn default_max_tokens() -> u32 {
     1024
 }
-fn default_top_k() -> u32 {
+pub(crate) fn default_top_k() -> u32 {
     10
 }
-fn default_top_p() -> f64 {
+pub(crate) fn default_top_p() -> f64 {
     0.95
 }
 pub(crate) fn default_temperature() -> f64 {
     0.01
 }
-fn default_repetition_penalty() -> f64 {
+pub(crate) fn default_repetition_penalty() -> f64 {
     1.03
 }
 pub(crate) fn default_true() -> bool {

@@ -4,9 +4,11 @@
 pub mod dataprep;
 pub mod docarray;
 pub mod openai;
+pub mod params;
 pub mod validate;
 
 pub use dataprep::*;
 pub use docarray::*;
 pub use openai::*;
+pub use params::{SamplingParams, SearchParams};
 pub use validate::Validate;

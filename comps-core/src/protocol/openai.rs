@@ -4,11 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::docarray::{
-    Document, default_fetch_k, default_k, default_lambda_mult, default_language, default_max_tokens,
-    default_score_threshold, default_search_type, default_temperature, default_top_n, new_id,
-};
-use super::validate::{Validate, one_of, positive, positive_opt, retriever_params, within, within_opt};
+use super::docarray::{Document, default_language, default_max_tokens, default_temperature, default_top_n, new_id};
+use super::params::SearchParams;
+use super::validate::{Validate, one_of, positive, positive_opt, within, within_opt};
 use crate::error::ServiceError;
 
 /// Seconds since the Unix epoch, for `created`.
@@ -427,24 +425,9 @@ pub struct ChatCompletionRequest {
     pub embedding: EmbeddingField,
 
     // Retrieval stage.
-    /// Search type.
-    #[serde(default = "default_search_type")]
-    pub search_type: String,
-    /// Docs to retrieve.
-    #[serde(default = "default_k")]
-    pub k: u32,
-    /// Maximum distance for `similarity_distance_threshold`.
-    #[serde(default)]
-    pub distance_threshold: Option<f64>,
-    /// Candidates before MMR.
-    #[serde(default = "default_fetch_k")]
-    pub fetch_k: u32,
-    /// MMR diversity.
-    #[serde(default = "default_lambda_mult")]
-    pub lambda_mult: f64,
-    /// Minimum relevance.
-    #[serde(default = "default_score_threshold")]
-    pub score_threshold: f64,
+    /// The retriever's search parameters.
+    #[serde(flatten)]
+    pub search: SearchParams,
     /// Retrieved chunks.
     #[serde(default)]
     pub retrieved_docs: Vec<RetrievalResponseData>,
@@ -533,14 +516,7 @@ impl Validate for ChatCompletionRequest {
             positive("dimensions", d)?;
         }
         positive("top_n", self.top_n)?;
-        retriever_params(
-            &self.search_type,
-            self.k,
-            self.fetch_k,
-            self.lambda_mult,
-            self.score_threshold,
-            self.distance_threshold,
-        )
+        self.search.validate()
     }
 }
 
@@ -745,24 +721,9 @@ pub struct RetrievalRequest {
     /// The query text.
     #[serde(default)]
     pub input: Option<String>,
-    /// Search type.
-    #[serde(default = "default_search_type")]
-    pub search_type: String,
-    /// Docs to retrieve.
-    #[serde(default = "default_k")]
-    pub k: u32,
-    /// Maximum distance.
-    #[serde(default)]
-    pub distance_threshold: Option<f64>,
-    /// Candidates before MMR.
-    #[serde(default = "default_fetch_k")]
-    pub fetch_k: u32,
-    /// MMR diversity.
-    #[serde(default = "default_lambda_mult")]
-    pub lambda_mult: f64,
-    /// Minimum relevance.
-    #[serde(default = "default_score_threshold")]
-    pub score_threshold: f64,
+    /// The retriever's search parameters.
+    #[serde(flatten)]
+    pub search: SearchParams,
     /// Always `retrieval`.
     #[serde(default = "request_type_retrieval")]
     pub request_type: String,
@@ -770,14 +731,7 @@ pub struct RetrievalRequest {
 
 impl Validate for RetrievalRequest {
     fn validate(&self) -> Result<(), ServiceError> {
-        retriever_params(
-            &self.search_type,
-            self.k,
-            self.fetch_k,
-            self.lambda_mult,
-            self.score_threshold,
-            self.distance_threshold,
-        )
+        self.search.validate()
     }
 }
 

@@ -81,7 +81,7 @@ impl Hooks for ChatQnaHooks {
                 body.insert("text".into(), inputs.get("text").cloned().unwrap_or(Value::Null));
                 body.insert("embedding".into(), inputs.get("embedding").cloned().unwrap_or(Value::Null));
                 if let Ok(Value::Object(p)) = serde_json::to_value(&RequestContext::of(ctx)?.search) {
-                    body.extend(p.into_iter().filter(|(k, v)| k != "id" && !v.is_null()));
+                    body.extend(p.into_iter().filter(|(_, v)| !v.is_null()));
                 }
                 Ok(Value::Object(body))
             }

@@ -4,8 +4,9 @@
 
 use comps_core::extract::JsonBody;
 use comps_core::orchestrator::NodeContext;
+use comps_core::protocol::SearchParams;
 use comps_core::protocol::{ChatCompletionRequest, Validate};
-use comps_core::{RetrieverParms, ServiceError, handle_message};
+use comps_core::{ServiceError, handle_message};
 use serde_json::{Map, Value, json};
 
 use crate::hooks::{Framing, MODEL};
@@ -38,7 +39,7 @@ pub struct RequestContext {
     /// The request's own RAG template (`{context}` and `{question}`), if it gave one.
     pub chat_template: Option<String>,
     /// The retriever's search parameters.
-    pub search: RetrieverParms,
+    pub search: SearchParams,
     /// How many reranked chunks reach the LLM.
     pub top_n: u32,
     /// The OpenAI body for the LLM, without `messages`.
@@ -65,15 +66,7 @@ impl RequestContext {
             stream,
             language: req.language.clone(),
             chat_template: req.chat_template.clone().filter(|t| !t.trim().is_empty()),
-            search: RetrieverParms {
-                search_type: req.search_type.clone(),
-                k: req.k,
-                distance_threshold: req.distance_threshold,
-                fetch_k: req.fetch_k,
-                lambda_mult: req.lambda_mult,
-                score_threshold: req.score_threshold,
-                ..RetrieverParms::default()
-            },
+            search: req.search.clone(),
             top_n: if set("top_n") { req.top_n } else { defaults.top_n },
             llm_body: llm_body(&req, &set, model, stream),
         })
@@ -142,7 +135,7 @@ mod tests {
         assert_eq!(c.question, "What is X?");
         assert!(c.stream, "OPEA's route streams unless told not to");
         assert_eq!(c.top_n, 2);
-        assert_eq!(c.search, RetrieverParms { id: c.search.id.clone(), ..RetrieverParms::default() });
+        assert_eq!(c.search, SearchParams::default());
         let b = Value::Object(c.llm_body);
         assert_eq!(b["model"], "served");
         assert_eq!(b["max_tokens"], 1024);

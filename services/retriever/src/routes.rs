@@ -12,7 +12,8 @@ use axum::routing::post;
 use comps_core::extract::{JsonBody, parse_json};
 use comps_core::protocol::{
     ChatCompletionRequest, DataprepDeleteRequest, DataprepFile, DataprepGetRequest, DataprepIngestForm, Document,
-    EmbedDoc, RetrievalRequest, RetrievalResponse, RetrievalResponseData, SearchedDoc, TextDoc, Validate, new_id,
+    EmbedDoc, RetrievalRequest, RetrievalResponse, RetrievalResponseData, SearchParams, SearchedDoc, TextDoc, Validate,
+    new_id,
 };
 use comps_core::{ServiceError, ServiceResult};
 use serde_json::{Map, Value, json};
@@ -128,7 +129,8 @@ async fn query_vector(s: &AppState, given: Option<&[f32]>, text: &str) -> Servic
     Ok(v)
 }
 
-async fn run_search(s: &AppState, coll: &str, q: &[f32], k: u32, how: SearchType) -> ServiceResult<Vec<Hit>> {
+async fn run_search(s: &AppState, coll: &str, q: &[f32], params: &SearchParams) -> ServiceResult<Vec<Hit>> {
+    let (k, how) = (params.k, SearchType::from_params(params));
     search(s.store.as_ref(), coll, q, k as usize, &how).await.map_err(store_error)
 }
 
@@ -176,14 +178,7 @@ async fn embed_doc(s: &AppState, mut body: JsonBody) -> ServiceResult<Response> 
     let text = doc.text.joined();
     let q = query_vector(s, Some(&query), &text).await?;
     let coll = collection(s, doc.index_name.as_deref())?;
-    let how = SearchType::from_params(
-        &doc.search_type,
-        doc.distance_threshold,
-        doc.score_threshold,
-        doc.fetch_k,
-        doc.lambda_mult,
-    );
-    let hits = run_search(s, coll, &q, doc.k, how).await?;
+    let hits = run_search(s, coll, &q, &doc.search).await?;
     let out = SearchedDoc {
         id: new_id(),
         retrieved_docs: hits.iter().map(|h| TextDoc::new(h.text.clone())).collect(),
@@ -199,14 +194,7 @@ async fn retrieval_request(s: &AppState, body: &JsonBody) -> ServiceResult<Respo
     let text = req.input.clone().unwrap_or_default();
     let q = query_vector(s, req.embedding.as_ref().and_then(|e| e.vector()), &text).await?;
     let coll = collection(s, None)?;
-    let how = SearchType::from_params(
-        &req.search_type,
-        req.distance_threshold,
-        req.score_threshold,
-        req.fetch_k,
-        req.lambda_mult,
-    );
-    let hits = run_search(s, coll, &q, req.k, how).await?;
+    let hits = run_search(s, coll, &q, &req.search).await?;
     let out = RetrievalResponse { retrieved_docs: response_data(&hits) };
     Ok(axum::Json(out).into_response())
 }
@@ -220,14 +208,7 @@ async fn chat_request(s: &AppState, body: &JsonBody) -> ServiceResult<Response> 
     };
     let q = query_vector(s, req.embedding.vector(), &text).await?;
     let coll = collection(s, req.index_name.as_deref())?;
-    let how = SearchType::from_params(
-        &req.search_type,
-        req.distance_threshold,
-        req.score_threshold,
-        req.fetch_k,
-        req.lambda_mult,
-    );
-    let hits = run_search(s, coll, &q, req.k, how).await?;
+    let hits = run_search(s, coll, &q, &req.search).await?;
     req.retrieved_docs = response_data(&hits);
     req.documents = Some(hits.iter().map(|h| Document::Text(h.text.clone())).collect());
     Ok(axum::Json(req).into_response())

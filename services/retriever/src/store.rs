@@ -2,6 +2,7 @@
 //! once on top of a store's nearest-neighbour search.
 
 use async_trait::async_trait;
+use comps_core::protocol::SearchParams;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -103,17 +104,11 @@ pub enum SearchType {
 
 impl SearchType {
     /// From OPEA's fields (already validated).
-    pub fn from_params(
-        search_type: &str,
-        distance_threshold: Option<f64>,
-        score_threshold: f64,
-        fetch_k: u32,
-        lambda_mult: f64,
-    ) -> Self {
-        match search_type {
-            "similarity_distance_threshold" => Self::DistanceThreshold(distance_threshold.unwrap_or(f64::MAX) as f32),
-            "similarity_score_threshold" => Self::ScoreThreshold(score_threshold as f32),
-            "mmr" => Self::Mmr { fetch_k: fetch_k as usize, lambda: lambda_mult as f32 },
+    pub fn from_params(p: &SearchParams) -> Self {
+        match p.search_type.as_str() {
+            "similarity_distance_threshold" => Self::DistanceThreshold(p.distance_threshold.unwrap_or(f64::MAX) as f32),
+            "similarity_score_threshold" => Self::ScoreThreshold(p.score_threshold as f32),
+            "mmr" => Self::Mmr { fetch_k: p.fetch_k as usize, lambda: p.lambda_mult as f32 },
             _ => Self::Similarity,
         }
     }
