@@ -61,20 +61,26 @@ class Procs:
 
 class ChatQnA:
     """The ChatQnA pipeline as `comps up` (tools/launcher) runs it for scripts/chatqna.sh, on
-    free ports, its data in `data_dir`; entering returns the services' URLs, leaving stops it.
-    `up_args` are more `comps up` flags, `chatqna_args` the megaservice's."""
+    free ports, its data and logs in `data_dir`; entering returns the services' URLs, leaving
+    stops it. `up_args` are more `comps up` flags, `chatqna_args` the megaservice's, `env` goes
+    to every service (RUST_LOG=warn unless it says otherwise), `bin_dir` is the build to run
+    (the launcher included)."""
 
-    def __init__(self, data_dir, up_args=(), chatqna_args=(), timeout=900):
-        self.data_dir, self.timeout = data_dir, timeout
-        self.ready = os.path.join(data_dir, "ready.json")
+    def __init__(self, data_dir, up_args=(), chatqna_args=(), timeout=900, bin_dir=RELEASE, env=None):
+        self.data_dir, self.timeout = str(data_dir), timeout
+        self.ready = os.path.join(self.data_dir, "ready.json")
+        self.env = {"RUST_LOG": "warn", **(env or {})}
         ports = [f"--{n}-port=0" for n in ("chatqna", "embedding", "retriever", "rerank", "llm", "guardrail")]
-        self.argv = [os.path.join(ROOT, "target", "release", "comps"), "up", "--bin-dir", RELEASE, "--data-dir",
-                     data_dir, "--ready-file", self.ready, "--no-fetch", *ports, *up_args, "--", *chatqna_args]
+        launcher = os.path.join(bin_dir, "comps")
+        if not os.path.exists(launcher):  # an older build without the launcher: this one's
+            launcher = os.path.join(ROOT, "target", "release", "comps")
+        self.argv = [launcher, "up", "--bin-dir", str(bin_dir), "--data-dir", self.data_dir, "--ready-file",
+                     self.ready, "--no-fetch", *ports, *map(str, up_args), "--", *chatqna_args]
 
     def __enter__(self):
         self.log = open(os.path.join(self.data_dir, "comps-up.log"), "wb")
         self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env={**os.environ, "RUST_LOG": "warn"})
+                                     env={**os.environ, **self.env})
         deadline = time.time() + self.timeout
         while not os.path.exists(self.ready):
             if self.proc.poll() is not None or time.time() > deadline:

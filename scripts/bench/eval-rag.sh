@@ -16,7 +16,7 @@ for m in all-MiniLM-L6-v2 multilingual-e5-small Qwen2.5-Coder-0.5B-Instruct Smol
     fi
 done
 
-BINS=(comps-embedding comps-retriever comps-rerank comps-llm comps-guardrail chatqna)
+BINS=(comps-embedding comps-retriever comps-rerank comps-llm comps-guardrail chatqna comps)
 complete() { for b in "${BINS[@]}"; do [ -x "$1/$b" ] || return 1; done; }
 
 bin=""
@@ -33,7 +33,7 @@ fi
 if [ -z "$bin" ] || ! complete "$bin"; then
     echo "no complete set of binaries${bin:+ in $bin}: building release" >&2
     cargo build --release --locked -p comps-embedding -p comps-retriever -p comps-rerank -p comps-llm \
-        -p comps-guardrail -p comps-chatqna
+        -p comps-guardrail -p comps-chatqna -p comps-launcher
     bin=target/release
 fi
 exec python3 scripts/bench/eval/eval_rag.py "$@" --bin "$bin"

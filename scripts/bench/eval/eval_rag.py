@@ -1,7 +1,7 @@
 """RAG evaluation of the ChatQnA pipeline on our own question set (scripts/bench/eval/data/).
 
-For each model: the six processes on free loopback ports with a fresh data dir (the hostile
-suite's Stack), the four documents ingested through chatqna's dataprep route with the default
+For each model: the pipeline as `comps up` runs it (benchlib.ChatQnA: free loopback ports, a
+fresh data dir, no guardrail), the four documents ingested through chatqna's dataprep route with the default
 chunking, then every question asked once non-streamed (the answer, its latency, and the prompt
 the LLM rendered, read from comps-llm's JSON debug log) and once streamed (time to the first
 data event; the stream is closed there).
@@ -20,10 +20,8 @@ import argparse
 import html
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,10 +31,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 DATA = Path(__file__).resolve().parent / "data"
 sys.path.insert(0, str(ROOT / "tests" / "hostile"))
-from suite import Service, Stack, multipart, request  # noqa: E402
+sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+from suite import multipart, request  # noqa: E402
+from benchlib import ChatQnA  # noqa: E402
 
 DEFAULT_MODELS = "models/Qwen2.5-Coder-0.5B-Instruct,models/SmolLM2-135M-Instruct"
-BINARIES = ("comps-embedding", "comps-retriever", "comps-rerank", "comps-llm", "comps-guardrail", "chatqna")
+BINARIES = ("comps-embedding", "comps-retriever", "comps-rerank", "comps-llm", "chatqna", "comps")
 ASK = {"stream": False, "temperature": 0, "max_tokens": 64}
 TIMEOUT = 600
 
@@ -77,17 +77,6 @@ def answered(text, answers):
 def pct(values, p):
     v = sorted(values)
     return v[max(0, math.ceil(p / 100 * len(v)) - 1)] if v else None
-
-
-class JsonLogService(Service):
-    """A Service whose log is JSON lines (the suite's Service forces text)."""
-
-    def start(self):
-        log = open(self.logdir / f"{self.name}.log", "ab")
-        env = {**os.environ, **self.env, "COMPS_LOG_FORMAT": "json"}
-        argv = self.argv + ["--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
-        return self
 
 
 class PromptLog:
@@ -151,66 +140,48 @@ def ask(url, log, q):
     return r
 
 
-def configure(stack, bin_dir, embedder):
-    """The retrieval side as scripts/chatqna.sh runs it: `embedder` embeds and reranks, chunks
-    are cut by its tokenizer, and E5's `query` / `passage` prompts are named when it has them."""
-    prompts = "passage" in (embedder / "config_sentence_transformers.json").read_text() \
-        if (embedder / "config_sentence_transformers.json").exists() else False
-    emb, ret, rr = stack["embedding"], stack["retriever"], stack["rerank"]
-    emb.argv = [str(bin_dir / "comps-embedding"), "--model", str(embedder)]
-    rr.argv = [str(bin_dir / "comps-rerank"), "--model", str(embedder)]
-    i = ret.argv.index("--chunk-tokenizer")
-    ret.argv[i + 1] = str(embedder)
-    if prompts:
-        ret.argv += ["--passage-prompt-name", "passage", "--query-prompt-name", "query"]
-        stack["chatqna"].env["EMBEDDING_QUERY_PROMPT_NAME"] = "query"
-
-
 def run_model(model, bin_dir, questions, settings=None, embedder=None, top_n=3):
     name = model.name
     print(f"\n== {name} ({bin_dir}) ==", flush=True)
     work = Path(tempfile.mkdtemp(prefix="eval-rag-"))
-    stack = Stack(bin_dir, work)
-    configure(stack, bin_dir, embedder)
-    stack["chatqna"].env["CHATQNA_TOP_N"] = str(top_n)
-    port = stack["llm"].port
-    stack.services["llm"] = JsonLogService(
-        "llm", [str(bin_dir / "comps-llm"), "--model", str(model)], port, stack.logs,
-        {"RUST_LOG": "info,comps_llm=debug"},
-    )
-    stack["chatqna"].env.pop("CHATQNA_NODE_TIMEOUT", None)  # the suite's 10 s is short for a debug LLM
-    for svc in stack.services.values():
-        svc.env.update(settings or {})
+    # The LLM's rendered prompts come from its JSON debug log; `settings` go to every service.
+    env = {"COMPS_LOG_FORMAT": "json", "RUST_LOG": "info,comps_llm=debug", **(settings or {})}
+    up = ["--llm-model", model, "--embedding-model", embedder, "--top-n", top_n, "--no-guardrail", "--no-ingest"]
     ok = False
     try:
-        stack.start()
-        base = stack["chatqna"].url
-        t0 = time.perf_counter()
-        for doc in sorted({q["doc"] for q in questions}):
-            body, hdrs = multipart([(doc, (DATA / doc).read_bytes())])
-            status, answer = request("POST", f"{base}/v1/dataprep/ingest", body, hdrs, timeout=TIMEOUT)
-            if status != 200:
-                raise SystemExit(f"ingesting {doc}: {status} {answer}")
-        ingest_s = time.perf_counter() - t0
-        print(f"  ingested {len({q['doc'] for q in questions})} documents in {ingest_s:.1f} s", flush=True)
-        url = f"{base}/v1/chatqna"
-        log = PromptLog(stack.logs / "llm.log")
-        ask(url, log, questions[0])  # warm-up, not counted
-        results = []
-        for q in questions:
-            r = ask(url, log, q)
-            results.append(r)
-            print(f"  {r['id']:<8} {'hit ' if r['retrieved'] else 'MISS'} {'ok   ' if r['correct'] else 'WRONG'} "
-                  f"{r['latency_s']:6.2f} s  ttft {r['ttft_s'] or float('nan'):5.2f} s  "
-                  f"{norm(r['error'] or r['answer'])[:70]!r}", flush=True)
+        with ChatQnA(work, up, bin_dir=bin_dir, env=env, timeout=TIMEOUT) as urls:
+            ingest_s, results = evaluate(urls["chatqna"], work / "logs" / "llm.log", questions)
         ok = True
     finally:
-        stack.stop()
         if ok:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"  logs kept in {work / 'logs'}", file=sys.stderr)
     return summarize(name, str(model), ingest_s, results)
+
+
+def evaluate(base, llm_log, questions):
+    """Ingest the questions' documents, then ask every question; returns the ingest time and
+    the results."""
+    t0 = time.perf_counter()
+    for doc in sorted({q["doc"] for q in questions}):
+        body, hdrs = multipart([(doc, (DATA / doc).read_bytes())])
+        status, answer = request("POST", f"{base}/v1/dataprep/ingest", body, hdrs, timeout=TIMEOUT)
+        if status != 200:
+            raise SystemExit(f"ingesting {doc}: {status} {answer}")
+    ingest_s = time.perf_counter() - t0
+    print(f"  ingested {len({q['doc'] for q in questions})} documents in {ingest_s:.1f} s", flush=True)
+    url = f"{base}/v1/chatqna"
+    log = PromptLog(llm_log)
+    ask(url, log, questions[0])  # warm-up, not counted
+    results = []
+    for q in questions:
+        r = ask(url, log, q)
+        results.append(r)
+        print(f"  {r['id']:<8} {'hit ' if r['retrieved'] else 'MISS'} {'ok   ' if r['correct'] else 'WRONG'} "
+              f"{r['latency_s']:6.2f} s  ttft {r['ttft_s'] or float('nan'):5.2f} s  "
+              f"{norm(r['error'] or r['answer'])[:70]!r}", flush=True)
+    return ingest_s, results
 
 
 def rate(rs, key):
