@@ -47,3 +47,40 @@ fn expect_needs_a_smoke_run() {
     let (ok, out) = up(&["--expect", "teal"]);
     assert!(!ok && out.contains("--smoke"), "{out}");
 }
+
+#[test]
+fn text_logs_to_a_pipe_or_file_carry_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(binary("chatqna"))
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .env("COMPS_LOG_FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chatqna");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = line.contains("listening");
+            let _ = tx.send(line);
+            if done {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        let done = line.contains("listening");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(lines.iter().any(|l| l.contains("listening")), "{lines:?}");
+    assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "colour codes in a piped log: {lines:?}");
+}
