@@ -118,6 +118,26 @@ async fn chatqna_answers_from_ingested_documents_through_the_real_services() {
     // OPEA's template with an empty context, as OPEA sends it.
     assert!(prompt.contains("### Search results:  \n\n### Question: What is 2+2? \n\n"), "{prompt}");
 
+    // A model the LLM does not serve is the client's 404 naming `model` (the LLM's words, the
+    // node named), not a 502; one it serves (an alias included) goes through.
+    let r =
+        post(&format!("{mega}/v1/chatqna"), json!({"messages": "Hi", "stream": false, "model": "no-such-model"})).await;
+    assert_eq!(r.status(), 404);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(
+        (err["error"]["param"].as_str(), err["error"]["code"].as_str()),
+        (Some("model"), Some("model_not_found"))
+    );
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("node llm/MicroService") && message.contains("no-such-model"), "{message}");
+    let served = "SmolLM2-135M-Instruct";
+    let r = post(
+        &format!("{mega}/v1/chatqna"),
+        json!({"messages": "Hi", "stream": false, "model": served, "max_tokens": 4, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{served} is one of the LLM's models");
+
     // 2. Ingest through the megaservice's dataprep forwarder.
     let mut doc = String::from("Harbour records of Korvath Island.\n\n");
     doc.push_str("The ferry to Korvath leaves twice a day from the southern pier, weather permitting.\n\n");

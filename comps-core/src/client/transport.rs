@@ -90,6 +90,9 @@ async fn send(t: &Target<'_>, body: &Value, stream: bool) -> Result<reqwest::Res
                     format!("{status}")
                 } else {
                     let text = resp.text().await.unwrap_or_default();
+                    if let Some(e) = model_not_found(t, status, &text) {
+                        return Err(e);
+                    }
                     return Err(ServiceError::Upstream(format!(
                         "node {} answered {} at {}: {}",
                         t.node,
@@ -107,6 +110,24 @@ async fn send(t: &Target<'_>, body: &Value, stream: bool) -> Result<reqwest::Res
         tokio::time::sleep(wait).await;
         attempt += 1;
     }
+}
+
+/// A node that says the request's model does not exist (OpenAI's 404 `model_not_found`, as
+/// our llm, vLLM and OpenAI answer it) refused what the client asked for: that is the client's
+/// 404 naming `model`, with the node's words, not a 502 blaming the node.
+fn model_not_found(t: &Target<'_>, status: StatusCode, body: &str) -> Option<ServiceError> {
+    if status != StatusCode::NOT_FOUND {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let e = v.get("error")?;
+    let code = e.get("code").and_then(serde_json::Value::as_str);
+    let param = e.get("param").and_then(serde_json::Value::as_str);
+    if code != Some("model_not_found") && param != Some("model") {
+        return None;
+    }
+    let message = e.get("message").and_then(serde_json::Value::as_str).unwrap_or("the model does not exist");
+    Some(ServiceError::ModelNotFound(format!("node {}: {}", t.node, excerpt(message))))
 }
 
 /// A request to `t` that failed before an answer came: a timeout, or the node named as
