@@ -12,7 +12,7 @@ use super::docarray::{
     default_fetch_k, default_k, default_lambda_mult, default_max_tokens, default_repetition_penalty,
     default_score_threshold, default_search_type, default_temperature, default_top_k, default_top_p,
 };
-use super::validate::{Validate, positive, retriever_params, within};
+use super::validate::{SEARCH_TYPES, Validate, one_of, positive, within};
 use crate::error::ServiceError;
 
 /// The prefix a group field's parse error starts with: `field `name`: `.
@@ -93,14 +93,18 @@ impl Default for SearchParams {
 
 impl Validate for SearchParams {
     fn validate(&self) -> Result<(), ServiceError> {
-        retriever_params(
-            &self.search_type,
-            self.k,
-            self.fetch_k,
-            self.lambda_mult,
-            self.score_threshold,
-            self.distance_threshold,
-        )
+        one_of("search_type", &self.search_type, SEARCH_TYPES)?;
+        positive("k", self.k)?;
+        positive("fetch_k", self.fetch_k)?;
+        within("lambda_mult", self.lambda_mult, 0.0, 1.0)?;
+        within("score_threshold", self.score_threshold, 0.0, f64::MAX)?;
+        if self.search_type == "similarity_distance_threshold" && self.distance_threshold.is_none() {
+            return Err(ServiceError::invalid(
+                "distance_threshold",
+                "distance_threshold is required when search_type is 'similarity_distance_threshold'",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -65,26 +65,3 @@ pub fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), ServiceE
 
 /// OPEA's search types (LangChain's names).
 pub const SEARCH_TYPES: &[&str] = &["similarity", "similarity_distance_threshold", "similarity_score_threshold", "mmr"];
-
-/// Checks shared by every doc that carries retriever parameters.
-pub fn retriever_params(
-    search_type: &str,
-    k: u32,
-    fetch_k: u32,
-    lambda_mult: f64,
-    score_threshold: f64,
-    distance_threshold: Option<f64>,
-) -> Result<(), ServiceError> {
-    one_of("search_type", search_type, SEARCH_TYPES)?;
-    positive("k", k)?;
-    positive("fetch_k", fetch_k)?;
-    within("lambda_mult", lambda_mult, 0.0, 1.0)?;
-    within("score_threshold", score_threshold, 0.0, f64::MAX)?;
-    if search_type == "similarity_distance_threshold" && distance_threshold.is_none() {
-        return Err(ServiceError::invalid(
-            "distance_threshold",
-            "distance_threshold is required when search_type is 'similarity_distance_threshold'",
-        ));
-    }
-    Ok(())
-}
