@@ -110,6 +110,17 @@ impl CommonArgs {
         }
     }
 
+    /// Fail at once when this binary's port is taken, before a model loads for seconds (the
+    /// real bind checks again: the port could be taken in between). Port 0 always passes.
+    pub fn check_port(&self, service: &str, default_port: u16) -> Result<(), StartupError> {
+        let port = self.port.unwrap_or(default_port);
+        if port == 0 {
+            return Ok(());
+        }
+        let addr = format!("{}:{port}", self.host);
+        std::net::TcpListener::bind(&addr).map(drop).map_err(|source| bind_error(service, &addr, source))
+    }
+
     /// The bearer key required: from `--api-key-file` (read when the flags were parsed) or
     /// `--api-key` / `COMPS_API_KEY`. The parser refuses both at once; set in code, the file
     /// wins.
@@ -398,19 +409,21 @@ impl Server {
     pub async fn bind(self) -> Result<BoundServer, StartupError> {
         let svc = self.shared.service.clone();
         let addr = format!("{}:{}", svc.host, svc.port);
-        let listener = TcpListener::bind(&addr).await.map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AddrInUse {
-                StartupError::AddrInUse { service: svc.name.clone(), addr: addr.clone() }
-            } else {
-                StartupError::Bind { service: svc.name.clone(), addr: addr.clone(), source }
-            }
-        })?;
+        let listener = TcpListener::bind(&addr).await.map_err(|source| bind_error(&svc.name, &addr, source))?;
         let local_addr = listener.local_addr().map_err(|source| StartupError::Bind {
             service: svc.name.clone(),
             addr: addr.clone(),
             source,
         })?;
         Ok(BoundServer { listener, router: self.into_router(), local_addr, name: svc.name.clone() })
+    }
+}
+
+fn bind_error(service: &str, addr: &str, source: std::io::Error) -> StartupError {
+    if source.kind() == std::io::ErrorKind::AddrInUse {
+        StartupError::AddrInUse { service: service.to_string(), addr: addr.to_string() }
+    } else {
+        StartupError::Bind { service: service.to_string(), addr: addr.to_string(), source }
     }
 }
 

@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "scripts" / "fixtures"))
+sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+from benchlib import ChatQnA  # noqa: E402
 from pdfwrite import pdf, stream  # noqa: E402
 
 
@@ -116,9 +118,15 @@ def multipart(files, fields=()):
     return out.getvalue(), {"content-type": f"multipart/form-data; boundary={boundary}"}
 
 
-class Service:
-    def __init__(self, name, argv, port, logdir, env=None):
-        self.name, self.argv, self.port, self.logdir, self.env = name, argv, port, logdir, env or {}
+class Megaservice:
+    """A second chatqna the suite starts itself (the overload test's, with its own limits), from
+    the command and environment the launcher gave the stack's own."""
+
+    def __init__(self, name, argv, logdir, env):
+        self.name, self.port, self.logdir = name, free_port(), logdir
+        self.argv = list(argv)
+        self.argv[self.argv.index("--port") + 1] = str(self.port)
+        self.env = env
         self.proc = None
 
     @property
@@ -128,27 +136,16 @@ class Service:
     def start(self):
         log = open(self.logdir / f"{self.name}.log", "ab")
         env = dict(os.environ, COMPS_LOG_FORMAT="text", **self.env)
-        self.proc = subprocess.Popen(
-            self.argv + ["--host", "127.0.0.1", "--port", str(self.port)], stdout=log, stderr=log, env=env
-        )
-        return self
-
-    def wait_healthy(self, deadline_s=180):
-        end = time.time() + deadline_s
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, env=env)
+        end = time.time() + 180
         while time.time() < end:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{self.name} exited at start; see {self.logdir / (self.name + '.log')}")
             status, _ = request("GET", f"{self.url}/v1/health_check", timeout=2)
             if status == 200:
-                return
+                return self
             time.sleep(0.2)
-        raise SystemExit(f"{self.name} did not become healthy in {deadline_s} s")
-
-    def kill(self, sig=signal.SIGKILL):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            if sig in (signal.SIGKILL, signal.SIGTERM):
-                self.proc.wait(timeout=30)
+        raise SystemExit(f"{self.name} did not become healthy in 180 s")
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -159,57 +156,81 @@ class Service:
                 self.proc.kill()
 
 
+class Service:
+    """One process of the stack, as the launcher's ready file names it now (a restart changes
+    its pid, not its address)."""
+
+    def __init__(self, stack, name):
+        self.stack, self.name = stack, name
+
+    @property
+    def info(self):
+        return self.stack.processes()[self.name]
+
+    @property
+    def url(self):
+        return self.info["url"]
+
+    @property
+    def port(self):
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def restarts(self):
+        return self.info["restarts"]
+
+    def kill(self, sig=signal.SIGKILL):
+        os.kill(self.info["pid"], sig)
+
+    def wait_back(self, restarts_before, deadline_s=180):
+        """Wait until the launcher has restarted it and it answers its health check again."""
+        end = time.time() + deadline_s
+        while time.time() < end:
+            if self.restarts > restarts_before:
+                status, _ = request("GET", f"{self.url}/v1/health_check", timeout=2)
+                if status == 200:
+                    return
+            if self.stack.up.proc.poll() is not None:
+                raise SystemExit(f"comps up stopped instead of restarting {self.name}; see {self.stack.work}")
+            time.sleep(0.2)
+        raise SystemExit(f"the launcher did not bring {self.name} back within {deadline_s} s")
+
+
 class Stack:
-    """The five services and chatqna, on free loopback ports."""
+    """The five services and chatqna, on free loopback ports, run by the launcher (`comps up`,
+    as scripts/chatqna.sh runs them) with the small models and `--restart on-failure`: a service
+    the suite kills is started again by the launcher on the same port."""
+
+    NAMES = ("embedding", "retriever", "rerank", "llm", "guardrail", "chatqna")
 
     def __init__(self, bin_dir, work):
-        self.bin = Path(bin_dir)
         self.work = work
         self.logs = work / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
         models = Path(os.environ.get("MODELS_DIR", ROOT / "models"))
         minilm, smol = str(models / "all-MiniLM-L6-v2"), str(models / "SmolLM2-135M-Instruct")
-        p = {n: free_port() for n in ("embedding", "retriever", "rerank", "llm", "guardrail", "chatqna")}
-        self.ports = p
-        b = lambda n: str(self.bin / n)  # noqa: E731
-        self.services = {
-            "embedding": Service("embedding", [b("comps-embedding"), "--model", minilm], p["embedding"], self.logs),
-            "retriever": Service(
-                "retriever",
-                [b("comps-retriever"), "--data-dir", str(work / "retriever"),
-                 "--embedding-url", f"http://127.0.0.1:{p['embedding']}/embed", "--chunk-tokenizer", minilm],
-                p["retriever"], self.logs,
-            ),
-            "rerank": Service("rerank", [b("comps-rerank"), "--model", minilm], p["rerank"], self.logs),
-            "llm": Service("llm", [b("comps-llm"), "--model", smol], p["llm"], self.logs),
-            "guardrail": Service(
-                "guardrail", [b("comps-guardrail"), "--injection-model", minilm], p["guardrail"], self.logs
-            ),
-        }
-        env = {
-            "EMBEDDING_SERVER_HOST_IP": "127.0.0.1", "EMBEDDING_SERVER_PORT": str(p["embedding"]),
-            "RETRIEVER_SERVICE_HOST_IP": "127.0.0.1", "RETRIEVER_SERVICE_PORT": str(p["retriever"]),
-            "RERANK_SERVER_HOST_IP": "127.0.0.1", "RERANK_SERVER_PORT": str(p["rerank"]),
-            "LLM_SERVER_HOST_IP": "127.0.0.1", "LLM_SERVER_PORT": str(p["llm"]),
-            "GUARDRAIL_SERVICE_HOST_IP": "127.0.0.1", "GUARDRAIL_SERVICE_PORT": str(p["guardrail"]),
-            # A stopped downstream is noticed in seconds, not OPEA's minutes.
-            "CHATQNA_NODE_TIMEOUT": "10",
-        }
-        self.services["chatqna"] = Service("chatqna", [b("chatqna")], p["chatqna"], self.logs, env)
+        up = ["--embedding-model", minilm, "--llm-model", smol, "--guardrail-model", minilm, "--no-ingest",
+              "--restart", "on-failure", "--restart-delay-secs", "2", "--max-restarts", "10"]
+        # A stopped downstream is noticed in seconds, not OPEA's minutes.
+        env = {"RUST_LOG": os.environ.get("RUST_LOG") or "info", "COMPS_LOG_FORMAT": "text",
+               "CHATQNA_NODE_TIMEOUT": "10"}
+        self.up = ChatQnA(work, up, timeout=600, bin_dir=bin_dir, env=env)
+        self.services = {n: Service(self, n) for n in self.NAMES}
+
+    def processes(self):
+        with open(self.up.ready) as f:
+            return json.load(f)["processes"]
 
     def __getitem__(self, name):
         return self.services[name]
 
     def start(self):
+        self.up.__enter__()
         for s in self.services.values():
-            s.start()
-        for s in self.services.values():
-            s.wait_healthy()
             print(f"  {s.name} is up on {s.url}", flush=True)
 
     def stop(self):
-        for s in reversed(list(self.services.values())):
-            s.stop()
+        if getattr(self.up, "proc", None) is not None:
+            self.up.__exit__()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,8 +389,9 @@ def phase_faults(stack, tally, dropped_streams):
     tally.check(status in (200, 400), f"ingest before the faults: {status}")  # 400: already there
 
     # A downstream killed under load: every request answers, those that needed it with a 502
-    # naming the node; after a restart the pipeline answers again.
+    # naming the node; once the launcher has restarted it the pipeline answers again.
     llm = stack["llm"]
+    restarts = llm.restarts
     with cf.ThreadPoolExecutor(1) as ex:
         fut = ex.submit(load, f"{cq}/v1/chatqna", ask, 24, 4, 120)
         time.sleep(3.0)
@@ -386,7 +408,7 @@ def phase_faults(stack, tally, dropped_streams):
     status, v = request("POST", f"{cq}/v1/chatqna", ask, timeout=30)
     tally.saw("chatqna with llm down", status, allow_5xx=status in (502, 504))
     tally.check(status in (502, 504) and time.time() - t0 < 10, f"llm down: {status} after {time.time() - t0:.1f} s")
-    llm.start().wait_healthy()
+    llm.wait_back(restarts)
     status, v = request("POST", f"{cq}/v1/chatqna", ask, timeout=120)
     tally.saw("chatqna after llm restart", status)
     tally.check(status == 200, f"chatqna after the llm came back: {status} {str(v)[:200]}")
@@ -407,7 +429,7 @@ def phase_faults(stack, tally, dropped_streams):
 
     # Streams dropped by their clients after the first bytes: nothing leaks, the service keeps
     # serving, pending returns to zero.
-    host, port = "127.0.0.1", stack.ports["llm"]
+    host, port = "127.0.0.1", stack["llm"].port
     body = json.dumps({"messages": "Count to one hundred.", "stream": True, "max_tokens": 64}).encode()
 
     def drop(_):
@@ -466,9 +488,10 @@ def phase_faults(stack, tally, dropped_streams):
           f"{recovered or 0:.0f} s after the first drop, nothing left in flight", flush=True)
 
     # Overload past the limit: a chatqna allowing 4 requests at once, 32 arriving together.
-    small = Service("chatqna-small", stack["chatqna"].argv, free_port(), stack.logs,
-                    dict(stack["chatqna"].env, COMPS_MAX_CONCURRENT_REQUESTS="4", CHATQNA_NODE_TIMEOUT="120"))
-    small.start().wait_healthy()
+    own = stack["chatqna"].info
+    small = Megaservice("chatqna-small", own["argv"], stack.logs,
+                        dict(own["env"], COMPS_MAX_CONCURRENT_REQUESTS="4", CHATQNA_NODE_TIMEOUT="120"))
+    small.start()
     try:
         results = load(f"{small.url}/v1/chatqna", ask, 32, 32, 120)
         counts = Counter(s for s, _ in results)
@@ -498,12 +521,13 @@ def phase_faults(stack, tally, dropped_streams):
             i += 1
 
     for _ in range(3):
+        restarts = ret.restarts
         with cf.ThreadPoolExecutor(1) as ex:
             fut = ex.submit(ingest_loop)
             time.sleep(1.5)
             ret.kill(signal.SIGKILL)
             fut.result()
-        ret.start().wait_healthy()
+        ret.wait_back(restarts)
     status, files = request("POST", f"{ret.url}/v1/dataprep/get", {})
     tally.saw("list after kill -9", status)
     have = {f.get("name") for f in files} if isinstance(files, list) else set()

@@ -132,6 +132,8 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
 
 /// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // A taken port is said now, not after the model has loaded.
+    args.common.check_port("embedding", DEFAULT_PORT)?;
     let embedder = build_embedder(&args).await?;
     tracing::info!(info = ?embedder.info(), "embedder ready");
     let state = AppState {

@@ -296,6 +296,8 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
 
 /// Build the guards and serve until SIGTERM / ctrl-c.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // A taken port is said now, not after the model has loaded.
+    args.common.check_port("guardrails", DEFAULT_PORT)?;
     let guards = build_guards(&args).await?;
     tracing::info!(guards = ?guards.iter().map(|g| g.name().to_string()).collect::<Vec<_>>(), "guardrail ready");
     server(AppState { guards: Arc::new(guards) }, &args.common, DEFAULT_PORT).bind().await?.serve().await?;

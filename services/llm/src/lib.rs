@@ -177,6 +177,8 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
 
 /// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // A taken port is said now, not after the model has loaded.
+    args.common.check_port("llm", DEFAULT_PORT)?;
     let llm = build_llm(&args).await?;
     server(AppState { llm }, &args.common, DEFAULT_PORT).bind().await?.serve().await?;
     Ok(())

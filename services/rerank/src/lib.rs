@@ -119,6 +119,8 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
 
 /// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // A taken port is said now, not after the model has loaded.
+    args.common.check_port("reranking", DEFAULT_PORT)?;
     let reranker = build_reranker(&args).await?;
     tracing::info!(info = ?reranker.info(), "reranker ready");
     let state = AppState { reranker, max_client_batch_size: args.max_client_batch_size.max(1) };

@@ -204,6 +204,8 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16, dataprep:
 
 /// Open the store and serve until SIGTERM / ctrl-c.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // A taken port is said now, not after the model has loaded.
+    args.common.check_port("retriever", DEFAULT_PORT)?;
     let store = open_store(&args).await?;
     let state = AppState::new(&args, store)?;
     server(state, &args.common, DEFAULT_PORT, !args.disable_dataprep).bind().await?.serve().await?;

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::proc::{Proc, ProcSpec};
+use crate::supervise::{Restart, RestartPolicy};
 
 /// The question the README asks (its answer is in `samples/`).
 pub const QUESTION: &str = "What colour did Odalys Brenner paint the Zephyrine lighthouse?";
@@ -90,6 +91,17 @@ pub struct UpArgs {
     /// How long a service may take to load its model and answer its health check.
     #[arg(long, default_value_t = 600)]
     pub start_timeout_secs: u64,
+    /// When a process exits: `no` stops the whole pipeline; `on-failure` starts it again (same
+    /// command, same port) when it failed (non-zero exit or a signal).
+    #[arg(long, env = "COMPS_RESTART", value_enum, default_value_t = RestartPolicy::No)]
+    pub restart: RestartPolicy,
+    /// The first wait before a restart; doubled for each failure in a row, at most 60 s.
+    #[arg(long, env = "COMPS_RESTART_DELAY_SECS", default_value_t = 1.0)]
+    pub restart_delay_secs: f64,
+    /// Failures in a row of one process after which the pipeline stops (a process healthy for
+    /// 60 s starts afresh).
+    #[arg(long, env = "COMPS_MAX_RESTARTS", default_value_t = 5)]
+    pub max_restarts: u32,
     /// Flags for the chatqna megaservice (after `--`): `--with-guardrails`, `--without-rerank`...
     #[arg(last = true)]
     pub chatqna_args: Vec<String>,
@@ -110,11 +122,6 @@ impl Pipeline {
         self.procs.iter().find(|p| p.name == name).and_then(|p| p.url().ok())
     }
 
-    /// The first process that has exited, with its status.
-    pub fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
-        self.procs.iter_mut().find_map(|p| p.exited().map(|s| (p.name.clone(), s)))
-    }
-
     /// Stop everything, the megaservice first.
     pub fn stop(&mut self) {
         for p in self.procs.iter_mut().rev() {
@@ -130,6 +137,18 @@ impl Drop for Pipeline {
 }
 
 impl UpArgs {
+    /// The restart settings.
+    pub fn restart(&self) -> anyhow::Result<Restart> {
+        let delay = Duration::try_from_secs_f64(self.restart_delay_secs)
+            .map_err(|_| anyhow::anyhow!("--restart-delay-secs must be a number of seconds >= 0"))?;
+        Ok(Restart {
+            policy: self.restart,
+            delay,
+            max_in_a_row: self.max_restarts,
+            start_timeout: Duration::from_secs(self.start_timeout_secs.max(1)),
+        })
+    }
+
     fn bin(&self, name: &str) -> anyhow::Result<PathBuf> {
         let dir = match &self.bin_dir {
             Some(d) => d.clone(),
@@ -328,12 +347,25 @@ pub async fn ask(base: &str, question: &str, max_tokens: u32) -> anyhow::Result<
         .with_context(|| format!("chatqna's answer has no text: {answer}"))
 }
 
-/// `{"chatqna": URL, "embedding": URL, ...}`, written whole (a reader never sees half of it).
+/// `{"chatqna": URL, "embedding": URL, ..., "processes": {"llm": {"url", "pid", "restarts",
+/// "argv", "env"}, ...}}`, written whole (a reader never sees half of it); rewritten after each
+/// restart, so it always names the live processes.
 pub fn write_ready_file(path: &Path, pipeline: &Pipeline) -> anyhow::Result<()> {
-    let urls: serde_json::Map<String, Value> =
+    let mut ready: serde_json::Map<String, Value> =
         pipeline.procs.iter().filter_map(|p| Some((p.name.clone(), json!(p.url().ok()?)))).collect();
+    let processes: serde_json::Map<String, Value> = pipeline
+        .procs
+        .iter()
+        .map(|p| {
+            let env: serde_json::Map<String, Value> = p.spec().env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            let process =
+                json!({"url": p.url().ok(), "pid": p.pid(), "restarts": p.restarts, "argv": p.argv(), "env": env});
+            (p.name.clone(), process)
+        })
+        .collect();
+    ready.insert("processes".into(), Value::Object(processes));
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, Value::Object(urls).to_string())?;
+    std::fs::write(&tmp, Value::Object(ready).to_string())?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

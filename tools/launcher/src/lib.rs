@@ -7,9 +7,11 @@
 //! ```text
 //! comps up                                  # OPEA's ports, data/chatqna, models/ (fetched if absent)
 //! comps up --chatqna-port 0 ... --ready-file ready.json -- --without-rerank
+//! comps up --restart on-failure             # a service that dies is started again
 //! ```
 
 pub mod chatqna;
 pub mod proc;
+pub mod supervise;
 
 pub use proc::{LaunchError, Proc, ProcSpec, listening_addr};

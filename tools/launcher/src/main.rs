@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use comps_launcher::chatqna::{self, UpArgs};
+use comps_launcher::supervise::{Event, Supervisor};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Run the comps-rs ChatQnA pipeline on this machine")]
@@ -41,6 +42,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
+    let restart = args.restart()?;
     let mut pipeline = args.start().await?;
     let base = pipeline.url("chatqna").unwrap_or_default();
     if !args.no_ingest {
@@ -69,17 +71,35 @@ async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut supervisor = Supervisor::new(restart, pipeline.procs.len());
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = tick.tick() => {
-                if let Some((name, status)) = pipeline.exited() {
-                    let log = pipeline.logs.join(format!("{name}.log"));
-                    eprintln!("{name} exited ({status}); see {}", log.display());
-                    println!("stopping ChatQnA");
-                    pipeline.stop();
-                    return Ok(std::process::ExitCode::FAILURE);
+                for event in supervisor.tick(&mut pipeline.procs).await {
+                    match event {
+                        Event::Failed { name, why, delay, attempt } => {
+                            let log = pipeline.logs.join(format!("{name}.log"));
+                            eprintln!(
+                                "{name} {why} (see {}); restarting it in {delay:?} (failure {attempt} in a row)",
+                                log.display()
+                            );
+                        }
+                        Event::Back { name, url, pid } => {
+                            println!("{name} is up again on {url} (pid {pid})");
+                            if let Some(path) = &args.ready_file {
+                                chatqna::write_ready_file(path, &pipeline)?;
+                            }
+                        }
+                        Event::Fatal { name, why } => {
+                            let log = pipeline.logs.join(format!("{name}.log"));
+                            eprintln!("{name} {why}; see {}", log.display());
+                            println!("stopping ChatQnA");
+                            pipeline.stop();
+                            return Ok(std::process::ExitCode::FAILURE);
+                        }
+                    }
                 }
             }
         }

@@ -1,9 +1,10 @@
 //! One comps process: started with `--host H --port P`, its output kept (in memory and, when
 //! asked, in a log file), its address read from the line it logs when it listens (text or JSON
 //! log format, so port 0 works), its health polled, and stopped with SIGTERM and a grace period
-//! before SIGKILL. Dropping a `Proc` kills it.
+//! before SIGKILL. Dropping a `Proc` kills it. [`Proc::respawn`] starts the same command again
+//! on the same address (a supervisor's restart), appending to the same log.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -136,6 +137,9 @@ impl ProcSpec {
 pub struct Proc {
     /// Its name.
     pub name: String,
+    /// How many times it was restarted (see [`Proc::respawn`]).
+    pub restarts: u32,
+    spec: ProcSpec,
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     listening: mpsc::Receiver<SocketAddr>,
@@ -145,6 +149,38 @@ pub struct Proc {
 impl Proc {
     /// Start `spec`. Returns once the process runs; see [`Proc::wait_listening`].
     pub fn spawn(spec: &ProcSpec) -> Result<Proc, LaunchError> {
+        Self::start(spec.clone(), false)
+    }
+
+    /// Start the same command again, on the address this one listened on (so whoever was given
+    /// that address finds the new process), its output appended to the same log file.
+    pub fn respawn(&self) -> Result<Proc, LaunchError> {
+        let mut spec = self.spec.clone();
+        if let Some(addr) = self.addr {
+            spec.port = addr.port();
+        }
+        let mut p = Self::start(spec, true)?;
+        p.restarts = self.restarts + 1;
+        Ok(p)
+    }
+
+    /// What it was started with.
+    pub fn spec(&self) -> &ProcSpec {
+        &self.spec
+    }
+
+    /// Its command line: the program, `--host H --port P` (the port it listens on, once known),
+    /// the arguments.
+    pub fn argv(&self) -> Vec<String> {
+        let s = &self.spec;
+        let port = self.addr.map_or(s.port, |a| a.port());
+        let mut argv = vec![s.program.display().to_string(), "--host".into(), s.host.clone(), "--port".into()];
+        argv.push(port.to_string());
+        argv.extend(s.args.iter().cloned());
+        argv
+    }
+
+    fn start(spec: ProcSpec, append: bool) -> Result<Proc, LaunchError> {
         let mut cmd = Command::new(&spec.program);
         cmd.args(["--host", &spec.host, "--port", &spec.port.to_string()])
             .args(&spec.args)
@@ -167,9 +203,13 @@ impl Proc {
             cmd.env("RUST_LOG", format!("{filter},{LISTENING_TARGET}=info"));
         }
         let file = match &spec.log_file {
-            Some(path) => Some(Arc::new(Mutex::new(File::create(path).map_err(|e| {
-                LaunchError::Other(format!("{}: cannot write its log {}: {e}", spec.name, path.display()))
-            })?))),
+            Some(path) => {
+                let opened =
+                    if append { OpenOptions::new().create(true).append(true).open(path) } else { File::create(path) };
+                Some(Arc::new(Mutex::new(opened.map_err(|e| {
+                    LaunchError::Other(format!("{}: cannot write its log {}: {e}", spec.name, path.display()))
+                })?)))
+            }
             None => None,
         };
         let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
@@ -197,7 +237,26 @@ impl Proc {
                 }
             });
         }
-        Ok(Proc { name: spec.name.clone(), child, log, listening, addr: None })
+        Ok(Proc { name: spec.name.clone(), restarts: 0, spec, child, log, listening, addr: None })
+    }
+
+    /// Where it listens, if it has said so by now (does not wait).
+    pub fn poll_listening(&mut self) -> Option<SocketAddr> {
+        if self.addr.is_none() {
+            self.addr = self.listening.try_recv().ok();
+        }
+        self.addr
+    }
+
+    /// Whether `GET /v1/health_check` answers 200 within `timeout` (once, no retry).
+    pub async fn is_healthy(&self, timeout: Duration) -> bool {
+        let Ok(url) = self.url() else { return false };
+        comps_core::http_client()
+            .get(format!("{url}/v1/health_check"))
+            .timeout(timeout)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     }
 
     /// Wait until it logs that it listens (a model loads first, so this can take a while).
@@ -225,16 +284,10 @@ impl Proc {
 
     /// Wait until `GET /v1/health_check` answers 200.
     pub async fn wait_healthy(&mut self, timeout: Duration) -> Result<(), LaunchError> {
-        let url = format!("{}/v1/health_check", self.url()?);
+        self.url()?;
         let start = Instant::now();
         loop {
-            let ok = comps_core::http_client()
-                .get(&url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
+            if self.is_healthy(Duration::from_secs(2)).await {
                 return Ok(());
             }
             self.check_running()?;
@@ -363,6 +416,18 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// An executable shell script standing in for a service (it ignores `--host`/`--port`).
+#[cfg(test)]
+pub(crate) fn script(name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("comps-launcher-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("svc.sh");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,17 +455,6 @@ mod tests {
         let err = Proc::spawn(&ProcSpec::new("ghost", "/nonexistent/comps-ghost")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("ghost") && msg.contains("/nonexistent/comps-ghost"), "{msg}");
-    }
-
-    /// An executable shell script standing in for a service (it ignores `--host`/`--port`).
-    fn script(name: &str, body: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("comps-launcher-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("svc.sh");
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
     }
 
     #[test]
