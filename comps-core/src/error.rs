@@ -20,6 +20,15 @@ pub enum ServiceError {
         /// Human readable reason, naming the field.
         message: String,
     },
+    /// [`ServiceError::InvalidField`] on an OpenAI route: 400, as OpenAI and vLLM answer it
+    /// (the SDKs raise `BadRequestError`); OPEA's FastAPI-shaped routes keep 422.
+    #[error("{message}")]
+    BadField {
+        /// The offending field.
+        field: Option<String>,
+        /// Human readable reason, naming the field.
+        message: String,
+    },
     /// Missing or wrong API key.
     #[error("{0}")]
     Unauthorized(String),
@@ -65,10 +74,19 @@ impl ServiceError {
         Self::InvalidField { field: Some(field.into()), message: message.into() }
     }
 
+    /// This error as an OpenAI route answers it: a bad field is a 400 (see
+    /// [`ServiceError::BadField`]); everything else is unchanged.
+    pub fn openai(self) -> Self {
+        match self {
+            Self::InvalidField { field, message } => Self::BadField { field, message },
+            other => other,
+        }
+    }
+
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MalformedRequest(_) | Self::BadField { .. } => StatusCode::BAD_REQUEST,
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) | Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
@@ -89,6 +107,7 @@ impl ServiceError {
         match self {
             Self::MalformedRequest(_)
             | Self::InvalidField { .. }
+            | Self::BadField { .. }
             | Self::ModelNotFound(_)
             | Self::MethodNotAllowed(_) => "invalid_request_error",
             Self::Unauthorized(_) => "authentication_error",
@@ -106,7 +125,7 @@ impl ServiceError {
     /// The envelope body for this error.
     pub fn body(&self) -> ErrorResponse {
         let param = match self {
-            Self::InvalidField { field, .. } => field.clone(),
+            Self::InvalidField { field, .. } | Self::BadField { field, .. } => field.clone(),
             Self::ModelNotFound(_) => Some("model".into()),
             _ => None,
         };
@@ -182,5 +201,21 @@ mod tests {
             (body.r#type.as_str(), body.code.as_deref(), body.param),
             ("invalid_request_error", Some("405"), None)
         );
+    }
+
+    #[test]
+    fn a_bad_field_is_a_400_on_openai_routes_and_a_422_on_opea_ones() {
+        let opea = ServiceError::invalid("max_tokens", "invalid value for 'max_tokens': must be at least 1");
+        assert_eq!(opea.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let openai = opea.openai();
+        assert_eq!(openai.status(), StatusCode::BAD_REQUEST);
+        let body = openai.body().error;
+        assert_eq!(
+            (body.r#type.as_str(), body.param.as_deref(), body.code.as_deref()),
+            ("invalid_request_error", Some("max_tokens"), Some("400"))
+        );
+        assert!(body.message.contains("max_tokens"));
+        let other = ServiceError::Overloaded("busy".into()).openai();
+        assert_eq!(other.status(), StatusCode::TOO_MANY_REQUESTS, "only bad fields change");
     }
 }

@@ -75,6 +75,13 @@ impl JsonBody {
         }
     }
 
+    /// Remove `key`.
+    pub fn remove(&mut self, key: &str) {
+        if let Value::Object(m) = &mut self.0 {
+            m.remove(key);
+        }
+    }
+
     /// The body as it came (an object).
     pub fn value(&self) -> &Value {
         &self.0
@@ -143,7 +150,7 @@ fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> ServiceErro
             ServiceError::MalformedRequest(format!("malformed JSON: {inner}"))
         }
         Category::Data => {
-            let mut message = strip_position(&inner.to_string());
+            let mut message = json_words(&strip_position(&inner.to_string()));
             // serde reports a missing field, and a bad one of a flattened parameter group, at
             // its parent; name the field itself.
             let named = message.strip_prefix(crate::protocol::params::FIELD_ERROR_PREFIX).and_then(|r| {
@@ -170,6 +177,40 @@ fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> ServiceErro
             }
         }
     }
+}
+
+/// serde names Rust types (`expected u32`, `invalid type: floating point`); a client sent JSON
+/// and reads JSON's words: `expected an integer from 0 to 4294967295`, `invalid type: number`.
+fn json_words(msg: &str) -> String {
+    let (head, expected) = match msg.rsplit_once(", expected ") {
+        Some((head, expected)) => (head, Some(expected)),
+        None => (msg, None),
+    };
+    let mut out = head.to_string();
+    for (rust, json) in [("floating point", "number"), ("map", "object"), ("sequence", "array"), ("unit value", "null")]
+    {
+        for kind in ["invalid type: ", "invalid value: "] {
+            out = out.replacen(&format!("{kind}{rust}"), &format!("{kind}{json}"), 1);
+        }
+    }
+    if let Some(expected) = expected {
+        let plain = match expected {
+            "u8" => "an integer from 0 to 255",
+            "u16" => "an integer from 0 to 65535",
+            "u32" => "an integer from 0 to 4294967295",
+            "u64" | "usize" => "a non-negative integer",
+            "i8" | "i16" | "i32" | "i64" | "isize" => "an integer",
+            "f32" | "f64" => "a number",
+            "a sequence" => "an array",
+            "a map" => "an object",
+            "unit" => "null",
+            e if e.starts_with("struct ") => "an object",
+            e => e,
+        };
+        out.push_str(", expected ");
+        out.push_str(plain);
+    }
+    out
 }
 
 /// serde_json appends " at line L column C"; the field path says more to a client. The
@@ -274,6 +315,33 @@ mod tests {
         assert_eq!((doc.search.k, doc.search.fetch_k, doc.search.search_type.as_str()), (4, 9, "similarity"));
         let v = serde_json::to_value(&doc).unwrap();
         assert_eq!((v["k"].as_u64(), v["fetch_k"].as_u64()), (Some(4), Some(9)));
+    }
+
+    #[test]
+    fn errors_speak_json_not_rust() {
+        let cases: [(&[u8], &str, &str); 4] = [
+            (
+                br#"{"messages": "hi", "max_tokens": -1}"#,
+                "max_tokens",
+                "integer `-1`, expected an integer from 0 to 4294967295",
+            ),
+            (
+                br#"{"messages": "hi", "max_tokens": 1.5}"#,
+                "max_tokens",
+                "invalid type: number `1.5`, expected an integer",
+            ),
+            (br#"{"messages": "hi", "temperature": "hot"}"#, "temperature", "expected a number"),
+            (br#"{"messages": "hi", "logprobs": {"a": 1}}"#, "logprobs", "invalid type: object, expected a boolean"),
+        ];
+        for (bytes, field, says) in cases {
+            let e = JsonBody::parse(bytes).unwrap().typed::<ChatCompletionRequest>().unwrap_err();
+            let ServiceError::InvalidField { field: Some(f), message } = &e else { panic!("{e:?}") };
+            assert_eq!(f, field);
+            assert!(message.contains(says), "{message}");
+            for rust in ["u32", "f32", "i64", "floating point", "map,", "struct "] {
+                assert!(!message.contains(rust), "{message}");
+            }
+        }
     }
 
     #[test]

@@ -31,6 +31,16 @@ impl ChatClient {
         Self { upstream, model: model.filter(|m| !m.is_empty()) }
     }
 
+    /// The same upstream's legacy `/v1/completions` (the prompt API vLLM and OpenAI keep): the
+    /// same calls, that URL.
+    pub fn completions(&self) -> Self {
+        let mut upstream = self.upstream.clone();
+        if let Some(base) = upstream.url.strip_suffix("/chat/completions") {
+            upstream.url = format!("{base}/completions");
+        }
+        Self { upstream, model: self.model.clone() }
+    }
+
     /// The model named in every call, if one was set.
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
@@ -92,6 +102,8 @@ mod tests {
         assert_eq!(at("http://h:8000"), "http://h:8000/v1/chat/completions");
         assert_eq!(at("http://h:8000/v1/"), "http://h:8000/v1/chat/completions");
         assert_eq!(at("http://h/v1/chat/completions"), "http://h/v1/chat/completions");
+        let legacy = ChatClient::new(Upstream::new("n", "http://h:8000/v1", Duration::from_secs(1)), None);
+        assert_eq!(legacy.completions().upstream().url, "http://h:8000/v1/completions");
         let c = ChatClient::new(Upstream::new("llm", "http://h", Duration::from_secs(1)), Some("qwen".into()));
         assert_eq!(c.with_model(json!({"model": "x", "messages": []}))["model"], "qwen");
         let none = ChatClient::new(Upstream::new("llm", "http://h", Duration::from_secs(1)), Some(String::new()));

@@ -640,6 +640,65 @@ pub struct ChatCompletionStreamResponse {
     pub usage: Option<UsageInfo>,
 }
 
+/// `prompt` of a legacy completion (`/v1/completions`): text or token ids. The SDKs send one
+/// prompt as a list of one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Prompt {
+    /// One prompt.
+    Text(String),
+    /// Prompts (one is served per request).
+    Texts(Vec<String>),
+    /// One prompt as token ids.
+    Tokens(Vec<u32>),
+    /// Prompts as token ids.
+    TokenBatches(Vec<Vec<u32>>),
+}
+
+/// One choice of a legacy completion, whole or streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CompletionChoice {
+    /// Choice index.
+    pub index: u32,
+    /// The text (in a stream: the new text).
+    pub text: String,
+    /// Log-probabilities (not returned: always null).
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+    /// Why it ended (in a stream: on the last chunk only).
+    #[serde(default)]
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// A legacy completion (`text_completion`), whole or one streamed chunk of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CompletionResponse {
+    /// `cmpl-...`, the same on every chunk of one answer.
+    pub id: String,
+    /// `text_completion`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// Model name.
+    pub model: String,
+    /// The answers (empty on the usage chunk of a stream).
+    pub choices: Vec<CompletionChoice>,
+    /// Token accounting (a stream's last chunk with `stream_options.include_usage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageInfo>,
+}
+
+impl CompletionResponse {
+    /// A completion or chunk with one choice (`text`, `finish`) or, with `choice: None`, none.
+    pub fn new(id: &str, created: u64, model: &str, choice: Option<(String, Option<FinishReason>)>) -> Self {
+        let choices = choice
+            .map(|(text, finish_reason)| CompletionChoice { index: 0, text, logprobs: None, finish_reason })
+            .into_iter()
+            .collect();
+        Self { id: id.into(), object: "text_completion".into(), created, model: model.into(), choices, usage: None }
+    }
+}
+
 /// OpenAI / OPEA embedding request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {

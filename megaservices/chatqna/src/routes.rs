@@ -91,7 +91,8 @@ async fn chatqna(State(s): State<AppState>, body: JsonBody) -> ServiceResult<Res
     responses((status = 200, description = "The answer, whole or streamed",
         content((comps_core::protocol::ChatCompletionResponse = "application/json"), (String = "text/event-stream")))))]
 async fn chat_completions(State(s): State<AppState>, body: JsonBody) -> ServiceResult<Response> {
-    answer(&s, &body, Framing::OpenAi).await
+    // A bad field is OpenAI's 400 here; /v1/chatqna is OPEA's route and answers 422.
+    answer(&s, &body, Framing::OpenAi).await.map_err(ServiceError::openai)
 }
 
 /// Run the pipeline for one request: its context is read once and goes to the hooks; the

@@ -87,7 +87,12 @@ fn check_count(field: &'static str, n: usize, limit: InputLimit) -> ServiceResul
     request_body = EmbeddingsBody,
     responses((status = 200, description = "The embeddings", body = EmbeddingsAnswer)))]
 async fn embeddings(State(s): State<AppState>, body: JsonBody) -> ServiceResult<Response> {
-    if body.has("input") || !body.has("text") { openai(&s, &body).await } else { opea(&s, &body).await }
+    // OpenAI's shape answers a bad field as OpenAI does (400); OPEA's as FastAPI does (422).
+    if body.has("input") || !body.has("text") {
+        openai(&s, &body).await.map_err(ServiceError::openai)
+    } else {
+        opea(&s, &body).await
+    }
 }
 
 async fn openai(s: &AppState, body: &JsonBody) -> ServiceResult<Response> {

@@ -8,7 +8,8 @@ use comps_core::client::{ChatClient, Upstream};
 use comps_core::health::HealthCheck;
 use comps_core::protocol::{
     ChatCompletionRequest, ChatCompletionResponse, ChatCompletionResponseStreamChoice, ChatCompletionStreamResponse,
-    ContentPart, DeltaMessage, FinishReason, MessageContent, Messages, ModelCard, UsageInfo, completion_id, unix_now,
+    CompletionResponse, ContentPart, DeltaMessage, FinishReason, MessageContent, Messages, ModelCard, Prompt,
+    UsageInfo, completion_id, unix_now,
 };
 use comps_core::sse::EventStream;
 use comps_core::{ServiceError, ServiceResult};
@@ -81,6 +82,15 @@ impl Llm {
         match self {
             Self::Local(g) => g.chat(req).await,
             Self::Proxy(p) => p.forward(&req, body).await,
+        }
+    }
+
+    /// Answer a legacy completion: `prompt` and the sampling settings `req` read from the
+    /// body; `body` is what the client sent (a proxy forwards it to `/v1/completions`).
+    pub async fn complete(&self, prompt: Prompt, req: ChatCompletionRequest, body: Value) -> ServiceResult<Completion> {
+        match self {
+            Self::Local(g) => g.complete(prompt, req).await,
+            Self::Proxy(p) => p.forward_completion(&req, body).await,
         }
     }
 }
@@ -259,7 +269,7 @@ impl LocalGenerator {
 
     /// Tokenize a prompt (templates carry their own special tokens).
     pub fn tokenize(&self, prompt: &str) -> ServiceResult<Vec<u32>> {
-        tokenize_with(&self.model, prompt)
+        tokenize_with(&self.model, prompt, false)
     }
 
     fn sampling(&self, req: &ChatCompletionRequest) -> ServiceResult<SamplingParams> {
@@ -299,19 +309,30 @@ impl LocalGenerator {
         refuse_unsupported(req)?;
         let prompt = self.render_prompt(req)?;
         tracing::debug!(%prompt, "rendered prompt");
+        // Template output carries its own special tokens: none are added.
+        let prompt_ids = self.tokenize_off_runtime(prompt, false).await?;
+        self.gen_request(prompt_ids, req, "messages")
+    }
+
+    async fn tokenize_off_runtime(&self, prompt: String, special: bool) -> ServiceResult<Vec<u32>> {
         let model = self.model.clone();
-        let prompt_ids = tokio::task::spawn_blocking(move || tokenize_with(&model, &prompt))
+        tokio::task::spawn_blocking(move || tokenize_with(&model, &prompt, special))
             .await
-            .map_err(|e| ServiceError::Internal(format!("tokenizing the prompt: {e}")))??;
+            .map_err(|e| ServiceError::Internal(format!("tokenizing the prompt: {e}")))?
+    }
+
+    /// The queued form of a request whose prompt is `prompt_ids` (`field`: where the prompt
+    /// came from, named in errors): its length and token budget checked against the context.
+    fn gen_request(&self, prompt_ids: Vec<u32>, req: &ChatCompletionRequest, field: &str) -> ServiceResult<GenRequest> {
         let ctx = self.model.context_len;
         if prompt_ids.is_empty() {
-            return Err(ServiceError::invalid("messages", "the prompt is empty - 'messages'"));
+            return Err(ServiceError::invalid(field, format!("the prompt is empty - '{field}'")));
         }
         if prompt_ids.len() >= ctx {
             return Err(ServiceError::invalid(
-                "messages",
+                field,
                 format!(
-                    "the prompt is {} tokens long, and this model's context window is {ctx} tokens - 'messages'",
+                    "the prompt is {} tokens long, and this model's context window is {ctx} tokens - '{field}'",
                     prompt_ids.len()
                 ),
             ));
@@ -337,13 +358,49 @@ impl LocalGenerator {
             ignore_eos,
         })
     }
+
+    /// The token ids of a legacy completion's prompt: text is tokenized as vLLM does it for
+    /// `/v1/completions` (with the tokenizer's own special tokens, e.g. a BOS); ids must be
+    /// this model's. One prompt per request.
+    async fn completion_prompt(&self, prompt: Prompt) -> ServiceResult<Vec<u32>> {
+        let one = |n: usize| {
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(ServiceError::invalid(
+                    "prompt",
+                    format!("{n} prompts in one request: send one prompt per request - 'prompt'"),
+                ))
+            }
+        };
+        let ids = match prompt {
+            Prompt::Text(t) => return self.tokenize_off_runtime(t, true).await,
+            Prompt::Texts(mut list) => {
+                one(list.len())?;
+                return self.tokenize_off_runtime(list.remove(0), true).await;
+            }
+            Prompt::Tokens(ids) => ids,
+            Prompt::TokenBatches(mut list) => {
+                one(list.len())?;
+                list.remove(0)
+            }
+        };
+        let vocab = self.model.tokenizer.get_vocab_size(true);
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ServiceError::invalid(
+                "prompt",
+                format!("token id {bad} is outside this model's vocabulary of {vocab} - 'prompt'"),
+            ));
+        }
+        Ok(ids)
+    }
 }
 
-/// Template output carries its own special tokens: none are added.
-fn tokenize_with(model: &ChatModel, prompt: &str) -> ServiceResult<Vec<u32>> {
+/// `special`: add the tokenizer's special tokens (a template's output carries its own).
+fn tokenize_with(model: &ChatModel, prompt: &str, special: bool) -> ServiceResult<Vec<u32>> {
     let enc = model
         .tokenizer
-        .encode(prompt, false)
+        .encode(prompt, special)
         .map_err(|e| ServiceError::Internal(format!("tokenizing the prompt: {e}")))?;
     Ok(enc.get_ids().to_vec())
 }
@@ -428,6 +485,60 @@ impl LocalGenerator {
     }
 }
 
+impl LocalGenerator {
+    /// Answer a legacy completion: `prompt` continued as it is, no chat template; the
+    /// sampling settings are `req`'s (its `messages` are not read).
+    pub async fn complete(&self, prompt: Prompt, req: ChatCompletionRequest) -> ServiceResult<Completion> {
+        self.check_model(&req)?;
+        refuse_unsupported(&req)?;
+        let prompt_ids = self.completion_prompt(prompt).await?;
+        let gen_req = self.gen_request(prompt_ids, &req, "prompt")?;
+        let mut events = self.engine.submit(gen_req)?;
+        let model = req.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.model.name.clone());
+        let id = format!("cmpl-{}", comps_core::protocol::new_id());
+        let created = unix_now();
+        let json = |c: &CompletionResponse| serde_json::to_string(c).unwrap_or_default();
+        if !req.is_stream() {
+            let mut text = String::new();
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    GenEvent::Text(t) => text.push_str(&t),
+                    GenEvent::Failed(e) => return Err(ModelError::Failed(e).into()),
+                    GenEvent::Done(d) => {
+                        let mut resp = CompletionResponse::new(&id, created, &model, Some((text, Some(d.finish))));
+                        resp.usage = Some(UsageInfo::new(d.prompt_tokens as u32, d.completion_tokens as u32));
+                        return Ok(Completion::Full(serde_json::to_value(resp).unwrap_or_default()));
+                    }
+                }
+            }
+            return Err(ModelError::Failed("the generation engine stopped".into()).into());
+        }
+        let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        let stream = async_stream::stream! {
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    GenEvent::Text(t) => yield Ok(json(&CompletionResponse::new(&id, created, &model, Some((t, None))))),
+                    GenEvent::Failed(e) => {
+                        yield Err(ModelError::Failed(e).into());
+                        return;
+                    }
+                    GenEvent::Done(d) => {
+                        yield Ok(json(&CompletionResponse::new(&id, created, &model, Some((String::new(), Some(d.finish))))));
+                        if include_usage {
+                            let mut usage = CompletionResponse::new(&id, created, &model, None);
+                            usage.usage = Some(UsageInfo::new(d.prompt_tokens as u32, d.completion_tokens as u32));
+                            yield Ok(json(&usage));
+                        }
+                        return;
+                    }
+                }
+            }
+            yield Err(ModelError::Failed("the generation engine stopped".into()).into());
+        };
+        Ok(Completion::Stream(stream.boxed()))
+    }
+}
+
 /// A proxy to an OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama, ...).
 pub struct RemoteGenerator {
     client: ChatClient,
@@ -453,6 +564,16 @@ impl RemoteGenerator {
 
     /// Forward the client's `body` (its checked form is `req`): a text `messages` becomes the
     /// list OpenAI servers want; everything else goes as it came.
+    /// Forward a legacy completion's body as it came, to the server's `/v1/completions`.
+    pub async fn forward_completion(&self, req: &ChatCompletionRequest, body: Value) -> ServiceResult<Completion> {
+        let client = self.client.completions();
+        if req.is_stream() {
+            Ok(Completion::Stream(client.stream(body).await?))
+        } else {
+            Ok(Completion::Full(client.complete(body).await?))
+        }
+    }
+
     pub async fn forward(&self, req: &ChatCompletionRequest, body: Value) -> ServiceResult<Completion> {
         let mut body = body;
         if let (Messages::Text(t), Some(obj)) = (&req.messages, body.as_object_mut()) {

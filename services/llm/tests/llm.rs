@@ -307,17 +307,22 @@ async fn opea_llm_params_doc_streams_in_opea_framing() {
 #[tokio::test]
 async fn bad_input_is_a_4xx_naming_the_field() {
     let h = serve(generator(EngineConfig::default())).await;
+    // OpenAI's shape: 400, as OpenAI and vLLM answer (the SDKs' BadRequestError); OPEA's
+    // LLMParamsDoc: 422, as its FastAPI service answers.
     let cases = [
-        (json!({"messages": []}), 422, "messages"),
-        (json!({"messages": [{"role": "wizard", "content": "hi"}]}), 422, "messages.0.role"),
-        (json!({"messages": "hi", "temperature": -1}), 422, "temperature"),
-        (json!({"messages": "hi", "top_p": 2}), 422, "top_p"),
-        (json!({"messages": "hi", "max_tokens": 0}), 422, "max_tokens"),
-        (json!({"messages": "hi", "n": 3}), 422, "n"),
-        (json!({"messages": "hi", "tools": [{"type": "function"}]}), 422, "tools"),
-        (json!({"messages": "hi", "max_tokens": 100000}), 422, "max_tokens"),
-        (json!({"messages": "hi", "logit_bias": {"999999": 5}}), 422, "logit_bias"),
-        (json!({"messages": "hi", "chat_template": "{% for %}"}), 422, "chat_template"),
+        (json!({"messages": []}), 400, "messages"),
+        (json!({"messages": [{"role": "wizard", "content": "hi"}]}), 400, "messages.0.role"),
+        (json!({"messages": "hi", "temperature": -1}), 400, "temperature"),
+        (json!({"messages": "hi", "top_p": 2}), 400, "top_p"),
+        (json!({"messages": "hi", "max_tokens": 0}), 400, "max_tokens"),
+        (json!({"messages": "hi", "n": 3}), 400, "n"),
+        (json!({"messages": "hi", "tools": [{"type": "function"}]}), 400, "tools"),
+        (json!({"messages": "hi", "max_tokens": 100000}), 400, "max_tokens"),
+        (json!({"messages": "hi", "logit_bias": {"999999": 5}}), 400, "logit_bias"),
+        (json!({"messages": "hi", "chat_template": "{% for %}"}), 400, "chat_template"),
+        (json!({"messages": "hi", "max_tokens": -1}), 400, "max_tokens"),
+        (json!({"query": "hi", "temperature": -1}), 422, "temperature"),
+        (json!({"query": "hi", "max_tokens": "many"}), 422, "max_tokens"),
     ];
     for (body, status, field) in cases {
         let (s, v) = post(&h, body.clone()).await;
@@ -465,4 +470,87 @@ fn batched_sequences_answer_as_they_do_alone() {
     assert_eq!((one, three), (1, 3), "steps ran one sequence, then all three");
     assert_eq!(together, alone);
     assert!(alone.iter().all(|t| !t.is_empty()));
+}
+
+async fn post_to(h: &ServerHandle, path: &str, body: Value) -> (u16, String) {
+    let r = comps_core::http_client().post(format!("{}{path}", h.url())).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The legacy `/v1/completions`: the prompt continued as it is (no chat template), whole and
+/// streamed alike, OpenAI's default of 16 tokens, and its own refusals.
+#[tokio::test]
+async fn legacy_completions_continue_the_prompt_as_it_is() {
+    let g = generator(EngineConfig::default());
+    let h = serve(g.clone()).await;
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0});
+    let (status, text) = post_to(&h, "/v1/completions", body.clone()).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert!(v["id"].as_str().unwrap().starts_with("cmpl-"));
+    let answer = v["choices"][0]["text"].as_str().unwrap().to_string();
+    assert!(!answer.is_empty());
+    assert!(v["choices"][0]["logprobs"].is_null());
+    // No template: the prompt is the text's tokens (plus the tokenizer's own special tokens).
+    let plain = g.tokenize("The capital of France is").unwrap().len() as u64;
+    let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!((plain..=plain + 1).contains(&prompt_tokens), "{prompt_tokens} prompt tokens for a {plain}-token text");
+
+    // Streamed: the same text, in text_completion chunks, the finish last, then [DONE].
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let (status, sse) = post_to(&h, "/v1/completions", streamed).await;
+    assert_eq!(status, 200);
+    assert!(sse.ends_with("data: [DONE]\n\n"), "{sse}");
+    let chunks: Vec<Value> = sse
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|p| *p != "[DONE]")
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    assert!(chunks.iter().all(|c| c["object"] == "text_completion" && c["id"] == chunks[0]["id"]));
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert_eq!(text, answer);
+    let usage = chunks.last().unwrap();
+    assert!(usage["choices"].as_array().unwrap().is_empty() && usage["usage"]["prompt_tokens"] == prompt_tokens);
+    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], v["choices"][0]["finish_reason"]);
+
+    // Token ids and a list of one prompt are the same prompt.
+    let ids = g.tokenize("The capital of France is").unwrap();
+    for prompt in [json!(["The capital of France is"]), json!(ids)] {
+        let (status, t) =
+            post_to(&h, "/v1/completions", json!({"prompt": prompt, "max_tokens": 8, "temperature": 0})).await;
+        assert_eq!(status, 200, "{t}");
+        let w: Value = serde_json::from_str(&t).unwrap();
+        assert!(!w["choices"][0]["text"].as_str().unwrap().is_empty());
+    }
+
+    // OpenAI's default budget is 16 tokens.
+    let (_, t) =
+        post_to(&h, "/v1/completions", json!({"prompt": "Once upon a time", "temperature": 0, "ignore_eos": true}))
+            .await;
+    let d: Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(d["usage"]["completion_tokens"], 16, "{t}");
+
+    for (body, field) in [
+        (json!({"max_tokens": 4}), "prompt"),
+        (json!({"prompt": 5}), "prompt"),
+        (json!({"prompt": ["a", "b"]}), "prompt"),
+        (json!({"prompt": [1, 2, 999999]}), "prompt"),
+        (json!({"prompt": []}), "prompt"),
+        (json!({"prompt": "x", "logprobs": 3}), "logprobs"),
+        (json!({"prompt": "x", "echo": true}), "echo"),
+        (json!({"prompt": "x", "temperature": 9}), "temperature"),
+        (json!({"prompt": "x", "max_tokens": 100000}), "max_tokens"),
+        (json!({"prompt": "x", "model": "gpt-4"}), "model"),
+    ] {
+        let (status, t) = post_to(&h, "/v1/completions", body.clone()).await;
+        let e: Value = serde_json::from_str(&t).unwrap();
+        let want = if field == "model" { 404 } else { 400 };
+        assert_eq!(status, want, "{body} -> {t}");
+        assert_eq!(e["error"]["param"], field, "{body} -> {t}");
+    }
+    h.shutdown().await.unwrap();
 }
