@@ -72,6 +72,12 @@ pub async fn resolve(
     if p.is_dir() {
         return Ok(p.to_path_buf());
     }
+    if let Some(why) = meant_local(p) {
+        let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+        return Err(ModelError::Load(format!(
+            "no such model directory: {model} ({why}; relative paths are read from {cwd}); the Hub was not asked"
+        )));
+    }
     let valid_id = model.split('/').count() == 2
         && model.split('/').all(|s| !s.is_empty() && s != ".." && s != ".")
         && model.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
@@ -88,6 +94,27 @@ pub async fn resolve(
         )));
     }
     download(model, required, optional, hub).await
+}
+
+/// Why `model` is a local path and not a Hub id, if it is one: written as a path (`/`, `./`,
+/// `../`, `~`), a file that exists, or `org/name` whose `org` is a directory here (a mistyped
+/// `models/...`), or this project's `models/` folder when run from elsewhere.
+fn meant_local(p: &Path) -> Option<String> {
+    let text = p.to_string_lossy();
+    if text.starts_with('/') || text.starts_with("./") || text.starts_with("../") || text.starts_with('~') {
+        return Some("written as a path".into());
+    }
+    if p.exists() {
+        return Some("it is a file, and a model here is a directory".into());
+    }
+    let first = p.components().next()?.as_os_str().to_string_lossy().to_string();
+    if p.components().count() < 2 {
+        return None;
+    }
+    if Path::new(&first).is_dir() {
+        return Some(format!("{first}/ is a directory here"));
+    }
+    (first == "models").then(|| "models/ is where scripts/fetch-models.sh puts models, and it is not here".into())
 }
 
 async fn download(id: &str, required: &[&str], optional: &[&str], hub: &HubConfig) -> Result<PathBuf, ModelError> {

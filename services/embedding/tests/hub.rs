@@ -96,7 +96,15 @@ async fn hub_ids_download_into_the_cache_then_load_offline() {
     let err = resolve("nobody/nothing", ENCODER_FILES, &[], &config(&endpoint, &cache, false)).await.unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
     assert!(!cache.join("models--nobody--nothing/snapshots").exists(), "a failed download leaves no snapshot");
+    let asked = hub.requests.load(Ordering::SeqCst);
     let err = resolve("../../etc", ENCODER_FILES, &[], &config(&endpoint, &cache, false)).await.unwrap_err();
-    assert!(err.to_string().contains("hub id"), "{err}");
+    assert!(err.to_string().contains("no such model directory"), "{err}");
+    // A mistyped local path is a local error, never a download (tests run in the crate's
+    // directory, where `src/` exists; `models/` is this project's model folder).
+    for typo in ["models/does-not-exist", "src/no-model", "./x/y", "/nonexistent/model"] {
+        let err = resolve(typo, ENCODER_FILES, &[], &config(&endpoint, &cache, false)).await.unwrap_err();
+        assert!(err.to_string().contains(&format!("no such model directory: {typo}")), "{err}");
+    }
+    assert_eq!(hub.requests.load(Ordering::SeqCst), asked, "the hub was not asked");
     std::fs::remove_dir_all(&cache).unwrap();
 }
