@@ -3,7 +3,7 @@
 //! as `scripts/bench/llamacpp_bench.py` (run both through `scripts/bench/llm.sh`).
 //!
 //! ```text
-//! cargo run --release -p comps-llm --example llm_bench -- models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+//! cargo run --release -p comps-models --example llm_bench -- models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 //! ```
 
 use std::path::PathBuf;
