@@ -10,6 +10,8 @@
 #                              node, recovery after restarting it), then take it down
 #
 # COMPS_DOCKER_PROFILE=debug packs debug binaries (what the test suite has built already).
+# COMPS_COMPOSE_WAIT_SECS (180): how long `up` waits for a healthy pipeline before it fails,
+# naming the containers that are not healthy, with the end of their logs.
 # COMPS_DOCKER_SOURCE=1 builds the image from source instead (docker/Dockerfile, its cached
 # dependency layer), with a Rust builder image made locally by scripts/docker/builder-image.sh.
 set -euo pipefail
@@ -47,16 +49,37 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# Wait until chatqna on PORT answers its health check, at most SECS seconds. Otherwise say which
+# container is not healthy, with the end of its log, and fail: the pipeline is not up.
+wait_healthy() {
+    local project=$1 port=$2 secs=$3 c state
+    echo "waiting for the pipeline to be healthy (at most $secs s)"
+    for _ in $(seq 1 "$secs"); do
+        curl -fsS "localhost:$port/v1/health_check" >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    echo "ChatQnA did not become healthy within $secs s on port $port:" >&2
+    "${COMPOSE[@]}" -p "$project" ps >&2 || true
+    for c in $("${COMPOSE[@]}" -p "$project" ps -q 2>/dev/null); do
+        state=$(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$c" 2>/dev/null || true)
+        case "$state" in
+        *" running healthy") ;;
+        *)
+            echo "--- ${state#/} (the end of its log):" >&2
+            docker logs --tail 20 "$c" 2>&1 | sed 's/^/    /' >&2 || true
+            ;;
+        esac
+    done
+    echo "it is left running for a look; scripts/compose.sh down stops it" >&2
+    return 1
+}
+
 case "${1:-up}" in
 up)
     PROJECT="${COMPOSE_PROJECT_NAME:-comps-rs}"
     stage
     "${COMPOSE[@]}" -p "$PROJECT" up -d
-    echo "waiting for the pipeline to be healthy"
-    for _ in $(seq 1 180); do
-        curl -fsS "localhost:${CHATQNA_HOST_PORT:-8888}/v1/health_check" >/dev/null 2>&1 && break
-        sleep 1
-    done
+    wait_healthy "$PROJECT" "${CHATQNA_HOST_PORT:-8888}" "${COMPS_COMPOSE_WAIT_SECS:-180}" || exit 1
     echo "ChatQnA is up: curl -N localhost:${CHATQNA_HOST_PORT:-8888}/v1/chatqna -H 'content-type: application/json' -d '{\"messages\": \"What colour is the Zephyrine lighthouse?\"}'"
     ;;
 down)
@@ -72,6 +95,13 @@ test)
     stage
     "${COMPOSE[@]}" -p "$PROJECT" up -d
     COMPOSE_CMD="${COMPOSE[*]} -p $PROJECT" python3 scripts/docker/compose_check.py "http://127.0.0.1:$CHATQNA_HOST_PORT"
+    # `up` fails loudly when chatqna never answers: here a port nothing listens on.
+    if err=$(wait_healthy "$PROJECT" "$(free_port)" 3 2>&1 >/dev/null); then
+        echo "compose test: wait_healthy passed with nothing listening" >&2
+        exit 1
+    fi
+    grep -q "did not become healthy within 3 s" <<<"$err" || { echo "compose test: no clear failure: $err" >&2; exit 1; }
+    echo "compose test: an unhealthy pipeline fails loudly, naming its containers"
     "${COMPOSE[@]}" -p "$PROJECT" down -v --remove-orphans
     trap - EXIT
     left="$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")"

@@ -13,7 +13,7 @@ if docker image inspect "$IMAGE" >/dev/null 2>&1; then
     exit 0
 fi
 if ! command -v debootstrap >/dev/null; then
-    echo "installing debootstrap (Debian)"
+    echo "installing debootstrap on this host with apt-get (it builds the local base image; no registry is needed)"
     apt-get install -y debootstrap >/dev/null
 fi
 ROOT="$(mktemp -d /tmp/comps-rs-rootfs.XXXXXX)"

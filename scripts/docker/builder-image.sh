@@ -19,7 +19,7 @@ if docker image inspect "$IMAGE" >/dev/null 2>&1; then
     exit 0
 fi
 if ! command -v debootstrap >/dev/null; then
-    echo "installing debootstrap (Debian)"
+    echo "installing debootstrap on this host with apt-get (it builds the local base image; no registry is needed)"
     apt-get install -y debootstrap >/dev/null
 fi
 # rustc run here resolves rust-toolchain.toml, so this is the pinned toolchain.
