@@ -14,13 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 VENV=.venv-hostile
-PINS="schemathesis==4.32.5 openapi-spec-validator==0.9.0"
-if [ ! -x "$VENV/bin/st" ] || [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PINS" ]; then
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    # shellcheck disable=SC2086
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check $PINS
-    echo "$PINS" >"$VENV/.pins"
-fi
+. scripts/dev/venv.sh
+pinned_venv "$VENV" "schemathesis==4.32.5 openapi-spec-validator==0.9.0"
 bash scripts/fetch-models.sh >/dev/null
 exec "$VENV/bin/python" tests/hostile/suite.py --bin "${COMPS_BIN:-target/debug}" --st "$PWD/$VENV/bin/st" "$@"

@@ -11,13 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 VENV=.venv-sdk
-PINS="openai==3.63.0 langchain-openai==1.8.1"
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PINS" ]; then
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    # shellcheck disable=SC2086
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check $PINS
-    echo "$PINS" >"$VENV/.pins"
-fi
+. scripts/dev/venv.sh
+pinned_venv "$VENV" "openai==3.63.0 langchain-openai==1.8.1"
 bash scripts/fetch-models.sh >/dev/null
 exec "$VENV/bin/python" tests/sdk/sdk_test.py --bin "${COMPS_BIN:-target/debug}" "$@"

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::template::{ChatTemplate, TemplateMessage, fill_prompt_template, is_prompt_template};
 use comps_models::ModelError;
-use comps_models::llm::engine::{Engine, EngineConfig, GenEvent, GenRequest};
+use comps_models::llm::engine::{Engine, EngineConfig, GenDone, GenEvent, GenRequest};
 use comps_models::llm::model::ChatModel;
 use comps_models::llm::sampling::SamplingParams;
 
@@ -433,19 +433,10 @@ impl LocalGenerator {
         let mut events = self.engine.submit(gen_req)?;
         let model = req.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.model.name.clone());
         if !req.is_stream() {
-            let mut text = String::new();
-            while let Some(ev) = events.recv().await {
-                match ev {
-                    GenEvent::Text(t) => text.push_str(&t),
-                    GenEvent::Failed(e) => return Err(ModelError::Failed(e).into()),
-                    GenEvent::Done(d) => {
-                        let usage = UsageInfo::new(d.prompt_tokens as u32, d.completion_tokens as u32);
-                        let resp = ChatCompletionResponse::single(model, text, d.finish, usage);
-                        return Ok(Completion::Full(serde_json::to_value(resp).unwrap_or_default()));
-                    }
-                }
-            }
-            return Err(ModelError::Failed("the generation engine stopped".into()).into());
+            let (text, d) = whole(&mut events).await?;
+            let usage = UsageInfo::new(d.prompt_tokens as u32, d.completion_tokens as u32);
+            let resp = ChatCompletionResponse::single(model, text, d.finish, usage);
+            return Ok(Completion::Full(serde_json::to_value(resp).unwrap_or_default()));
         }
         let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         let id = completion_id();
@@ -499,19 +490,10 @@ impl LocalGenerator {
         let created = unix_now();
         let json = |c: &CompletionResponse| serde_json::to_string(c).unwrap_or_default();
         if !req.is_stream() {
-            let mut text = String::new();
-            while let Some(ev) = events.recv().await {
-                match ev {
-                    GenEvent::Text(t) => text.push_str(&t),
-                    GenEvent::Failed(e) => return Err(ModelError::Failed(e).into()),
-                    GenEvent::Done(d) => {
-                        let mut resp = CompletionResponse::new(&id, created, &model, Some((text, Some(d.finish))));
-                        resp.usage = Some(UsageInfo::new(d.prompt_tokens as u32, d.completion_tokens as u32));
-                        return Ok(Completion::Full(serde_json::to_value(resp).unwrap_or_default()));
-                    }
-                }
-            }
-            return Err(ModelError::Failed("the generation engine stopped".into()).into());
+            let (text, d) = whole(&mut events).await?;
+            let mut resp = CompletionResponse::new(&id, created, &model, Some((text, Some(d.finish))));
+            resp.usage = Some(UsageInfo::new(d.prompt_tokens as u32, d.completion_tokens as u32));
+            return Ok(Completion::Full(serde_json::to_value(resp).unwrap_or_default()));
         }
         let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         let stream = async_stream::stream! {
@@ -537,6 +519,19 @@ impl LocalGenerator {
         };
         Ok(Completion::Stream(stream.boxed()))
     }
+}
+
+/// A whole generation: its text and how it ended.
+async fn whole(events: &mut tokio::sync::mpsc::UnboundedReceiver<GenEvent>) -> ServiceResult<(String, GenDone)> {
+    let mut text = String::new();
+    while let Some(ev) = events.recv().await {
+        match ev {
+            GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Failed(e) => return Err(ModelError::Failed(e).into()),
+            GenEvent::Done(d) => return Ok((text, d)),
+        }
+    }
+    Err(ModelError::Failed("the generation engine stopped".into()).into())
 }
 
 /// A proxy to an OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama, ...).
