@@ -74,6 +74,11 @@ impl ServiceError {
         Self::InvalidField { field: Some(field.into()), message: message.into() }
     }
 
+    /// A 400 naming `field` (a request the API in question answers with 400, not 422).
+    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::BadField { field: Some(field.into()), message: message.into() }
+    }
+
     /// This error as an OpenAI route answers it: a bad field is a 400 (see
     /// [`ServiceError::BadField`]); everything else is unchanged.
     pub fn openai(self) -> Self {

@@ -126,6 +126,22 @@ pub fn model_takes_token_type_ids(dir: &Path, model_type: Option<&str>) -> Resul
     Ok(!matches!(model_type, Some("xlm-roberta" | "roberta" | "camembert" | "distilbert" | "mpnet")))
 }
 
+/// One token of a text: its id, its text (the input's bytes `start..stop`, or the token itself
+/// for a special token, which has no place in the input).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSpan {
+    /// Token id.
+    pub id: u32,
+    /// Its text.
+    pub text: String,
+    /// Whether it is a special token (`[CLS]`, `</s>`).
+    pub special: bool,
+    /// Byte offset of its start in the input.
+    pub start: Option<usize>,
+    /// Byte offset of its end in the input.
+    pub stop: Option<usize>,
+}
+
 /// A tokenizer pair: truncating at `max_tokens`, and not truncating.
 #[derive(Clone)]
 pub struct TextTokenizer {
@@ -288,7 +304,42 @@ impl TextTokenizer {
 
     /// Text back from ids (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.full.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
+        self.decode_with(ids, true)
+    }
+
+    /// Text back from ids, special tokens kept unless `skip_special`.
+    pub fn decode_with(&self, ids: &[u32], skip_special: bool) -> Result<String, ModelError> {
+        self.full.decode(ids, skip_special).map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    /// The vocabulary's size (special tokens included).
+    pub fn vocab_size(&self) -> usize {
+        self.full.get_vocab_size(true)
+    }
+
+    /// The tokens of `text` and where each lies in it, as TEI's `/tokenize` lists them: nothing
+    /// cut; a text larger than [`Self::max_bytes`] is refused by its size before tokenizing.
+    pub fn spans(&self, text: &str, add_special_tokens: bool) -> Result<Result<Vec<TokenSpan>, TooLong>, ModelError> {
+        if let Some(e) = self.too_many_bytes(Culprit::Text(0), text) {
+            return Ok(Err(e));
+        }
+        let enc = self.full.encode(text, add_special_tokens).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let spans = enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_tokens())
+            .zip(enc.get_offsets())
+            .zip(enc.get_special_tokens_mask())
+            .map(|(((&id, token), &(start, stop)), &special)| {
+                if special == 1 {
+                    TokenSpan { id, text: token.clone(), special: true, start: None, stop: None }
+                } else {
+                    let text = text.get(start..stop).unwrap_or(token).to_string();
+                    TokenSpan { id, text, special: false, start: Some(start), stop: Some(stop) }
+                }
+            })
+            .collect();
+        Ok(Ok(spans))
     }
 }
 

@@ -75,6 +75,14 @@ pub struct TeiInfo {
     pub max_input_length: Option<usize>,
     /// The most inputs in one request.
     pub max_client_batch_size: usize,
+    /// Requests served at once (more are refused with 429).
+    pub max_concurrent_requests: usize,
+    /// Padded tokens per forward pass, for a model in this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_tokens: Option<usize>,
+    /// Inputs per forward pass, for a model in this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_requests: Option<usize>,
     /// Whether over-long inputs are truncated when a request does not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_truncate: Option<bool>,

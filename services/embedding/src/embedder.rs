@@ -79,6 +79,8 @@ pub struct EmbedderInfo {
     pub backend: &'static str,
     /// Named prompts put before inputs (TEI's `prompt_name`; none for a remote).
     pub prompts: Prompts,
+    /// The batcher's limits (padded tokens, inputs per forward pass), for a local model.
+    pub batch: Option<(usize, usize)>,
 }
 
 /// Turns inputs into vectors.
@@ -92,6 +94,11 @@ pub trait Embedder: Send + Sync {
     /// remote backend's health is its own).
     fn health(&self) -> HealthCheck {
         HealthCheck::always_healthy()
+    }
+    /// The model's tokenizer, for TEI's `/tokenize` and `/decode` (a remote embedder's is the
+    /// remote's).
+    fn tokenizer(&self) -> Option<&Arc<TextTokenizer>> {
+        None
     }
 }
 
@@ -108,6 +115,7 @@ impl LocalEmbedder {
         let (model, tokenizer, info): (EmbeddingModel, TextTokenizer, EmbeddingInfo) =
             EmbeddingModel::load(dir, pooling)?;
         let vocab = comps_models::ModelDir::open(dir)?.encoder_config()?.vocab_size;
+        let limits = (batch.max_batch_tokens, batch.max_batch_requests);
         let batcher = Batcher::start("embedding", model, batch);
         Ok(Self {
             tokenizer: Arc::new(tokenizer),
@@ -120,6 +128,7 @@ impl LocalEmbedder {
                 vocab_size: Some(vocab),
                 backend: "local",
                 prompts: info.prompts,
+                batch: Some(limits),
             },
         })
     }
@@ -145,6 +154,10 @@ impl LocalEmbedder {
 impl Embedder for LocalEmbedder {
     fn info(&self) -> &EmbedderInfo {
         &self.info
+    }
+
+    fn tokenizer(&self) -> Option<&Arc<TextTokenizer>> {
+        Some(&self.tokenizer)
     }
 
     fn health(&self) -> HealthCheck {
@@ -224,6 +237,7 @@ impl RemoteEmbedder {
                 vocab_size: None,
                 backend: "remote",
                 prompts: Prompts::default(),
+                batch: None,
             },
             client: EmbeddingsClient::new(upstream, wire, batch).with_model(model),
         })

@@ -112,7 +112,7 @@ pub async fn build_embedder(args: &Args) -> anyhow::Result<Arc<dyn Embedder>> {
 /// embedder's model worker is down.
 pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server {
     let info = state.embedder.info().clone();
-    let tei = routes::tei_info(&state);
+    let tei = routes::tei_info(&state, common.max_concurrent_requests);
     let health = state.embedder.health();
     let svc = common
         .apply(MicroService::new("embedding"), default_port)

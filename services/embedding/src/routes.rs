@@ -1,5 +1,5 @@
-//! HTTP routes: OpenAI and OPEA on `/v1/embeddings`, TEI on `/embed` and `/info`, and
-//! `/v1/models`. OpenAI requests take up to [`OPENAI_MAX_EMBEDDING_INPUTS`] inputs, as OpenAI
+//! HTTP routes: OpenAI and OPEA on `/v1/embeddings`, TEI on `/embed`, `/tokenize`, `/decode`
+//! and `/info`, and `/v1/models`. OpenAI requests take up to [`OPENAI_MAX_EMBEDDING_INPUTS`] inputs, as OpenAI
 //! does; TEI and OPEA requests keep TEI's `--max-client-batch-size`.
 
 use axum::Router;
@@ -23,7 +23,7 @@ use crate::embedder::{EmbedInput, EmbedOptions};
 /// The OpenAPI document of the service's routes.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(embeddings, tei_embed),
+    paths(embeddings, tei_embed, tei_tokenize, tei_decode),
     tags((name = "embedding", description = "OpenAI and OPEA embeddings"),
          (name = "tei", description = "Text Embeddings Inference's routes"))
 )]
@@ -53,7 +53,12 @@ enum EmbeddingsAnswer {
 
 /// The service's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new().route("/v1/embeddings", post(embeddings)).route("/embed", post(tei_embed)).with_state(state)
+    Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/embed", post(tei_embed))
+        .route("/tokenize", post(tei_tokenize))
+        .route("/decode", post(tei_decode))
+        .with_state(state)
 }
 
 /// The most inputs a request may carry, and what that limit is called in the refusal.
@@ -248,8 +253,9 @@ async fn tei_embed(
     Ok(axum::Json(vectors).into_response())
 }
 
-/// TEI's `/info` for this service: the model and the limits.
-pub fn tei_info(s: &AppState) -> TeiInfo {
+/// TEI's `/info` for this service: the model and the limits (`max_concurrent_requests`: the
+/// server's).
+pub fn tei_info(s: &AppState, max_concurrent_requests: usize) -> TeiInfo {
     let i = s.embedder.info();
     TeiInfo {
         model_id: i.model_id.clone(),
@@ -258,9 +264,131 @@ pub fn tei_info(s: &AppState) -> TeiInfo {
         model_type: json!({"embedding": {"pooling": i.pooling}}),
         max_input_length: i.max_input_tokens,
         max_client_batch_size: s.max_client_batch_size,
+        max_concurrent_requests,
+        max_batch_tokens: i.batch.map(|b| b.0),
+        max_batch_requests: i.batch.map(|b| b.1),
         auto_truncate: Some(s.auto_truncate),
         embedding_dimension: i.dim,
         backend: Some(i.backend.to_string()),
         version: env!("CARGO_PKG_VERSION").into(),
     }
+}
+
+/// TEI's tokenize request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct TeiTokenizeRequest {
+    /// The text or texts to tokenize.
+    inputs: TextOrList,
+    /// Add the model's special tokens (`[CLS]`, `[SEP]`), as embedding does.
+    #[serde(default = "yes")]
+    #[schema(default = true)]
+    add_special_tokens: bool,
+    /// A prompt of the model to put before each input (as `/embed` takes it).
+    #[serde(default)]
+    prompt_name: Option<String>,
+}
+
+impl Validate for TeiTokenizeRequest {}
+
+/// One token, as TEI's `/tokenize` lists it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct SimpleToken {
+    /// Token id.
+    id: u32,
+    /// Its text: the input's bytes `start..stop`, or the special token itself.
+    text: String,
+    /// Whether it is a special token.
+    special: bool,
+    /// Byte offset of its start in the input (null for a special token).
+    start: Option<usize>,
+    /// Byte offset of its end in the input (null for a special token).
+    stop: Option<usize>,
+}
+
+fn local_tokenizer(s: &AppState) -> ServiceResult<std::sync::Arc<comps_models::TextTokenizer>> {
+    s.embedder.tokenizer().cloned().ok_or_else(|| {
+        ServiceError::NotFound("this service proxies a remote embedder: tokenize where its model runs".into())
+    })
+}
+
+/// TEI's tokenize: each input's tokens, with where they lie in it (nothing cut; an input
+/// larger than the model's window × 32 bytes is refused).
+#[utoipa::path(post, path = "/tokenize", tag = "tei",
+    request_body = TeiTokenizeRequest,
+    responses((status = 200, description = "Per input, its tokens", body = Vec<Vec<SimpleToken>>)))]
+async fn tei_tokenize(
+    State(s): State<AppState>,
+    comps_core::Json(req): comps_core::Json<TeiTokenizeRequest>,
+) -> ServiceResult<Response> {
+    let tokenizer = local_tokenizer(&s)?;
+    let texts = req.inputs.to_vec();
+    check_count("inputs", texts.len(), InputLimit::ClientBatch(s.max_client_batch_size))?;
+    let texts = with_prompt(&s, req.prompt_name.as_deref(), texts)?;
+    let add = req.add_special_tokens;
+    let out = tokio::task::spawn_blocking(move || -> ServiceResult<Vec<Vec<SimpleToken>>> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match tokenizer.spans(t, add)? {
+                Ok(spans) => Ok(spans
+                    .into_iter()
+                    .map(|t| SimpleToken { id: t.id, text: t.text, special: t.special, start: t.start, stop: t.stop })
+                    .collect()),
+                Err(too_long) => Err(ServiceError::invalid("inputs", too_long.describe(&format!("inputs {i}")))),
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(format!("the tokenizer task failed: {e}")))??;
+    Ok(axum::Json(out).into_response())
+}
+
+/// TEI's decode request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct TeiDecodeRequest {
+    /// Token ids, or one list of ids per text.
+    ids: TokenIds,
+    /// Leave out special tokens.
+    #[serde(default = "yes")]
+    #[schema(default = true)]
+    skip_special_tokens: bool,
+}
+
+/// One list of ids or several.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum TokenIds {
+    /// One text's ids.
+    One(Vec<u32>),
+    /// Several texts' ids.
+    Many(Vec<Vec<u32>>),
+}
+
+impl Validate for TeiDecodeRequest {}
+
+/// TEI's decode: the text of each list of ids.
+#[utoipa::path(post, path = "/decode", tag = "tei",
+    request_body = TeiDecodeRequest,
+    responses((status = 200, description = "One text per list of ids", body = Vec<String>)))]
+async fn tei_decode(
+    State(s): State<AppState>,
+    comps_core::Json(req): comps_core::Json<TeiDecodeRequest>,
+) -> ServiceResult<Response> {
+    let tokenizer = local_tokenizer(&s)?;
+    let lists = match req.ids {
+        TokenIds::One(ids) => vec![ids],
+        TokenIds::Many(lists) => lists,
+    };
+    check_count("ids", lists.len(), InputLimit::ClientBatch(s.max_client_batch_size))?;
+    let vocab = tokenizer.vocab_size();
+    if let Some(bad) = lists.iter().flatten().find(|&&id| id as usize >= vocab) {
+        return Err(ServiceError::invalid("ids", format!("token id {bad} is outside the vocabulary of {vocab}")));
+    }
+    let skip = req.skip_special_tokens;
+    let texts = tokio::task::spawn_blocking(move || {
+        lists.iter().map(|ids| tokenizer.decode_with(ids, skip)).collect::<Result<Vec<String>, _>>()
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(format!("the tokenizer task failed: {e}")))??;
+    Ok(axum::Json(texts).into_response())
 }

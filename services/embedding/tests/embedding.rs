@@ -156,6 +156,13 @@ async fn openai_tei_and_opea_shapes() {
     assert_eq!(info["max_input_length"], 256);
     assert_eq!(info["embedding_dimension"], 384);
     assert_eq!(info["model_type"]["embedding"]["pooling"], "mean");
+    // TEI's router limits: the server's concurrency, the batcher's tokens and inputs per pass.
+    assert_eq!(info["max_concurrent_requests"], 64, "the server's --max-concurrent-requests");
+    let batch = comps_models::BatchConfig::default();
+    assert_eq!(
+        (info["max_batch_tokens"].as_u64(), info["max_batch_requests"].as_u64()),
+        (Some(batch.max_batch_tokens as u64), Some(batch.max_batch_requests as u64))
+    );
     let health: Value =
         client().get(format!("{}/v1/health_check", h.url())).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["Service Title"], "embedding");
@@ -371,6 +378,7 @@ async fn health_asks_the_model_worker() {
         vocab_size: None,
         backend: "local",
         prompts: Default::default(),
+        batch: None,
     };
     let h = serve(Arc::new(DeadWorker(info)), 64).await;
     let r = client().get(format!("{}/health", h.url())).send().await.unwrap();
@@ -401,7 +409,16 @@ async fn openapi_document_covers_every_route() {
     assert!(embeddings["summary"].is_string(), "{embeddings}");
     assert!(embeddings["description"].as_str().is_some_and(|d| d.contains("TextDoc")), "{embeddings}");
     let info = &schemas["TeiInfo"]["properties"];
-    for field in ["model_id", "max_client_batch_size", "auto_truncate", "embedding_dimension", "backend"] {
+    for field in [
+        "model_id",
+        "max_client_batch_size",
+        "max_concurrent_requests",
+        "max_batch_tokens",
+        "max_batch_requests",
+        "auto_truncate",
+        "embedding_dimension",
+        "backend",
+    ] {
         assert!(info.get(field).is_some(), "{field}: {info}");
     }
     h.shutdown().await.unwrap();
@@ -469,4 +486,48 @@ async fn prompt_names_put_the_models_prompts_before_the_inputs() {
     assert!(err["error"]["message"].as_str().unwrap().contains("no prompts"), "{err}");
     h.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// TEI's `/tokenize` and `/decode` with the model's own tokenizer: tokens with their byte spans
+/// in the input (special tokens without), and ids back to text.
+#[tokio::test]
+async fn tei_tokenize_and_decode() {
+    let h = serve(embedder(), 64).await;
+    let text = "Hello, wörld";
+    let (status, v) = post(&h, "/tokenize", json!({"inputs": text})).await;
+    assert_eq!(status, 200, "{v}");
+    let tokens = v[0].as_array().unwrap();
+    assert_eq!(tokens.first().unwrap()["text"], "[CLS]");
+    assert_eq!(tokens.first().unwrap()["special"], true);
+    assert!(tokens.first().unwrap()["start"].is_null());
+    assert_eq!(tokens.last().unwrap()["text"], "[SEP]");
+    for t in &tokens[1..tokens.len() - 1] {
+        let (start, stop) = (t["start"].as_u64().unwrap() as usize, t["stop"].as_u64().unwrap() as usize);
+        assert_eq!(t["text"].as_str().unwrap(), &text[start..stop], "{t}");
+        assert_eq!(t["special"], false);
+    }
+    let ids: Vec<u64> = tokens.iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    // The same ids the embedder tokenizes with.
+    let (_, plain) = post(&h, "/tokenize", json!({"inputs": [text, "x"], "add_special_tokens": false})).await;
+    assert_eq!(plain.as_array().unwrap().len(), 2);
+    assert_eq!(plain[0].as_array().unwrap().len(), ids.len() - 2);
+
+    let (status, back) = post(&h, "/decode", json!({"ids": ids})).await;
+    assert_eq!(status, 200, "{back}");
+    assert_eq!(back, json!(["hello, world"]), "MiniLM lowercases and strips accents");
+    let (_, kept) = post(&h, "/decode", json!({"ids": [ids.clone()], "skip_special_tokens": false})).await;
+    assert!(kept[0].as_str().unwrap().starts_with("[CLS]"), "{kept}");
+
+    for (path, body, field) in [
+        ("/decode", json!({"ids": [1, 2, 99999999]}), "ids"),
+        ("/decode", json!({"ids": "x"}), "ids"),
+        ("/tokenize", json!({"inputs": "x".repeat(1 << 20)}), "inputs"),
+        ("/tokenize", json!({"inputs": vec!["x"; 33]}), "inputs"),
+        ("/tokenize", json!({"inputs": "x", "prompt_name": "nope"}), "prompt_name"),
+    ] {
+        let (status, v) = post(&h, path, body).await;
+        assert_eq!(status, 422, "{path}: {v}");
+        assert_eq!(v["error"]["param"], field, "{path}: {v}");
+    }
+    h.shutdown().await.unwrap();
 }

@@ -100,7 +100,7 @@ pub async fn build_reranker(args: &Args) -> anyhow::Result<Arc<dyn Reranker>> {
 /// reranker's model worker is down.
 pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server {
     let info = state.reranker.info().clone();
-    let tei = routes::tei_info(&state);
+    let tei = routes::tei_info(&state, common.max_concurrent_requests);
     let health = state.reranker.health();
     let svc = common
         .apply(MicroService::new("reranking"), default_port)

@@ -133,6 +133,10 @@ async fn tei_rerank(
     State(s): State<AppState>,
     comps_core::Json(req): comps_core::Json<TeiRerankRequest>,
 ) -> ServiceResult<Response> {
+    if req.texts.is_empty() {
+        // TEI's answer to an empty batch (OPEA's route passes an empty retrieval through).
+        return Err(ServiceError::bad_request("texts", "`texts` cannot be empty"));
+    }
     let opts = ScoreOptions { raw_scores: req.raw_scores, truncate: req.truncate };
     let ranked = rank(&s, &req.query, &req.texts, opts).await?;
     let out: Vec<Rank> = ranked
@@ -207,7 +211,7 @@ async fn chat_request(s: &AppState, body: &JsonBody) -> ServiceResult<Response> 
 }
 
 /// TEI's `/info` for this service: the model and the limits.
-pub fn tei_info(s: &AppState) -> TeiInfo {
+pub fn tei_info(s: &AppState, max_concurrent_requests: usize) -> TeiInfo {
     let i = s.reranker.info();
     TeiInfo {
         model_id: i.model_id.clone(),
@@ -216,6 +220,9 @@ pub fn tei_info(s: &AppState) -> TeiInfo {
         model_type: json!({"reranker": {"kind": i.kind}}),
         max_input_length: i.max_input_tokens,
         max_client_batch_size: s.max_client_batch_size,
+        max_concurrent_requests,
+        max_batch_tokens: None,
+        max_batch_requests: None,
         auto_truncate: None,
         embedding_dimension: None,
         backend: None,
