@@ -339,6 +339,8 @@ async fn store_document(
         return Err(ServiceError::MalformedRequest(format!("{name} contains no text")));
     }
     let started = std::time::Instant::now();
+    // Embedding a long file takes seconds: say it is under way.
+    tracing::info!(file = name, chunks = pieces.len(), text_bytes, "embedding");
     let vectors = s.embedder.embed(&pieces, Role::Passage).await?;
     let n = pieces.len();
     let chunks = pieces
@@ -362,7 +364,8 @@ async fn store_document(
 /// before the answer.
 #[utoipa::path(post, path = "/v1/dataprep/ingest", tag = "dataprep",
     request_body(content = DataprepIngestForm, content_type = "multipart/form-data"),
-    responses((status = 200, description = "Stored", body = Object, example = json!({"status": 200, "message": "Data preparation succeeded"}))))]
+    responses((status = 200, description = "Stored: OPEA's answer with each file's chunk count", body = Object,
+        example = json!({"status": 200, "message": "Data preparation succeeded", "files": [{"name": "a.txt", "chunks": 3}], "chunks": 3}))))]
 async fn ingest(State(s): State<AppState>, mp: Multipart) -> ServiceResult<Response> {
     let s = &s;
     let staging_dir = s.upload_dir.join(format!(".staging-{}", new_id()));
@@ -413,14 +416,19 @@ async fn ingest(State(s): State<AppState>, mp: Multipart) -> ServiceResult<Respo
         .await
         .map_err(|e| ServiceError::Internal(format!("creating {}: {e}", keep_dir.display())))?;
     let total = texts.len();
+    let mut stored = Vec::with_capacity(total);
     for (i, (name, text, path)) in texts.into_iter().enumerate() {
         tracing::info!(file = %name, n = i + 1, of = total, "ingesting");
-        store_document(s, &coll, &name, text, &chunking).await?;
+        let chunks = store_document(s, &coll, &name, text, &chunking).await?;
         if let Some(p) = path {
             let _ = tokio::fs::rename(&p, keep_dir.join(&name)).await;
         }
+        stored.push(json!({"name": name, "chunks": chunks}));
     }
-    Ok(axum::Json(json!({"status": 200, "message": "Data preparation succeeded"})).into_response())
+    // OPEA's answer, with what was stored: each file's chunk count and the total.
+    let chunks: u64 = stored.iter().filter_map(|f| f["chunks"].as_u64()).sum();
+    let answer = json!({"status": 200, "message": "Data preparation succeeded", "files": stored, "chunks": chunks});
+    Ok(axum::Json(answer).into_response())
 }
 
 fn index_from_body(body: &[u8]) -> ServiceResult<Option<String>> {

@@ -299,8 +299,9 @@ fn has_passage_prompt(model: &Path) -> bool {
         .is_some_and(|v| v.pointer("/prompts/passage").is_some())
 }
 
-/// Upload every file of `dir` the store does not list yet; returns the names uploaded.
-pub async fn ingest_dir(base: &str, dir: &Path) -> anyhow::Result<Vec<String>> {
+/// Upload every file of `dir` the store does not list yet; returns the names uploaded, each
+/// with the chunks the retriever stored for it (when it says).
+pub async fn ingest_dir(base: &str, dir: &Path) -> anyhow::Result<Vec<(String, Option<u64>)>> {
     let client = comps_core::http_client();
     let have: Value = client.post(format!("{base}/v1/dataprep/get")).send().await?.error_for_status()?.json().await?;
     let stored: Vec<&str> = have
@@ -326,7 +327,8 @@ pub async fn ingest_dir(base: &str, dir: &Path) -> anyhow::Result<Vec<String>> {
         if !r.status().is_success() {
             bail!("ingesting {}: {} {}", path.display(), r.status(), r.text().await.unwrap_or_default());
         }
-        uploaded.push(name);
+        let answer: Value = r.json().await.unwrap_or_default();
+        uploaded.push((name, answer["chunks"].as_u64()));
     }
     Ok(uploaded)
 }

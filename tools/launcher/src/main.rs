@@ -46,8 +46,9 @@ async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut pipeline = args.start().await?;
     let base = pipeline.url("chatqna").unwrap_or_default();
     if !args.no_ingest {
-        for name in chatqna::ingest_dir(&base, &args.samples).await? {
-            println!("ingested {}", args.samples.join(name).display());
+        for (name, chunks) in chatqna::ingest_dir(&base, &args.samples).await? {
+            let chunks = chunks.map(|n| format!(" ({n} chunk{})", if n == 1 { "" } else { "s" })).unwrap_or_default();
+            println!("ingested {}{chunks}", args.samples.join(name).display());
         }
     }
     if let Some(path) = &args.ready_file {

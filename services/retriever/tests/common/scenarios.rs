@@ -19,7 +19,12 @@ pub async fn every_file_type_is_ingested_and_the_right_chunk_comes_first(h: &str
     let files: Vec<(&str, Vec<u8>)> = DOCS.iter().map(|n| (*n, fixture(n))).collect();
     let (status, v) = upload(h, &files, &[("chunk_size", "200"), ("chunk_overlap", "20")]).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v, json!({"status": 200, "message": "Data preparation succeeded"}));
+    assert_eq!((&v["status"], &v["message"]), (&json!(200), &json!("Data preparation succeeded")), "{v}");
+    // What was stored: every file with its chunk count, and the total.
+    let stored = v["files"].as_array().unwrap();
+    assert_eq!(stored.iter().map(|f| f["name"].as_str().unwrap()).collect::<Vec<_>>(), DOCS);
+    assert!(stored.iter().all(|f| f["chunks"].as_u64().unwrap() >= 1), "{v}");
+    assert_eq!(v["chunks"].as_u64(), Some(stored.iter().map(|f| f["chunks"].as_u64().unwrap()).sum()));
 
     let cases = [
         ("When was the Varnholm lighthouse built?", "1887"),
