@@ -84,6 +84,11 @@ pub fn excerpt_to(value: &str, max_chars: usize) -> String {
     }
 }
 
+/// Seconds a streamed answer may stay silent (a request queued behind others, a long prefill)
+/// before an SSE comment line is sent: proxies and load balancers cut idle streams, often at 60 s.
+/// Clients ignore comment lines.
+pub const SSE_KEEP_ALIVE_SECS: u64 = 15;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,24 @@ pub type EventStream = BoxStream<'static, Result<String, ServiceError>>;
 /// Framed bytes ready for the client.
 pub type ByteStream = BoxStream<'static, Result<Bytes, ServiceError>>;
 
+/// The SSE comment a silent stream sends to stay open.
+pub const KEEP_ALIVE: &str = ": keep-alive\n\n";
+
+/// `frames`, with a [`KEEP_ALIVE`] comment whenever `every` passes without a frame.
+pub fn keep_alive(frames: ByteStream, every: Duration) -> ByteStream {
+    async_stream::stream! {
+        let mut frames = frames;
+        loop {
+            match tokio::time::timeout(every, frames.next()).await {
+                Err(_) => yield Ok(Bytes::from_static(KEEP_ALIVE.as_bytes())),
+                Ok(Some(item)) => yield item,
+                Ok(None) => break,
+            }
+        }
+    }
+    .boxed()
+}
+
 /// The end-of-stream event of OpenAI and OPEA.
 pub const DONE: &str = "data: [DONE]\n\n";
 
@@ -205,6 +223,7 @@ pub fn chunk_payload(id: &str, model: &str, content: &str) -> String {
 /// event in the OpenAI envelope, followed by `[DONE]` so clients stop cleanly; a stream that
 /// already ended with `[DONE]` gets no second one.
 pub fn sse_response(frames: ByteStream) -> Response {
+    let frames = keep_alive(frames, Duration::from_secs(crate::limits::SSE_KEEP_ALIVE_SECS));
     let body = async_stream::stream! {
         let mut frames = frames;
         let mut done = false;

@@ -111,3 +111,29 @@ async fn opea_framing_of_an_event_stream() {
     let body: Vec<u8> = frame_opea(events).map(|b| b.unwrap().to_vec()).concat().await;
     assert_eq!(String::from_utf8(body).unwrap(), "data: b' OPEA'\n\ndata: b\" it's \\xc3\\xa9\"\n\ndata: [DONE]\n\n");
 }
+
+/// A silent stream gets a comment line every interval (proxies cut idle streams); our own
+/// reader, as every SSE client does, skips the comments and sees only the events.
+#[tokio::test]
+async fn a_silent_stream_is_kept_alive_with_comments_that_readers_skip() {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, ServiceError>>();
+    let frames = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).boxed();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(260)).await;
+        let _ = tx.send(Ok(data_frame("late")));
+    });
+    let every = std::time::Duration::from_millis(100);
+    let got: Vec<Bytes> = keep_alive(frames, every).map(|r| r.unwrap()).collect().await;
+    let texts: Vec<&str> = got.iter().map(|b| std::str::from_utf8(b).unwrap()).collect();
+    assert!(texts.len() >= 3, "{texts:?}");
+    let (last, silent) = texts.split_last().unwrap();
+    assert!(silent.iter().all(|t| *t == KEEP_ALIVE), "{texts:?}");
+    assert_eq!(*last, "data: late\n\n");
+
+    let wire: Vec<&str> = texts.clone();
+    let events = read_events(chunks(&wire), std::time::Duration::from_secs(1), ServiceError::Upstream, || {
+        ServiceError::UpstreamTimeout("idle".into())
+    });
+    let read: Vec<String> = events.map(|r| r.unwrap()).collect().await;
+    assert_eq!(read, ["late"]);
+}
