@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::ModelError;
 use comps_core::limits::TOKENIZE_BYTES_PER_TOKEN;
@@ -190,6 +190,41 @@ impl TextTokenizer {
     /// `text` cut to [`Self::max_bytes`] on a char boundary, for a truncating tokenizer.
     fn window<'t>(&self, text: &'t str) -> &'t str {
         prefix(text, self.max_bytes())
+    }
+
+    /// `text` cut to its last [`Self::max_bytes`] bytes on a char boundary (for cutting on the
+    /// left).
+    fn window_end<'t>(&self, text: &'t str) -> &'t str {
+        let max = self.max_bytes();
+        if text.len() <= max { text } else { &text[text.ceil_char_boundary(text.len() - max)..] }
+    }
+
+    /// Token ids of each text cut on the left (TEI's `truncation_direction: "left"`): an
+    /// over-long text keeps its end, and the special tokens are added after the cut, as a
+    /// tokenizer truncating on the left adds them.
+    pub fn encode_keep_end(&self, texts: &[String]) -> Result<Vec<Vec<u32>>, ModelError> {
+        let added = self.full.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        let keep = self.max_tokens.saturating_sub(added).max(1);
+        let err = |e: tokenizers::Error| ModelError::Tokenizer(e.to_string());
+        texts
+            .iter()
+            .map(|t| {
+                let mut enc = self.full.encode(self.window_end(t), false).map_err(err)?;
+                enc.truncate(keep, 0, TruncationDirection::Left);
+                Ok(self.full.post_process(enc, None, true).map_err(err)?.get_ids().to_vec())
+            })
+            .collect()
+    }
+
+    /// [`Self::encode_keep_end`] on the blocking pool.
+    pub async fn encode_keep_end_off_runtime(
+        self: &Arc<Self>,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let tok = self.clone();
+        tokio::task::spawn_blocking(move || tok.encode_keep_end(&texts))
+            .await
+            .map_err(|e| ModelError::Failed(format!("the tokenizer task failed: {e}")))?
     }
 
     /// A refusal of `culprit` by its size, when it is longer than [`Self::max_bytes`].

@@ -51,6 +51,9 @@ pub struct EmbedOptions {
     pub truncate: bool,
     /// The request field holding the inputs (for error messages).
     pub field: &'static str,
+    /// When cutting, keep the end of an input rather than its start (TEI's
+    /// `truncation_direction: "left"`).
+    pub keep_end: bool,
 }
 
 /// Vectors and the tokens they cost.
@@ -167,6 +170,9 @@ impl Embedder for LocalEmbedder {
     async fn embed(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Embedded> {
         let max = self.tokenizer.max_tokens();
         let ids = match input {
+            EmbedInput::Texts(texts) if opts.truncate && opts.keep_end => {
+                self.tokenizer.encode_keep_end_off_runtime(texts).await?
+            }
             EmbedInput::Texts(texts) => self.tokenizer.encode_off_runtime(texts, opts.truncate, opts.field).await?,
             EmbedInput::Tokens(mut seqs) => {
                 let vocab = self.info.vocab_size.unwrap_or(usize::MAX);
@@ -191,7 +197,11 @@ impl Embedder for LocalEmbedder {
                                 ),
                             ));
                         }
-                        s.truncate(max);
+                        if opts.keep_end {
+                            s.drain(..s.len() - max);
+                        } else {
+                            s.truncate(max);
+                        }
                     }
                 }
                 seqs
@@ -251,6 +261,12 @@ impl Embedder for RemoteEmbedder {
     }
 
     async fn embed(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Embedded> {
+        if opts.truncate && opts.keep_end {
+            return Err(ServiceError::invalid(
+                "truncation_direction",
+                "left truncation is done where the model runs: this service proxies a remote embedder",
+            ));
+        }
         let req = EmbedRequest {
             normalize: opts.normalize,
             truncate: Some(opts.truncate),

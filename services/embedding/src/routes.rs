@@ -118,7 +118,7 @@ async fn openai(s: &AppState, body: &JsonBody) -> ServiceResult<Response> {
     {
         return Err(ServiceError::invalid("dimensions", format!("dimensions {d} is larger than the model's {dim}")));
     }
-    let opts = EmbedOptions { normalize: true, truncate: s.auto_truncate, field: "input" };
+    let opts = EmbedOptions { normalize: true, truncate: s.auto_truncate, field: "input", keep_end: false };
     let out = s.embedder.embed(input, opts).await?;
     let base64 = req.encoding_format.as_deref() == Some("base64");
     let data = out
@@ -157,7 +157,7 @@ async fn opea(s: &AppState, body: &JsonBody) -> ServiceResult<Response> {
         None => return Err(ServiceError::invalid("text", "text must not be null")),
     };
     check_count("text", texts.len(), InputLimit::ClientBatch(s.max_client_batch_size))?;
-    let opts = EmbedOptions { normalize: true, truncate: true, field: "text" };
+    let opts = EmbedOptions { normalize: true, truncate: true, field: "text", keep_end: false };
     let out = s.embedder.embed(EmbedInput::Texts(with_prompt(s, None, texts.clone())?), opts).await?;
     let embedding = if single {
         Embedding::Single(out.vectors.into_iter().next().unwrap_or_default())
@@ -197,7 +197,8 @@ struct TeiEmbedRequest {
     /// service's `--auto-truncate`).
     #[serde(default)]
     truncate: Option<bool>,
-    /// Which end to cut: only `right` is supported.
+    /// Which end of an over-long input to cut when truncating: `Right` (keep the start, the
+    /// default) or `Left` (keep the end).
     #[serde(default)]
     truncation_direction: Option<String>,
     /// Keep only the first this many dimensions (renormalised when `normalize`).
@@ -218,8 +219,9 @@ impl Validate for TeiEmbedRequest {
     fn validate(&self) -> Result<(), ServiceError> {
         if let Some(d) = self.truncation_direction.as_deref()
             && !d.eq_ignore_ascii_case("right")
+            && !d.eq_ignore_ascii_case("left")
         {
-            return Err(ServiceError::invalid("truncation_direction", "only 'right' truncation is supported"));
+            return Err(ServiceError::invalid("truncation_direction", "truncation_direction must be Right or Left"));
         }
         if self.dimensions == Some(0) {
             return Err(ServiceError::invalid("dimensions", "dimensions must be at least 1"));
@@ -239,8 +241,9 @@ async fn tei_embed(
     let texts = req.inputs.to_vec();
     check_count("inputs", texts.len(), InputLimit::ClientBatch(s.max_client_batch_size))?;
     let texts = with_prompt(&s, req.prompt_name.as_deref(), texts)?;
-    let opts =
-        EmbedOptions { normalize: req.normalize, truncate: req.truncate.unwrap_or(s.auto_truncate), field: "inputs" };
+    let keep_end = req.truncation_direction.as_deref().is_some_and(|d| d.eq_ignore_ascii_case("left"));
+    let truncate = req.truncate.unwrap_or(s.auto_truncate);
+    let opts = EmbedOptions { normalize: req.normalize, truncate, field: "inputs", keep_end };
     let mut vectors = s.embedder.embed(EmbedInput::Texts(texts), opts).await?.vectors;
     if let Some(d) = req.dimensions {
         for v in &mut vectors {

@@ -33,7 +33,7 @@ fn embedder() -> Arc<LocalEmbedder> {
 }
 
 fn opts(truncate: bool) -> EmbedOptions {
-    EmbedOptions { normalize: true, truncate, field: "input" }
+    EmbedOptions { normalize: true, truncate, field: "input", keep_end: false }
 }
 
 fn common(max_concurrent: usize) -> CommonArgs {
@@ -529,5 +529,44 @@ async fn tei_tokenize_and_decode() {
         assert_eq!(status, 422, "{path}: {v}");
         assert_eq!(v["error"]["param"], field, "{path}: {v}");
     }
+    h.shutdown().await.unwrap();
+}
+
+/// TEI's `truncation_direction: "Left"` keeps the end of an over-long input: the vector is the
+/// one of its last tokens with the special tokens put back, exactly; `Right` keeps the start.
+#[tokio::test]
+async fn left_truncation_keeps_the_end() {
+    let h = serve(embedder(), 64).await;
+    let text =
+        format!("{} The harbour master keeps the tide tables in a green tin.", "Filler words here. ".repeat(300));
+    let (status, toks) = post(&h, "/tokenize", json!({"inputs": text.clone(), "add_special_tokens": false})).await;
+    assert_eq!(status, 200, "{toks}");
+    let ids: Vec<u64> = toks[0].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    assert!(ids.len() > 254, "the text must be longer than the window");
+    let (_, cls_sep) = post(&h, "/tokenize", json!({"inputs": ""})).await;
+    let specials: Vec<u64> = cls_sep[0].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    assert_eq!(specials.len(), 2, "[CLS] [SEP]: {cls_sep}");
+    let mut tail = vec![specials[0]];
+    tail.extend(&ids[ids.len() - 254..]);
+    tail.push(specials[1]);
+
+    let embed = |direction: &'static str| {
+        let h = &h;
+        let text = text.clone();
+        async move {
+            let (status, v) =
+                post(h, "/embed", json!({"inputs": text, "truncate": true, "truncation_direction": direction})).await;
+            assert_eq!(status, 200, "{direction}: {v}");
+            floats(&v[0])
+        }
+    };
+    let left = embed("Left").await;
+    let right = embed("right").await;
+    let (_, exact) = post(&h, "/v1/embeddings", json!({"input": [tail]})).await;
+    let exact = floats(&exact["data"][0]["embedding"]);
+    assert!(cosine(&left, &exact) > 0.99999, "left truncation is the last 254 tokens");
+    assert!(cosine(&left, &right) < 0.99, "left and right keep different parts");
+    let (status, v) = post(&h, "/embed", json!({"inputs": "x", "truncation_direction": "middle"})).await;
+    assert_eq!((status, v["error"]["param"].as_str()), (422, Some("truncation_direction")));
     h.shutdown().await.unwrap();
 }

@@ -82,7 +82,7 @@ async fn hub_ids_download_into_the_cache_then_load_offline() {
     assert_eq!(hub.requests.load(Ordering::SeqCst), fetched);
 
     // The downloaded model embeds exactly like the local directory.
-    let opts = EmbedOptions { normalize: true, truncate: true, field: "input" };
+    let opts = EmbedOptions { normalize: true, truncate: true, field: "input", keep_end: false };
     let a = LocalEmbedder::load(&dir, None, BatchConfig::default()).unwrap();
     let b = LocalEmbedder::load(&model_dir(), None, BatchConfig::default()).unwrap();
     let va = a.embed(EmbedInput::Texts(vec!["hello hub".into()]), opts).await.unwrap().vectors.remove(0);
