@@ -1,6 +1,6 @@
 //! HTTP routes: TEI `POST /rerank`, OPEA `POST /v1/reranking` (SearchedDoc → LLMParamsDoc,
 //! RerankingRequest → RerankingResponse, ChatCompletionRequest → itself with reranked docs),
-//! and `GET /info`.
+//! the Cohere / Jina-style `POST /v1/rerank`, and `GET /info`.
 
 use axum::Router;
 use axum::extract::State;
@@ -21,7 +21,7 @@ use crate::reranker::ScoreOptions;
 /// The OpenAPI document of the service's routes.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(tei_rerank, opea_rerank),
+    paths(tei_rerank, opea_rerank, cohere_rerank),
     tags((name = "reranking", description = "OPEA's reranking"),
          (name = "tei", description = "Text Embeddings Inference's routes"))
 )]
@@ -56,7 +56,11 @@ enum RerankingAnswer {
 
 /// The service's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new().route("/rerank", post(tei_rerank)).route("/v1/reranking", post(opea_rerank)).with_state(state)
+    Router::new()
+        .route("/rerank", post(tei_rerank))
+        .route("/v1/reranking", post(opea_rerank))
+        .route("/v1/rerank", post(cohere_rerank))
+        .with_state(state)
 }
 
 /// TEI's rerank request.
@@ -228,4 +232,112 @@ pub fn tei_info(s: &AppState, max_concurrent_requests: usize) -> TeiInfo {
         backend: None,
         version: env!("CARGO_PKG_VERSION").into(),
     }
+}
+
+/// A document of a Cohere / Jina rerank request: its text, or an object holding it.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum RerankDocument {
+    /// The text.
+    Text(String),
+    /// `{"text": ...}`.
+    Object {
+        /// The text.
+        text: String,
+    },
+}
+
+/// The rerank request of Cohere's API (and Jina's, and vLLM's `/v1/rerank`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct CohereRerankRequest {
+    /// Model name (accepted, not checked: the service serves one model).
+    #[serde(default)]
+    model: Option<String>,
+    /// The query the documents are scored against.
+    query: String,
+    /// The documents (at most the service's `--max-client-batch-size`).
+    documents: Vec<RerankDocument>,
+    /// How many of the best to answer (default: all).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    top_n: Option<usize>,
+    /// Echo each document in its result.
+    #[serde(default)]
+    return_documents: bool,
+}
+
+impl Validate for CohereRerankRequest {
+    fn validate(&self) -> Result<(), ServiceError> {
+        if self.documents.is_empty() {
+            return Err(ServiceError::bad_request("documents", "documents must not be empty - 'documents'"));
+        }
+        if self.top_n == Some(0) {
+            return Err(ServiceError::bad_request("top_n", "top_n must be at least 1 - 'top_n'"));
+        }
+        Ok(())
+    }
+}
+
+/// One result of a Cohere-style rerank.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct CohereResult {
+    /// The document's index in `documents`.
+    index: usize,
+    /// Its relevance to the query (higher is more relevant).
+    relevance_score: f32,
+    /// `{"text": ...}`, when `return_documents`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    document: Option<serde_json::Value>,
+}
+
+/// The answer of a Cohere-style rerank.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct CohereRerankResponse {
+    /// A request id.
+    id: String,
+    /// The model that scored.
+    model: String,
+    /// The best `top_n` documents, best first.
+    results: Vec<CohereResult>,
+}
+
+/// Rerank as Cohere's, Jina's and vLLM's `/v1/rerank` do (LangChain's and LlamaIndex's Cohere
+/// and Jina rerankers, Dify): the `top_n` best documents with their `relevance_score`.
+#[utoipa::path(post, path = "/v1/rerank", tag = "reranking",
+    request_body = CohereRerankRequest,
+    responses((status = 200, description = "The best documents, best first", body = CohereRerankResponse)))]
+async fn cohere_rerank(State(s): State<AppState>, body: comps_core::extract::JsonBody) -> ServiceResult<Response> {
+    let answer = async {
+        let req: CohereRerankRequest = body.typed()?;
+        req.validate()?;
+        let texts: Vec<String> = req
+            .documents
+            .into_iter()
+            .map(|d| match d {
+                RerankDocument::Text(t) | RerankDocument::Object { text: t } => t,
+            })
+            .collect();
+        if texts.len() > s.max_client_batch_size {
+            let n = (texts.len(), s.max_client_batch_size);
+            let message = format!("documents has {} items, more than the maximum client batch size of {}", n.0, n.1);
+            return Err(ServiceError::invalid("documents", message));
+        }
+        // Cohere cuts over-long documents rather than refusing them.
+        let opts = ScoreOptions { raw_scores: false, truncate: true };
+        let ranked = rank(&s, &req.query, &texts, opts).await?;
+        let results = ranked
+            .into_iter()
+            .take(req.top_n.unwrap_or(usize::MAX))
+            .map(|(index, score)| CohereResult {
+                index,
+                relevance_score: score,
+                document: req.return_documents.then(|| json!({"text": texts[index]})),
+            })
+            .collect();
+        let model = req.model.filter(|m| !m.is_empty()).unwrap_or_else(|| s.reranker.info().model_id.clone());
+        Ok::<_, ServiceError>(CohereRerankResponse { id: comps_core::protocol::new_id(), model, results })
+    };
+    // Cohere's API answers a bad request 400, as OpenAI's does.
+    Ok(axum::Json(answer.await.map_err(ServiceError::openai)?).into_response())
 }

@@ -265,7 +265,7 @@ async fn openapi_document_covers_every_route() {
     let h = serve(Arc::new(remote)).await;
     let doc = comps_mock_backends::check_openapi(
         &h.url(),
-        &[("post", "/rerank"), ("post", "/v1/reranking"), ("get", "/info")],
+        &[("post", "/rerank"), ("post", "/v1/reranking"), ("post", "/v1/rerank"), ("get", "/info")],
     )
     .await;
     let schemas = &doc["components"]["schemas"];
@@ -278,5 +278,41 @@ async fn openapi_document_covers_every_route() {
     assert_eq!(shapes.len(), 3, "SearchedDoc, RerankingRequest, ChatCompletionRequest: {shapes:?}");
     let rank = &schemas["Rank"];
     assert_eq!(rank["required"], json!(["index", "score"]), "{rank}");
+    h.shutdown().await.unwrap();
+}
+
+/// The Cohere / Jina-style `/v1/rerank`: documents as strings or `{text}`, `top_n`,
+/// `return_documents`, the same order and scores as TEI's `/rerank`; bad requests are 400s
+/// naming the field, as Cohere's API answers them.
+#[tokio::test]
+async fn cohere_style_rerank() {
+    let h = serve(minilm()).await;
+    let docs = ["Bread is baked from flour.", "Mars is the red planet.", "Tea grows on hills."];
+    let (_, tei) = post(&h, "/rerank", json!({"query": "red planet", "texts": docs})).await;
+    let body = json!({"model": "m", "query": "red planet", "documents": [docs[0], {"text": docs[1]}, docs[2]],
+        "top_n": 2, "return_documents": true});
+    let (status, v) = post(&h, "/v1/rerank", body).await;
+    assert_eq!(status, 200, "{v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "top_n");
+    for (r, t) in results.iter().zip(tei.as_array().unwrap()) {
+        assert_eq!(r["index"], t["index"]);
+        assert_eq!(r["relevance_score"], t["score"]);
+    }
+    assert_eq!(results[0]["index"], 1);
+    assert_eq!(results[0]["document"]["text"], docs[1]);
+    assert_eq!(v["model"], "m");
+    let (_, plain) = post(&h, "/v1/rerank", json!({"query": "red planet", "documents": docs})).await;
+    assert_eq!(plain["results"].as_array().unwrap().len(), 3, "all documents without top_n");
+    assert!(plain["results"][0].get("document").is_none(), "no documents unless asked");
+    for (body, field) in [
+        (json!({"query": "q", "documents": []}), "documents"),
+        (json!({"query": "q", "documents": ["a"], "top_n": 0}), "top_n"),
+        (json!({"query": "q", "documents": vec!["a"; 17]}), "documents"),
+        (json!({"documents": ["a"]}), "query"),
+    ] {
+        let (status, v) = post(&h, "/v1/rerank", body.clone()).await;
+        assert_eq!((status, v["error"]["param"].as_str()), (400, Some(field)), "{body}: {v}");
+    }
     h.shutdown().await.unwrap();
 }
