@@ -156,6 +156,24 @@ async fn openai_tei_and_opea_shapes() {
     assert_eq!(info["max_input_length"], 256);
     assert_eq!(info["embedding_dimension"], 384);
     assert_eq!(info["model_type"]["embedding"]["pooling"], "mean");
+    // Every field of TEI's `Info` (its published OpenAPI schema), but three: `tokenization_workers`
+    // (tokenizing runs per request on the blocking pool, no fixed count exists), `sha` and
+    // `docker_label` (TEI's build metadata).
+    for field in [
+        "model_id",
+        "model_sha",
+        "model_dtype",
+        "model_type",
+        "max_concurrent_requests",
+        "max_input_length",
+        "max_batch_tokens",
+        "max_batch_requests",
+        "max_client_batch_size",
+        "auto_truncate",
+        "version",
+    ] {
+        assert!(info.get(field).is_some(), "TEI's /info has {field}: {info}");
+    }
     // TEI's router limits: the server's concurrency, the batcher's tokens and inputs per pass.
     assert_eq!(info["max_concurrent_requests"], 64, "the server's --max-concurrent-requests");
     let batch = comps_models::BatchConfig::default();
