@@ -320,6 +320,9 @@ fn parse_links(v: Option<&str>) -> ServiceResult<Vec<String>> {
 }
 
 /// Extract, chunk, embed and store one document.
+/// Chunks of one file embedded between two progress lines of its ingest.
+const PROGRESS_EVERY: usize = 64;
+
 async fn store_document(
     s: &AppState,
     coll: &str,
@@ -339,10 +342,16 @@ async fn store_document(
         return Err(ServiceError::MalformedRequest(format!("{name} contains no text")));
     }
     let started = std::time::Instant::now();
-    // Embedding a long file takes seconds: say it is under way.
-    tracing::info!(file = name, chunks = pieces.len(), text_bytes, "embedding");
-    let vectors = s.embedder.embed(&pieces, Role::Passage).await?;
+    // Embedding a long file takes seconds: say it is under way, and how far it got.
     let n = pieces.len();
+    tracing::info!(file = name, chunks = n, text_bytes, "embedding");
+    let mut vectors = Vec::with_capacity(n);
+    for group in pieces.chunks(PROGRESS_EVERY) {
+        vectors.extend(s.embedder.embed(group, Role::Passage).await?);
+        if n > PROGRESS_EVERY {
+            tracing::info!(file = name, embedded = vectors.len(), of = n, "embedding");
+        }
+    }
     let chunks = pieces
         .into_iter()
         .zip(vectors)
