@@ -75,13 +75,6 @@ impl JsonBody {
         }
     }
 
-    /// Remove `key`.
-    pub fn remove(&mut self, key: &str) {
-        if let Value::Object(m) = &mut self.0 {
-            m.remove(key);
-        }
-    }
-
     /// The body as it came (an object).
     pub fn value(&self) -> &Value {
         &self.0

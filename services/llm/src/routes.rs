@@ -176,16 +176,19 @@ async fn complete(s: &AppState, body: JsonBody) -> ServiceResult<Response> {
             "returning log-probabilities is not supported by this service - 'logprobs'",
         ));
     }
-    // The sampling settings, read as a chat request's (its messages are not used).
-    let mut params = body.clone();
-    for key in ["prompt", "messages", "logprobs"] {
-        params.remove(key);
+    // The sampling settings, read as a chat request's (its messages are not used): every key
+    // but the prompt's, which can be long, is copied.
+    let mut params: serde_json::Map<String, serde_json::Value> = body
+        .as_map()
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "prompt" | "messages" | "logprobs"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    params.insert("messages".into(), json!(""));
+    if params.get("max_tokens").is_none_or(|v| v.is_null()) {
+        params.insert("max_tokens".into(), json!(COMPLETION_MAX_TOKENS));
     }
-    params.insert("messages", json!(""));
-    if !params.has("max_tokens") || params.get("max_tokens").is_some_and(|v| v.is_null()) {
-        params.insert("max_tokens", json!(COMPLETION_MAX_TOKENS));
-    }
-    let req: ChatCompletionRequest = params.typed()?;
+    let req: ChatCompletionRequest = comps_core::extract::from_value(&serde_json::Value::Object(params))?;
     req.validate()?;
     Ok(match s.llm.complete(prompt, req, body.into_value()).await? {
         Completion::Full(v) => axum::Json(v).into_response(),

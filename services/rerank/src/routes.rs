@@ -108,12 +108,18 @@ struct Rank {
 }
 
 /// Scores of `texts` for `query`, best first: (index, score).
-async fn rank(s: &AppState, query: &str, texts: &[String], opts: ScoreOptions) -> ServiceResult<Vec<(usize, f32)>> {
+/// `field` names the texts in a refusal (`texts`, `retrieved_docs`, `documents`).
+async fn rank(
+    s: &AppState,
+    query: &str,
+    (field, texts): (&str, &[String]),
+    opts: ScoreOptions,
+) -> ServiceResult<Vec<(usize, f32)>> {
     if texts.len() > s.max_client_batch_size {
         return Err(ServiceError::invalid(
-            "texts",
+            field,
             format!(
-                "texts has {} items, more than the maximum client batch size of {}",
+                "{field} has {} items, more than the maximum client batch size of {}",
                 texts.len(),
                 s.max_client_batch_size
             ),
@@ -142,7 +148,7 @@ async fn tei_rerank(
         return Err(ServiceError::bad_request("texts", "`texts` cannot be empty"));
     }
     let opts = ScoreOptions { raw_scores: req.raw_scores, truncate: req.truncate };
-    let ranked = rank(&s, &req.query, &req.texts, opts).await?;
+    let ranked = rank(&s, &req.query, ("texts", &req.texts), opts).await?;
     let out: Vec<Rank> = ranked
         .into_iter()
         .map(|(index, score)| Rank { index, score, text: req.return_text.then(|| req.texts[index].clone()) })
@@ -176,7 +182,8 @@ async fn searched_doc(s: &AppState, body: &JsonBody) -> ServiceResult<Response> 
     let doc: SearchedDoc = body.typed()?;
     doc.validate()?;
     let texts: Vec<String> = doc.retrieved_docs.iter().map(|d| d.text_str()).collect();
-    let ranked = rank(s, &doc.initial_query, &texts, ScoreOptions { raw_scores: false, truncate: true }).await?;
+    let ranked =
+        rank(s, &doc.initial_query, ("texts", &texts), ScoreOptions { raw_scores: false, truncate: true }).await?;
     let mut out = LLMParamsDoc::new(doc.initial_query.clone());
     out.documents =
         ranked.into_iter().take(doc.top_n as usize).map(|(i, _)| Document::Text(texts[i].clone())).collect();
@@ -188,7 +195,7 @@ async fn reranking_request(s: &AppState, body: &JsonBody) -> ServiceResult<Respo
     let req: RerankingRequest = body.typed()?;
     req.validate()?;
     let texts: Vec<String> = req.retrieved_docs.iter().map(|d| d.text()).collect();
-    let ranked = rank(s, &req.input, &texts, ScoreOptions { raw_scores: false, truncate: true }).await?;
+    let ranked = rank(s, &req.input, ("texts", &texts), ScoreOptions { raw_scores: false, truncate: true }).await?;
     let reranked_docs = ranked
         .into_iter()
         .take(req.top_n as usize)
@@ -206,7 +213,7 @@ async fn chat_request(s: &AppState, body: &JsonBody) -> ServiceResult<Response> 
         _ => req.last_user_text().unwrap_or_default(),
     };
     let texts: Vec<String> = req.retrieved_docs.iter().map(|d| d.text.clone()).collect();
-    let ranked = rank(s, &query, &texts, ScoreOptions { raw_scores: false, truncate: true }).await?;
+    let ranked = rank(s, &query, ("texts", &texts), ScoreOptions { raw_scores: false, truncate: true }).await?;
     let top: Vec<(usize, f32)> = ranked.into_iter().take(req.top_n as usize).collect();
     req.reranked_docs =
         top.iter().map(|(i, score)| RerankingResponseData { text: texts[*i].clone(), score: Some(*score) }).collect();
@@ -318,14 +325,9 @@ async fn cohere_rerank(State(s): State<AppState>, body: comps_core::extract::Jso
                 RerankDocument::Text(t) | RerankDocument::Object { text: t } => t,
             })
             .collect();
-        if texts.len() > s.max_client_batch_size {
-            let n = (texts.len(), s.max_client_batch_size);
-            let message = format!("documents has {} items, more than the maximum client batch size of {}", n.0, n.1);
-            return Err(ServiceError::invalid("documents", message));
-        }
         // Cohere cuts over-long documents rather than refusing them.
         let opts = ScoreOptions { raw_scores: false, truncate: true };
-        let ranked = rank(&s, &req.query, &texts, opts).await?;
+        let ranked = rank(&s, &req.query, ("documents", &texts), opts).await?;
         let results = ranked
             .into_iter()
             .take(req.top_n.unwrap_or(usize::MAX))
