@@ -38,7 +38,7 @@ impl DebertaClassifier {
         }
         let device = Device::Cpu;
         // The builder converts each tensor to f32 as it is taken (bf16 / f16 checkpoints).
-        let weights = load_safetensors(&dir.join("model.safetensors"), &device)?;
+        let weights = load_safetensors(dir, &device)?;
         let vb = VarBuilder::from_tensors(weights, DType::F32, &device);
         let model = DebertaV2SeqClassificationModel::load(vb.pp("deberta"), &cfg, cfg.id2label.clone())?;
         let max_tokens = cfg.max_position_embeddings;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::batcher::BatchModel;
+use super::batcher::{BatchItem, BatchModel};
 use super::encoder::{Encoder, ModelDir, Pooling};
 use super::tokenize::TextTokenizer;
 use super::{ModelError, cpu};
@@ -119,6 +119,44 @@ impl EmbeddingModel {
     pub fn embed(&self, items: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
         let hidden = self.encoder.forward(items, None)?;
         Ok(self.pooling.pool(&hidden))
+    }
+}
+
+/// One input of an embedding service's batcher: token ids, and whether every token's vector is
+/// wanted (TEI's `/embed_all`) instead of the pooled one.
+#[derive(Debug, Clone)]
+pub struct EmbedJob {
+    /// The token ids.
+    pub ids: Vec<u32>,
+    /// Answer every token's row (`len × dim`, row after row), not the pooled vector.
+    pub all_tokens: bool,
+}
+
+impl BatchItem for EmbedJob {
+    fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// An [`EmbeddingModel`] that answers [`EmbedJob`]s: pooled vectors and per-token rows from
+/// the same forward pass, so both kinds of request share one batch.
+#[derive(Debug)]
+pub struct EmbedJobs(pub EmbeddingModel);
+
+impl BatchModel for EmbedJobs {
+    type Input = EmbedJob;
+    type Output = Vec<f32>;
+
+    fn run(&mut self, items: &[&EmbedJob]) -> Result<Vec<Vec<f32>>, String> {
+        let seqs: Vec<&[u32]> = items.iter().map(|j| j.ids.as_slice()).collect();
+        let hidden = self.0.encoder.forward(&seqs, None).map_err(|e| e.to_string())?;
+        let pooled = self.0.pooling.pool(&hidden);
+        Ok(items
+            .iter()
+            .zip(pooled)
+            .enumerate()
+            .map(|(i, (job, v))| if job.all_tokens { hidden.sequence(i).to_vec() } else { v })
+            .collect())
     }
 }
 

@@ -149,8 +149,55 @@ impl std::fmt::Debug for Encoder {
 }
 
 /// Read a safetensors file fully into tensors on `device` (no mmap: the crate forbids unsafe).
-pub fn load_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, ModelError> {
-    candle_core::safetensors::load(path, device).map_err(|e| ModelError::Load(format!("{}: {e}", path.display())))
+pub fn load_safetensors(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>, ModelError> {
+    let mut all = HashMap::new();
+    for path in safetensors_files(dir)? {
+        let part = candle_core::safetensors::load(&path, device)
+            .map_err(|e| ModelError::Load(format!("{}: {e}", path.display())))?;
+        all.extend(part);
+    }
+    Ok(all)
+}
+
+/// The index `save_pretrained` writes beside a sharded checkpoint.
+pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// A directory's weight files: `model.safetensors`, or else the shards its
+/// `model.safetensors.index.json` names (as `save_pretrained` splits a large model).
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join(SHARD_INDEX);
+    if !index.is_file() {
+        return Err(ModelError::Load(format!("{} has neither model.safetensors nor {SHARD_INDEX}", dir.display())));
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| ModelError::Load(format!("{}: {e}", index.display())))?;
+    let shards = shard_names(&text).map_err(|e| ModelError::Load(format!("{}: {e}", index.display())))?;
+    Ok(shards.into_iter().map(|s| dir.join(s)).collect())
+}
+
+/// The shard files a `model.safetensors.index.json` names, each once, in order: plain file
+/// names only (a shard elsewhere would be read from outside the model directory).
+pub fn shard_names(index: &str) -> Result<Vec<String>, String> {
+    let v: serde_json::Value = serde_json::from_str(index).map_err(|e| e.to_string())?;
+    let map = v.get("weight_map").and_then(serde_json::Value::as_object).ok_or("no weight_map object")?;
+    let mut names: Vec<String> = Vec::new();
+    for file in map.values() {
+        let file = file.as_str().ok_or("a weight_map value is not a string")?;
+        if file.is_empty() || file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(format!("shard '{file}' is not a plain file name"));
+        }
+        if !names.iter().any(|n| n == file) {
+            names.push(file.to_string());
+        }
+    }
+    if names.is_empty() {
+        return Err("weight_map is empty".into());
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Find the prefix under which the encoder's tensors live (`""`, `bert.`, `roberta.`, ...).
@@ -509,7 +556,8 @@ impl ModelDir {
     /// Check the directory has a config, weights and a tokenizer.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, ModelError> {
         let path = path.into();
-        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        safetensors_files(&path)?;
+        for f in ["config.json", "tokenizer.json"] {
             if !path.join(f).is_file() {
                 return Err(ModelError::Load(format!(
                     "{} has no {f} (expected a Hugging Face model directory; run scripts/fetch-models.sh)",
@@ -538,7 +586,7 @@ impl ModelDir {
     /// heads that live beside it).
     pub fn load_encoder(&self, device: &Device) -> Result<(Encoder, VarBuilder<'static>), ModelError> {
         let cfg = self.encoder_config()?;
-        let tensors = load_safetensors(&self.path.join("model.safetensors"), device)?;
+        let tensors = load_safetensors(&self.path, device)?;
         let prefix = encoder_prefix(&tensors).ok_or_else(|| {
             ModelError::Load(format!("{}: no embeddings.word_embeddings.weight tensor", self.path.display()))
         })?;

@@ -21,7 +21,7 @@ pub mod worker;
 
 pub use batcher::{BatchArgs, BatchConfig, BatchItem, BatchModel, Batcher};
 pub use classifier::SequenceClassifier;
-pub use embed::EmbeddingModel;
+pub use embed::{EmbedJob, EmbedJobs, EmbeddingModel};
 pub use encoder::{Encoder, EncoderConfig, ModelDir, Pooling};
 pub use tokenize::TextTokenizer;
 

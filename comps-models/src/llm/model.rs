@@ -266,7 +266,7 @@ impl ChatModel {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
             .collect();
-        if path.join("config.json").is_file() && path.join("model.safetensors").is_file() {
+        if path.join("config.json").is_file() && crate::encoder::safetensors_files(path).is_ok() {
             return load_safetensors(path);
         }
         match ggufs.as_slice() {
@@ -468,7 +468,7 @@ fn load_safetensors(dir: &Path) -> anyhow::Result<ChatModel> {
 
     let device = Device::Cpu;
     // The builder converts each tensor to f32 as it is taken (bf16 / f16 checkpoints).
-    let tensors = read_safetensors(&dir.join("model.safetensors"), &device)?;
+    let tensors = read_safetensors(dir, &device)?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or_default().to_string();
     let max_pos = config.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(2048) as usize;

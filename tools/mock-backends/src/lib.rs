@@ -5,6 +5,8 @@
 //! time to first token, per-token delay, token count, embedding size, failures, and several SSE
 //! events per TCP chunk or one event split across chunks.
 
+pub mod hub;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
