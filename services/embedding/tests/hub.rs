@@ -76,7 +76,9 @@ async fn hub_ids_download_resume_and_load_offline() {
     let again: Vec<_> =
         log.ranges[failed_at..].iter().filter(|(_, f, _, end)| f == "model.safetensors" && *end > 0).collect();
     assert!(!again.is_empty() && again.iter().all(|(_, _, start, _)| *start >= 20_000_000), "{again:?}");
-    assert_eq!(again[0].2, 20_000_000, "resumed from the last whole range");
+    // (The failed attempt's other ranges may still be in flight and appear here too: hf-hub
+    // does not cancel them; they write the same bytes.)
+    assert!(again.iter().any(|r| r.2 == 20_000_000), "resumed from the last whole range: {again:?}");
 
     assert_eq!(dir, cache.join("models--sentence-transformers--all-MiniLM-L6-v2/snapshots/c0ffee1234"));
     for f in ENCODER_FILES.iter().chain(SENTENCE_FILES) {

@@ -259,10 +259,12 @@ impl UpArgs {
             retriever = retriever.args(["--passage-prompt-name", "passage", "--query-prompt-name", "query"]);
         }
         pipeline.procs.insert(1, Proc::spawn(&retriever)?);
+        let status = Status::spinner();
         for p in &mut pipeline.procs {
+            status.set(format!("waiting for {} (loading its model)", p.name));
             p.wait_listening(timeout)?;
             p.wait_healthy(timeout).await?;
-            println!("{} is up on {}", p.name, p.url()?);
+            status.line(format!("{} is up on {}", p.name, p.url()?));
         }
 
         let addr = |name: &str| pipeline.procs.iter().find(|p| p.name == name).and_then(Proc::addr);
@@ -283,9 +285,11 @@ impl UpArgs {
             }
         }
         let mut mega = Proc::spawn(&chatqna)?;
+        status.set("waiting for chatqna".into());
         mega.wait_listening(timeout)?;
         mega.wait_healthy(timeout).await?;
-        println!("chatqna is up on {}", mega.url()?);
+        status.line(format!("chatqna is up on {}", mega.url()?));
+        drop(status);
         pipeline.procs.push(mega);
         Ok(pipeline)
     }
@@ -348,18 +352,55 @@ pub async fn ingest_dir(base: &str, dir: &Path) -> anyhow::Result<Vec<(String, O
 /// (it ticks while one large file is in the retriever); elsewhere none, the lines printed after
 /// each file say it.
 fn ingest_bar(total: u64) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if total == 0 || !std::io::stderr().is_terminal() {
+    if total == 0 {
         return None;
     }
-    let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("ingesting {msg} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
-    {
-        bar.set_style(style.progress_chars("=> "));
+    Status::bar(indicatif::ProgressBar::new(total), "ingesting {msg} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
+}
+
+/// What the launcher is waiting for: a spinner on a terminal (stderr), nothing elsewhere; its
+/// lines go to stdout either way.
+struct Status(Option<indicatif::ProgressBar>);
+
+impl Status {
+    fn spinner() -> Self {
+        Self(Self::bar(indicatif::ProgressBar::new_spinner(), "{spinner} {msg} {elapsed}"))
     }
-    bar.enable_steady_tick(Duration::from_millis(200));
-    Some(bar)
+
+    /// `bar` styled by `template` and ticking, when stderr is a terminal.
+    fn bar(bar: indicatif::ProgressBar, template: &str) -> Option<indicatif::ProgressBar> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Some(bar)
+    }
+
+    fn set(&self, msg: String) {
+        if let Some(b) = &self.0 {
+            b.set_message(msg);
+        }
+    }
+
+    /// A line printed above the spinner (stdout when there is none).
+    fn line(&self, msg: String) {
+        match &self.0 {
+            Some(b) => b.suspend(|| println!("{msg}")),
+            None => println!("{msg}"),
+        }
+    }
+}
+
+impl Drop for Status {
+    fn drop(&mut self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
 }
 
 /// Ask ChatQnA one question, whole answer, greedy; returns its text.
