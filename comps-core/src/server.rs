@@ -258,6 +258,8 @@ struct Shared {
     api_key: Option<Arc<[u8]>>,
     timeout: Duration,
     health: Option<crate::health::HealthCheck>,
+    /// This service's routes that, like [`OPEN_PATHS`], need no API key.
+    open: Arc<Vec<String>>,
 }
 
 /// A service being assembled: its descriptor, its routes and the built-in ones.
@@ -290,6 +292,7 @@ impl Server {
             api_key,
             timeout: config.request_timeout,
             health: None,
+            open: Arc::default(),
         };
         Self { shared, config, router: Router::new(), openapi: None }
     }
@@ -298,6 +301,18 @@ impl Server {
     pub fn route(mut self, path: &str, method_router: MethodRouter) -> Self {
         self.router = self.router.route(path, method_router);
         self
+    }
+
+    /// Add a route that answers without the API key (a page that asks for the key, its
+    /// script): like [`OPEN_PATHS`], outside the concurrency limit too.
+    pub fn open_route(mut self, path: &str, method_router: MethodRouter) -> Self {
+        Arc::make_mut(&mut self.shared.open).push(path.to_string());
+        self.route(path, method_router)
+    }
+
+    /// Whether requests must carry the API key.
+    pub fn requires_api_key(&self) -> bool {
+        self.shared.api_key.is_some()
     }
 
     /// Add a whole router (with its own state already applied).
@@ -593,7 +608,7 @@ async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
     // In flight from arrival until the body ends or the client leaves, whichever comes first.
     let in_flight = InFlight::new(&s.metrics, &route);
     let method = req.method().clone();
-    let open = OPEN_PATHS.contains(&route.as_str()) || method == Method::OPTIONS;
+    let open = OPEN_PATHS.contains(&route.as_str()) || s.open.contains(&route) || method == Method::OPTIONS;
 
     let response = if open {
         next.run(req).await

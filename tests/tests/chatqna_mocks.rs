@@ -420,3 +420,107 @@ async fn dataprep_is_forwarded_as_it_came() {
     assert!(v["content_type"].as_str().unwrap().starts_with("multipart/form-data; boundary="), "{v}");
     assert!(v["bytes"].as_u64().unwrap() > 11);
 }
+
+/// `return_sources` is opt-in: the chunks the LLM was given come first in the stream as an
+/// `event: sources` (OPEA framing and OpenAI's), or beside a whole answer as `sources`, best
+/// first with their rerank scores. Without it nothing changes. `rerank: false` skips the
+/// reranker for that request only.
+#[tokio::test]
+async fn sources_are_opt_in_first_in_the_stream_or_beside_the_answer() {
+    let p = Pipeline::start(&[], llm_reply).await;
+    let ask = json!({"messages": "What is the capital of France?", "return_sources": true, "top_n": 2});
+    let body = p.post("/v1/chatqna", ask.clone()).await.text().await.unwrap();
+    let (first, rest) = body.split_once("\n\n").unwrap();
+    let event: Value = serde_json::from_str(first.strip_prefix("event: sources\ndata: ").expect(first)).unwrap();
+    let list = event["sources"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{event}");
+    let prompt = prompt_sent(&p.llm);
+    let at: Vec<usize> =
+        list.iter().map(|s| prompt.find(s["text"].as_str().unwrap()).expect("a source is in the prompt")).collect();
+    assert!(at[0] < at[1], "in the prompt's order");
+    assert!(list[0]["score"].as_f64().unwrap() >= list[1]["score"].as_f64().unwrap());
+    let decoded: String = payloads(rest).iter().map(|p| comps_core::sse::parse_py_bytes(p).unwrap()).collect();
+    assert_eq!(decoded, PIECES.concat(), "the answer's frames follow unchanged");
+
+    let mut openai = ask.clone();
+    openai["stream"] = json!(true);
+    let body = p.post("/v1/chat/completions", openai).await.text().await.unwrap();
+    assert!(body.starts_with("event: sources\ndata: {\"sources\":["), "{body}");
+    let mut whole = ask.clone();
+    whole["stream"] = json!(false);
+    let answer: Value = p.post("/v1/chatqna", whole).await.json().await.unwrap();
+    assert_eq!(
+        (answer["object"].as_str(), answer["sources"].as_array().map(Vec::len)),
+        (Some("chat.completion"), Some(2))
+    );
+
+    // Not asked: OPEA's shapes as they were.
+    let body = p.post("/v1/chatqna", json!({"messages": "What is the capital of France?"})).await.text().await.unwrap();
+    assert!(body.starts_with("data: b"), "{body}");
+    let answer: Value =
+        p.post("/v1/chatqna", json!({"messages": "What is the capital?", "stream": false})).await.json().await.unwrap();
+    assert!(answer.get("sources").is_none());
+
+    // rerank: false for one request: the embedder is the only TEI call, every chunk reaches the LLM.
+    let before = p.tei_calls();
+    let answer: Value = p
+        .post(
+            "/v1/chatqna",
+            json!({"messages": "What is the capital?", "stream": false, "rerank": false, "return_sources": true}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p.tei_calls() - before, 1);
+    assert_eq!(answer["sources"].as_array().map(Vec::len), Some(3));
+    assert!(prompt_sent(&p.llm).contains("The Nile is a long river."));
+    let before = p.tei_calls();
+    p.post("/v1/chatqna", json!({"messages": "What is the capital?", "stream": false})).await;
+    assert_eq!(p.tei_calls() - before, 2, "the next request is reranked again");
+
+    let r = p.post("/v1/chatqna", json!({"messages": "x", "return_sources": "yes"})).await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], "return_sources");
+    let r = p.post("/v1/chat/completions", json!({"messages": "x", "rerank": 1})).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], "rerank");
+}
+
+/// The web UI: served at `/` with its script and style from the binary, no inline script (the
+/// CSP forbids it), every file it names on this origin, and `/v1/ui/config` saying what the
+/// page needs; all of that open while the API routes keep asking for the key.
+#[tokio::test]
+async fn the_web_ui_is_served_from_the_binary_without_the_key() {
+    let p = Pipeline::start(&["--api-key=ui-key"], llm_reply).await;
+    let get = |path: &str| comps_core::http_client().get(p.url(path)).send();
+    let r = get("/").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"), "{csp}");
+    let html = r.text().await.unwrap();
+    assert!(!html.contains("<script>") && !html.contains("style="), "no inline script or style");
+    let mut named = 0;
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            let url = part.split('"').next().unwrap();
+            if url.starts_with("data:") {
+                continue; // the empty icon, so the browser asks for no /favicon.ico
+            }
+            assert!(url.starts_with('/') && !url.starts_with("//"), "{url} is not on this origin");
+            assert_eq!(get(url).await.unwrap().status(), 200, "{url}");
+            named += 1;
+        }
+    }
+    assert_eq!(named, 2, "the script and the style");
+    let js = get("/ui/app.js").await.unwrap();
+    assert_eq!(js.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert!(!js.text().await.unwrap().contains("innerHTML"), "text only ever goes in as text");
+    let config: Value = get("/v1/ui/config").await.unwrap().json().await.unwrap();
+    assert_eq!(config["api_key_required"], true);
+    assert_eq!(config["rerank"], true);
+    assert_eq!(config["defaults"]["top_n"], 1);
+    let r = p.post("/v1/chat/completions", json!({"messages": "x"})).await;
+    assert_eq!(r.status(), 401, "the API itself still wants the key");
+}

@@ -66,12 +66,27 @@ pub struct TextDoc {
     /// Regexes of downstream node names to cut for this request (`[".*"]` cuts all).
     #[serde(default, deserialize_with = "null_as_default")]
     pub downstream_black_list: Vec<String>,
+    /// Where the text came from (a retrieved chunk's `source` file and `similarity`), as
+    /// OPEA's `TextDoc.metadata` / `MetadataTextDoc`; left out when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
 }
 
 impl TextDoc {
     /// A doc holding `text`, with a fresh id and an empty black list.
     pub fn new(text: impl Into<String>) -> Self {
-        Self { id: new_id(), text: Some(TextOrList::Text(text.into())), downstream_black_list: Vec::new() }
+        Self {
+            id: new_id(),
+            text: Some(TextOrList::Text(text.into())),
+            downstream_black_list: Vec::new(),
+            metadata: None,
+        }
+    }
+
+    /// The same doc with its metadata.
+    pub fn with_metadata(mut self, metadata: Map<String, Value>) -> Self {
+        self.metadata = Some(metadata);
+        self
     }
 
     /// The text, or `""` when absent.

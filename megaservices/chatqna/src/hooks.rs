@@ -103,14 +103,19 @@ impl Hooks for ChatQnaHooks {
                 Ok(json!({ "text": text_of(inputs.get("inputs")), "embedding": vector }))
             }
             ServiceType::Retriever => {
-                let docs: Vec<String> = data
+                let found: Vec<&Value> = data
                     .get("retrieved_docs")
                     .and_then(Value::as_array)
                     .ok_or_else(|| shape_error(node, &data, "a SearchedDoc with retrieved_docs"))?
                     .iter()
-                    .map(|d| if d.is_string() { text_of(Some(d)) } else { text_of(d.get("text")) })
-                    .filter(|t| !t.trim().is_empty())
+                    .filter(|d| !doc_text(d).trim().is_empty())
                     .collect();
+                let docs: Vec<String> = found.iter().map(|d| doc_text(d)).collect();
+                let request = RequestContext::of(ctx)?;
+                if request.return_sources {
+                    request.sources.set(found.iter().map(|d| source_of(d)).collect());
+                }
+                let rerank_wanted = request.rerank;
                 let query = match data.get("initial_query") {
                     Some(q @ Value::String(_)) => text_of(Some(q)),
                     _ => text_of(inputs.get("text")),
@@ -121,7 +126,7 @@ impl Hooks for ChatQnaHooks {
                     .into_iter()
                     .filter(|d| ctx.service_of(d).is_some_and(|s| s.service_type == ServiceType::Rerank))
                     .collect();
-                if !reranks.is_empty() && !docs.is_empty() {
+                if !reranks.is_empty() && !docs.is_empty() && rerank_wanted {
                     // A chunk longer than the reranker's window is cut, not refused.
                     return Ok(json!({ "query": query, "texts": docs, "truncate": true }));
                 }
@@ -142,8 +147,19 @@ impl Hooks for ChatQnaHooks {
                     .unwrap_or_default();
                 let mut ranked = parse_scores(node, &data, texts.len())?;
                 ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-                let top_n = RequestContext::of(ctx)?.top_n as usize;
+                let request = RequestContext::of(ctx)?;
+                let top_n = request.top_n as usize;
                 let docs: Vec<String> = ranked.iter().take(top_n).map(|(i, _)| texts[*i].clone()).collect();
+                if request.return_sources {
+                    // The retriever's list is in the order of `texts`: reorder it, rerank scores in.
+                    let found = request.sources.get();
+                    let kept = ranked.iter().take(top_n).filter_map(|(i, score)| {
+                        let mut s = found.get(*i)?.clone();
+                        s["score"] = json!(score);
+                        Some(s)
+                    });
+                    request.sources.set(kept.collect());
+                }
                 let query = text_of(inputs.get("query"));
                 Ok(json!({ "inputs": self.prompt(&query, &docs, ctx)? }))
             }
@@ -189,6 +205,24 @@ impl Hooks for ChatQnaHooks {
             Framing::OpenAi => openai_chunks(events),
         }
     }
+}
+
+/// A retrieved doc's text: OPEA's `{text, metadata}` or a bare string.
+fn doc_text(d: &Value) -> String {
+    if d.is_string() { text_of(Some(d)) } else { text_of(d.get("text")) }
+}
+
+/// A retrieved doc as a source: its file (the retriever's `source` metadata), text and
+/// similarity.
+fn source_of(d: &Value) -> Value {
+    let meta = d.get("metadata");
+    let similarity = meta.and_then(|m| m.get("similarity")).cloned().unwrap_or(Value::Null);
+    json!({
+        "source": meta.and_then(|m| m.get("source")).cloned().unwrap_or(Value::Null),
+        "text": doc_text(d),
+        "score": similarity,
+        "retrieval_score": similarity,
+    })
 }
 
 impl ChatQnaHooks {

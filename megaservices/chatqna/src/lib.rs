@@ -22,6 +22,7 @@ pub mod hooks;
 pub mod prompt;
 pub mod request;
 pub mod routes;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -235,8 +236,10 @@ pub fn server(args: &Args) -> anyhow::Result<Server> {
             Duration::from_secs(args.dataprep_timeout_secs.max(1)),
         )),
     };
+    let rerank = !args.without_rerank;
+    let ui_config = ui::config(server.requires_api_key(), rerank, state.defaults.top_n);
     use utoipa::OpenApi;
-    Ok(server
+    Ok(ui::routes(server, ui_config)
         .models(|| vec![comps_core::protocol::ModelCard::new(hooks::MODEL, "comps-rs", 0)])
         .merge(routes::router(state))
         .openapi(routes::ChatQnaApi::openapi()))

@@ -44,6 +44,40 @@ pub struct RequestContext {
     pub top_n: u32,
     /// The OpenAI body for the LLM, without `messages`.
     pub llm_body: Map<String, Value>,
+    /// `rerank: false` takes the reranker out of this request's graph (the retrieved chunks go
+    /// to the LLM in the retriever's order). Default true.
+    pub rerank: bool,
+    /// `return_sources: true` asks for the chunks the answer was built from (an opt-in: OPEA's
+    /// answer shapes are unchanged without it).
+    pub return_sources: bool,
+    /// Those chunks, filled in by the hooks as the request runs.
+    pub sources: Sources,
+}
+
+/// The chunks the LLM was given: `{source, text, score}` (the rerank score, or the retrieval
+/// similarity when nothing was reranked) with `retrieval_score`, best first.
+#[derive(Debug, Clone, Default)]
+pub struct Sources(std::sync::Arc<std::sync::Mutex<Vec<Value>>>);
+
+impl Sources {
+    /// Replace the list.
+    pub fn set(&self, list: Vec<Value>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = list;
+    }
+
+    /// The list now.
+    pub fn get(&self) -> Vec<Value> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// An optional boolean field of the body, refused naming it when it is not one.
+fn flag(raw: &Map<String, Value>, key: &'static str, default: bool) -> Result<bool, ServiceError> {
+    match raw.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(ServiceError::invalid(key, format!("{key} must be true or false, not {other}"))),
+    }
 }
 
 impl RequestContext {
@@ -69,6 +103,9 @@ impl RequestContext {
             search: req.search.clone(),
             top_n: if set("top_n") { req.top_n } else { defaults.top_n },
             llm_body: llm_body(&req, &set, model, stream),
+            rerank: flag(raw, "rerank", true)?,
+            return_sources: flag(raw, "return_sources", false)?,
+            sources: Sources::default(),
         })
     }
 

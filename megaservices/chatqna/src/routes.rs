@@ -14,6 +14,7 @@ use comps_core::orchestrator::RunOptions;
 use comps_core::protocol::{ChatCompletionRequest, FinishReason, UsageInfo};
 use comps_core::sse::sse_response;
 use comps_core::{Extras, ServiceError, ServiceOrchestrator, ServiceResult};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use comps_core::client::Upstream;
@@ -100,10 +101,20 @@ async fn chat_completions(State(s): State<AppState>, body: JsonBody) -> ServiceR
 async fn answer(s: &AppState, body: &JsonBody, framing: Framing) -> ServiceResult<Response> {
     let request = RequestContext::read(body, framing, &s.defaults)?;
     let (inputs, stream) = (json!({ "text": request.question }), request.stream);
+    let sources = request.return_sources.then(|| request.sources.clone());
     let mut extras = Extras::new();
     extras.insert(request);
     let mut result = s.orch.run(inputs, RunOptions { stream, llm_params: None, extras }).await?;
     if stream && let Some(frames) = result.take_stream() {
+        // The retriever and reranker are done once the LLM streams: the sources go first, as
+        // a named event that OPEA's and OpenAI's readers of `data:` lines never see asked for.
+        let frames = match sources {
+            Some(list) => {
+                let event = format!("event: sources\ndata: {}\n\n", json!({ "sources": list.get() }));
+                futures::stream::once(async move { Ok(Bytes::from(event)) }).chain(frames).boxed()
+            }
+            None => frames,
+        };
         return Ok(sse_response(frames));
     }
     let leaf = result.leaf_json().ok_or_else(|| ServiceError::Internal("the pipeline produced no answer".into()))?;
@@ -118,7 +129,15 @@ async fn answer(s: &AppState, body: &JsonBody, framing: Framing) -> ServiceResul
         Some("length") => FinishReason::Length,
         _ => FinishReason::Stop,
     };
-    Ok(axum::Json(comps_core::protocol::ChatCompletionResponse::single(MODEL, text, finish, usage)).into_response())
+    let answer = comps_core::protocol::ChatCompletionResponse::single(MODEL, text, finish, usage);
+    match sources {
+        Some(list) => {
+            let mut v = serde_json::to_value(answer).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            v["sources"] = Value::Array(list.get());
+            Ok(axum::Json(v).into_response())
+        }
+        None => Ok(axum::Json(answer).into_response()),
+    }
 }
 
 /// Forward `/v1/dataprep/*` to the dataprep service: method, query, body and content type go

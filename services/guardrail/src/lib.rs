@@ -270,7 +270,7 @@ async fn guardrails(State(s): State<AppState>, body: JsonBody) -> ServiceResult<
     };
     let (violations, text) = check(&s.guards, &text).await?;
     let out = if violations.is_empty() {
-        TextDoc { id: doc.id, text: Some(text.into()), downstream_black_list: Vec::new() }
+        TextDoc { id: doc.id, text: Some(text.into()), downstream_black_list: Vec::new(), metadata: None }
     } else {
         refusal(&violations)
     };

@@ -181,7 +181,16 @@ async fn embed_doc(s: &AppState, mut body: JsonBody) -> ServiceResult<Response> 
     let hits = run_search(s, coll, &q, &doc.search).await?;
     let out = SearchedDoc {
         id: new_id(),
-        retrieved_docs: hits.iter().map(|h| TextDoc::new(h.text.clone())).collect(),
+        retrieved_docs: response_data(&hits)
+            .into_iter()
+            .map(|d| {
+                let doc = TextDoc::new(d.text);
+                match d.metadata {
+                    Some(m) => doc.with_metadata(m),
+                    None => doc,
+                }
+            })
+            .collect(),
         initial_query: text,
         top_n: 1,
     };
