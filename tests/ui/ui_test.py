@@ -6,7 +6,8 @@ cannot be made to do on demand: an answer full of markup, a dead LLM, an API key
 Steps (each saves a screenshot in --shots, desktop 1280x900 and phone 390x844):
   open / ; upload a document (the file input of the drop zone) and see it listed; ask about it
   and see tokens arrive while the answer streams, then its sources (the file); copy; regenerate;
-  stop a long answer; delete the document; the phone-width page and panel; an answer with
+  stop a long answer; drop a second file on the drop zone; a refused link; k = 1 without rerank
+  in the settings gives one source; delete one document, then all; the phone-width page and panel; an answer with
   injection-like markdown renders as text (no element, no script run); the dark theme; a dead
   llm reads as "the llm service is not answering"; a key-protected chatqna asks for the key once.
 
@@ -174,11 +175,50 @@ def real_pipeline(d, url, work):
     assert "Stopped." in last_answer(d).text, last_answer(d).text
     shot(d, "desktop-stopped")
 
-    # Delete the document.
+    # A second document dropped on the drop zone (a DataTransfer holding a File, as a drag from
+    # the desktop delivers it).
+    open_docs(d)
+    d.execute_script("""
+        const dt = new DataTransfer();
+        dt.items.add(new File([arguments[0]], "harbour-notes.txt", {type: "text/plain"}));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+    """, "The harbour crane at Quillon lifts four tonnes. It was built by Ansel Marrow in 1911.")
+    wait("the dropped document in the list", lambda: "harbour-notes.txt" in listed(d), 120)
+
+    # A link to this machine is refused by the retriever: the refusal is shown, not a stack.
+    by_id(d, "link-input").send_keys("http://127.0.0.1:9/notes.html")
+    by_id(d, "link-input").send_keys(Keys.ENTER)
+    err = wait("the link refusal", lambda: by_id(d, "error").text if by_id(d, "error").is_displayed() else None, 30)
+    assert err.startswith("The request was refused") or "refused" in err.lower(), err
+    print(f"        link refused: {err.splitlines()[0]}", flush=True)
+    by_id(d, "toggle-docs").click()
+
+    # Settings reach the pipeline: k = 1 without rerank gives one source.
+    by_id(d, "toggle-settings").click()
+    k = by_id(d, "set-k")
+    k.clear()
+    k.send_keys("1")
+    rerank = by_id(d, "set-rerank")
+    if rerank.is_selected():
+        rerank.click()
+    by_id(d, "toggle-settings").click()
+    streamed_answer(d, "Who built the harbour crane at Quillon?")
+    n = len(last_answer(d).find_elements(By.CSS_SELECTOR, ".source"))
+    assert n == 1, f"{n} sources with k = 1"
+    shot(d, "desktop-settings-k1")
+    by_id(d, "toggle-settings").click()
+    by_id(d, "reset-settings").click()
+    by_id(d, "toggle-settings").click()
+
+    # Delete one document, then all.
     open_docs(d)
     d.find_element(By.CSS_SELECTOR, "button[aria-label='Delete quillon-observatory.md']").click()
     wait("the document to leave the list", lambda: "quillon-observatory.md" not in listed(d), 30)
+    assert "harbour-notes.txt" in listed(d)
     shot(d, "desktop-deleted")
+    by_id(d, "delete-all").click()
+    d.switch_to.alert.accept()
+    wait("an empty list", lambda: not listed(d) and "No documents yet." in by_id(d, "doc-list").text, 30)
 
     # Phone width: the conversation, then the documents panel over it.
     d.set_window_size(390, 844)

@@ -85,6 +85,7 @@ function explain(err) {
   if (err.status === 429) return "ChatQnA is busy (too many requests at once); try again in a moment.";
   if (err.status === 413) return "That is too large for ChatQnA: " + err.message;
   if (err.status && err.param) return "The request was refused (" + err.param + "): " + err.message;
+  if (err.status === 400 || err.status === 422) return "The request was refused: " + err.message;
   if (err.status) return "ChatQnA answered HTTP " + err.status + ": " + err.message;
   return "ChatQnA could not be reached: " + err.message;
 }

@@ -68,6 +68,7 @@ async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
     println!("ChatQnA is ready (logs in {}; Ctrl-C stops everything). Try:", pipeline.logs.display());
     let question = format!(r#"{{"messages": "{}", "max_tokens": 64}}"#, chatqna::QUESTION);
     println!("  curl -N {base}/v1/chatqna -H 'content-type: application/json' -d '{question}'");
+    println!("or open {base}/ in a browser (chat and documents).");
     println!();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
