@@ -8,7 +8,8 @@ Steps (each saves a screenshot in --shots, desktop 1280x900 and phone 390x844):
   and see tokens arrive while the answer streams, then its sources (the file); copy; regenerate;
   stop a long answer; drop a second file on the drop zone; a refused link; k = 1 without rerank
   in the settings gives one source; delete one document, then all; the phone-width page and panel; an answer with
-  injection-like markdown renders as text (no element, no script run); the dark theme; a dead
+  injection-like markdown renders as text (no element, no script run), the same through OPEA's
+  framing; the dark theme; a dead
   llm reads as "the llm service is not answering"; a key-protected chatqna asks for the key once.
 
   python3 tests/ui/ui_test.py --bin target/debug --shots target/ui-screenshots
@@ -258,6 +259,15 @@ def mock_pipelines(d, bin_dir, procs):
     no_injection(d)
     assert d.execute_script("return sessionStorage.getItem('chatqna.api_key')") == "ui-secret"
     shot(d, "desktop-injection-as-text")
+    # The same answer through OPEA's /v1/chatqna framing (data: b'...' frames decoded in the page).
+    by_id(d, "toggle-settings").click()
+    by_id(d, "set-opea").click()
+    by_id(d, "toggle-settings").click()
+    _, opea = streamed_answer(d, "Say something with markup.", 60)
+    assert opea.splitlines()[0] == final.splitlines()[0], (opea, final)  # (OPEA frames carry no finish reason)
+    by_id(d, "toggle-settings").click()
+    by_id(d, "set-opea").click()
+    by_id(d, "toggle-settings").click()
     # The system's dark theme is followed.
     d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
     bg = d.execute_script("return getComputedStyle(document.body).backgroundColor")
