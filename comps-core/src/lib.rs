@@ -45,6 +45,7 @@ pub mod server;
 pub mod service;
 pub mod sse;
 pub mod stats;
+pub mod telemetry;
 pub mod utils;
 pub mod vector;
 

@@ -415,7 +415,25 @@ impl Server {
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
+                let route = req.extensions().get::<MatchedPath>().map_or(req.uri().path(), |m| m.as_str());
+                let span = tracing::info_span!(
+                    "request",
+                    method = %req.method(),
+                    uri = %req.uri().path(),
+                    request_id = %id,
+                    otel.name = %format!("{} {route}", req.method()),
+                    otel.kind = "server",
+                    http.request.method = %req.method(),
+                    url.path = %req.uri().path(),
+                    trace_id = tracing::field::Empty,
+                );
+                // A caller's W3C trace context makes this request part of its trace; the log
+                // lines inside it carry the trace id.
+                crate::telemetry::set_parent(&span, req.headers());
+                if let Some(id) = crate::telemetry::trace_id(&span) {
+                    span.record("trace_id", id);
+                }
+                span
             }))
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
     }
@@ -474,7 +492,9 @@ impl BoundServer {
             // Without it an SSE stream stalls ~40 ms per event (Nagle + delayed ACK).
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, self.router).with_graceful_shutdown(signal).await
+        let served = axum::serve(listener, self.router).with_graceful_shutdown(signal).await;
+        crate::telemetry::flush();
+        served
     }
 
     /// Serve on a background task; the handle stops it.
@@ -531,17 +551,20 @@ pub async fn shutdown_signal() {
 
 /// Initialise tracing once (later calls are ignored). `RUST_LOG` overrides the `info` default.
 pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal (never in log files, pipes or `docker logs`), and never with
     // NO_COLOR set.
     use std::io::IsTerminal;
     let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi);
+    // RUST_LOG filters the log only; traces (when exported) keep their own level.
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
     };
+    let _ = Registry::default().with(fmt).with(crate::telemetry::layer()).try_init();
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {

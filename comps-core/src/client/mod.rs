@@ -19,6 +19,7 @@ pub mod rerank;
 pub mod transport;
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -111,7 +112,15 @@ impl Upstream {
             request = request.bearer_auth(key);
         }
         let target = Target { url: &target, ..self.target() };
-        let upstream = request.send().await.map_err(|e| transport::send_error(&target, &e))?;
+        let span = tracing::info_span!(
+            "relay",
+            otel.name = %format!("relay to {}", target.node),
+            otel.kind = "client",
+            node = target.node,
+            url.full = target.url,
+        );
+        request = request.headers(crate::telemetry::headers_of(&span));
+        let upstream = request.send().instrument(span).await.map_err(|e| transport::send_error(&target, &e))?;
         let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
         let bytes = upstream.bytes().await.map_err(|e| {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::error::ServiceError;
 use crate::sse::{EventStream, read_events};
@@ -79,8 +80,22 @@ async fn send(t: &Target<'_>, body: &Value, stream: bool) -> Result<reqwest::Res
         if let Some(key) = t.api_key {
             req = req.bearer_auth(key);
         }
+        // One client span per attempt; its trace context goes with the request.
+        let span = tracing::info_span!(
+            "call",
+            otel.name = %format!("POST {}", t.node),
+            otel.kind = "client",
+            node = t.node,
+            attempt = attempt + 1,
+            url.full = t.url,
+            http.response.status_code = tracing::field::Empty,
+        );
+        req = req.headers(crate::telemetry::headers_of(&span));
         // The whole JSON call is bounded below; for a stream only the wait for headers is.
-        let outcome = tokio::time::timeout(t.policy.timeout, req.send()).await;
+        let outcome = tokio::time::timeout(t.policy.timeout, req.send()).instrument(span.clone()).await;
+        if let Ok(Ok(resp)) = &outcome {
+            span.record("http.response.status_code", resp.status().as_u16());
+        }
         let failure = match outcome {
             Err(_) => return Err(timeout_error(t)),
             Ok(Ok(resp)) if resp.status().is_success() => return Ok(resp),

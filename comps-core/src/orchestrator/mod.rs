@@ -25,6 +25,7 @@ pub mod yaml;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tracing::Instrument;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -500,6 +501,12 @@ impl ServiceOrchestrator {
     }
 }
 
+/// The span of one node's call (its attempts are spans inside it): in a trace, which node took
+/// the time. A streamed node's span ends when its answer starts streaming.
+fn node_span(node_id: &str) -> tracing::Span {
+    tracing::info_span!("node", otel.name = %format!("node {node_id}"), node = node_id)
+}
+
 /// What one node's call needs, owned so the call can run as its own future.
 struct Step {
     node: Option<Arc<Node>>,
@@ -558,7 +565,8 @@ impl Step {
     async fn call_json(&self, node_id: &str, node: &Node, inputs: &Value) -> Result<Value, ServiceError> {
         let url = node.service.endpoint_path();
         let t0 = Instant::now();
-        let answer = self.transport.json(&Self::target(node_id, node, &url), inputs).await;
+        let answer =
+            self.transport.json(&Self::target(node_id, node, &url), inputs).instrument(node_span(node_id)).await;
         self.metrics.node_latency.with_label_values(&[node_id]).observe(t0.elapsed().as_secs_f64());
         answer.inspect_err(|_| self.metrics.node_errors.with_label_values(&[node_id]).inc())
     }
@@ -577,6 +585,7 @@ impl Step {
         let events = self
             .transport
             .stream(&Self::target(node_id, node, &url), inputs)
+            .instrument(node_span(node_id))
             .await
             .inspect_err(|_| self.metrics.node_errors.with_label_values(&[node_id]).inc())?;
         self.metrics.node_latency.with_label_values(&[node_id]).observe(t0.elapsed().as_secs_f64());

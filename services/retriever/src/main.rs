@@ -5,6 +5,9 @@ fn main() -> anyhow::Result<()> {
     // branch runs before the async runtime starts any thread.
     comps_retriever::sandbox::run_if_worker();
     let args = comps_retriever::Args::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    // Inside the runtime: the trace exporter (when configured) sends from it.
+    let _entered = runtime.enter();
     comps_core::init_logging(args.common.log_format);
-    tokio::runtime::Runtime::new()?.block_on(comps_retriever::run(args))
+    runtime.block_on(comps_retriever::run(args))
 }

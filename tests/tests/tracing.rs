@@ -1,0 +1,175 @@
+//! One ChatQnA request is one trace: the real `chatqna`, `comps-embedding`, `comps-retriever`,
+//! `comps-rerank` and `comps-llm` binaries (MiniLM, SmolLM2), each exporting its spans over OTLP
+//! (HTTP, protobuf) to a receiver in this test that decodes them with the official
+//! `opentelemetry-proto` definitions. The spans of all five services share one trace id and
+//! chain: chatqna's request span → its node span → the call's client span → the service's
+//! request span. A caller's own `traceparent` makes the request part of the caller's trace.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use comps_tests::procs::{Proc, workspace_root};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message;
+use serde_json::json;
+
+#[derive(Debug, Clone)]
+struct SpanRow {
+    service: String,
+    name: String,
+    trace: String,
+    span: String,
+    parent: String,
+}
+
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<SpanRow>>>);
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn export(State(r): State<Received>, body: Bytes) -> impl axum::response::IntoResponse {
+    let Ok(req) = ExportTraceServiceRequest::decode(body) else {
+        return (axum::http::StatusCode::BAD_REQUEST, Vec::new());
+    };
+    let mut rows = r.0.lock().unwrap();
+    for rs in req.resource_spans {
+        let service = rs
+            .resource
+            .iter()
+            .flat_map(|res| res.attributes.iter())
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(AnyValue::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        for ss in rs.scope_spans {
+            for sp in ss.spans {
+                rows.push(SpanRow {
+                    service: service.clone(),
+                    name: sp.name,
+                    trace: hex(&sp.trace_id),
+                    span: hex(&sp.span_id),
+                    parent: hex(&sp.parent_span_id),
+                });
+            }
+        }
+    }
+    (axum::http::StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
+}
+
+async fn receiver() -> (String, Received) {
+    let received = Received::default();
+    let app = axum::Router::new().route("/v1/traces", axum::routing::post(export)).with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), received)
+}
+
+fn model(name: &str) -> String {
+    workspace_root().join("models").join(name).to_string_lossy().into_owned()
+}
+
+/// The spans of `trace`, once every service of `want` has sent its own.
+async fn trace_of(received: &Received, trace: &str, want: &[&str]) -> Vec<SpanRow> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans: Vec<SpanRow> = received.0.lock().unwrap().iter().filter(|s| s.trace == trace).cloned().collect();
+        let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+        if want.iter().all(|w| services.contains(w)) {
+            return spans;
+        }
+        assert!(Instant::now() < deadline, "trace {trace}: spans only from {services:?}: {spans:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_chatqna_request_is_one_trace_across_every_service() {
+    let (otlp, received) = receiver().await;
+    let data = std::env::temp_dir().join(format!("comps-trace-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let up = Duration::from_secs(180);
+    // Export quickly; RUST_LOG=warn hides the log, not the traces.
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("RUST_LOG", "warn,comps_core::server=info"),
+    ];
+    let minilm = model("all-MiniLM-L6-v2");
+    let embedding = Proc::start("comps-embedding", &["--model", &minilm], &otel, up);
+    let embed_url = format!("{}/embed", embedding.url());
+    let retriever = Proc::start(
+        "comps-retriever",
+        &["--embedding-url", &embed_url, "--data-dir", &data.to_string_lossy(), "--chunk-tokenizer", &minilm],
+        &otel,
+        up,
+    );
+    let rerank = Proc::start("comps-rerank", &["--model", &minilm], &otel, up);
+    let llm = Proc::start("comps-llm", &["--model", &model("SmolLM2-135M-Instruct")], &otel, up);
+    let ports = [
+        ("EMBEDDING_SERVER_PORT", embedding.addr.port().to_string()),
+        ("RETRIEVER_SERVICE_PORT", retriever.addr.port().to_string()),
+        ("RERANK_SERVER_PORT", rerank.addr.port().to_string()),
+        ("LLM_SERVER_PORT", llm.addr.port().to_string()),
+    ];
+    let mut env: Vec<(&str, &str)> = ports.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend(otel);
+    let chatqna = Proc::start("chatqna", &[], &env, up);
+    let client = comps_core::http_client();
+
+    // A document, so that the retriever finds something and rerank is called.
+    let part = reqwest::multipart::Part::bytes(b"The Quillon observatory dome is painted saffron.".to_vec())
+        .file_name("quillon.txt");
+    let r = client
+        .post(format!("{}/v1/dataprep/ingest", chatqna.url()))
+        .multipart(reqwest::multipart::Form::new().part("files", part))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+
+    // The caller's trace: ours.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = "00f067aa0ba902b7";
+    let r = client
+        .post(format!("{}/v1/chatqna", chatqna.url()))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .json(&json!({"messages": "What colour is the Quillon observatory dome?", "stream": false, "max_tokens": 8}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    let all = ["chatqna", "comps-embedding", "comps-retriever", "comps-rerank", "comps-llm"];
+    let spans = trace_of(&received, trace, &all).await;
+    let by_id = |id: &str| spans.iter().find(|s| s.span == id);
+    let root = spans
+        .iter()
+        .find(|s| s.service == "chatqna" && s.name == "POST /v1/chatqna")
+        .unwrap_or_else(|| panic!("chatqna's request span: {spans:#?}"));
+    assert_eq!(root.parent, caller, "the caller's span is the parent of chatqna's");
+    for service in &all[1..] {
+        let server = spans
+            .iter()
+            .find(|s| s.service == *service && s.name.starts_with("POST "))
+            .unwrap_or_else(|| panic!("{service}'s request span: {spans:#?}"));
+        // service request ← chatqna's client call ← chatqna's node span ← chatqna's request.
+        let call = by_id(&server.parent).unwrap_or_else(|| panic!("{service}'s parent: {spans:#?}"));
+        assert_eq!((call.service.as_str(), call.name.starts_with("POST ")), ("chatqna", true), "{call:?}");
+        let node = by_id(&call.parent).unwrap_or_else(|| panic!("{call:?}'s parent: {spans:#?}"));
+        assert!(node.service == "chatqna" && node.name.starts_with("node "), "{node:?}");
+        assert_eq!(node.parent, root.span, "{node:?} hangs under chatqna's request span");
+    }
+    let nodes: BTreeSet<&str> = spans.iter().filter(|s| s.name.starts_with("node ")).map(|s| s.name.as_str()).collect();
+    assert_eq!(nodes.len(), 4, "one span per node: {nodes:?}");
+    drop((chatqna, llm, rerank, retriever, embedding));
+    let _ = std::fs::remove_dir_all(&data);
+}
