@@ -421,7 +421,7 @@ impl Server {
                     method = %req.method(),
                     uri = %req.uri().path(),
                     request_id = %id,
-                    otel.name = %format!("{} {route}", req.method()),
+                    otel.name = tracing::field::Empty,
                     otel.kind = "server",
                     http.request.method = %req.method(),
                     url.path = %req.uri().path(),
@@ -429,9 +429,12 @@ impl Server {
                 );
                 // A caller's W3C trace context makes this request part of its trace; the log
                 // lines inside it carry the trace id.
-                crate::telemetry::set_parent(&span, req.headers());
-                if let Some(id) = crate::telemetry::trace_id(&span) {
-                    span.record("trace_id", id);
+                if crate::telemetry::enabled() {
+                    span.record("otel.name", format!("{} {route}", req.method()));
+                    crate::telemetry::set_parent(&span, req.headers());
+                    if let Some(id) = crate::telemetry::trace_id(&span) {
+                        span.record("trace_id", id);
+                    }
                 }
                 span
             }))

@@ -114,12 +114,15 @@ impl Upstream {
         let target = Target { url: &target, ..self.target() };
         let span = tracing::info_span!(
             "relay",
-            otel.name = %format!("relay to {}", target.node),
+            otel.name = tracing::field::Empty,
             otel.kind = "client",
             node = target.node,
             url.full = target.url,
         );
-        request = request.headers(crate::telemetry::headers_of(&span));
+        if crate::telemetry::enabled() {
+            span.record("otel.name", format!("relay to {}", target.node));
+            request = request.headers(crate::telemetry::headers_of(&span));
+        }
         let upstream = request.send().instrument(span).await.map_err(|e| transport::send_error(&target, &e))?;
         let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();

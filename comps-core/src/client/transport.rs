@@ -83,14 +83,17 @@ async fn send(t: &Target<'_>, body: &Value, stream: bool) -> Result<reqwest::Res
         // One client span per attempt; its trace context goes with the request.
         let span = tracing::info_span!(
             "call",
-            otel.name = %format!("POST {}", t.node),
+            otel.name = tracing::field::Empty,
             otel.kind = "client",
             node = t.node,
             attempt = attempt + 1,
             url.full = t.url,
             http.response.status_code = tracing::field::Empty,
         );
-        req = req.headers(crate::telemetry::headers_of(&span));
+        if crate::telemetry::enabled() {
+            span.record("otel.name", format!("POST {}", t.node));
+            req = req.headers(crate::telemetry::headers_of(&span));
+        }
         // The whole JSON call is bounded below; for a stream only the wait for headers is.
         let outcome = tokio::time::timeout(t.policy.timeout, req.send()).instrument(span.clone()).await;
         if let Ok(Ok(resp)) = &outcome {

@@ -504,7 +504,11 @@ impl ServiceOrchestrator {
 /// The span of one node's call (its attempts are spans inside it): in a trace, which node took
 /// the time. A streamed node's span ends when its answer starts streaming.
 fn node_span(node_id: &str) -> tracing::Span {
-    tracing::info_span!("node", otel.name = %format!("node {node_id}"), node = node_id)
+    let span = tracing::info_span!("node", otel.name = tracing::field::Empty, node = node_id);
+    if crate::telemetry::enabled() {
+        span.record("otel.name", format!("node {node_id}"));
+    }
+    span
 }
 
 /// What one node's call needs, owned so the call can run as its own future.
