@@ -53,6 +53,9 @@ bash scripts/dev/sdk.sh
 log "web UI in headless Chromium: upload, ask, stream, sources, stop, delete, markup as text (scripts/dev/ui.sh)"
 bash scripts/dev/ui.sh
 
+log "promtool check metrics on every service after real traffic (scripts/dev/metrics.sh)"
+bash scripts/dev/metrics.sh
+
 log "scripts/chatqna.sh smoke run (the README's main command, debug build, free ports)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 smoke_dir=$(mktemp -d /tmp/chatqna-smoke.XXXXXX)
