@@ -1,8 +1,9 @@
 """Every service's /metrics is lint-clean under Prometheus's own checker, `promtool check
 metrics` (Debian's prometheus package), after real traffic: the pipeline `comps up` starts
 (MiniLM, SmolLM2, the guardrail) answers a few questions, streamed and not, and ingests a
-document; then chatqna, embedding, retriever, rerank, llm and guardrail are each checked, and
-chatqna's per-node latency series are there for every node.
+document; then chatqna, embedding, retriever, rerank, llm and guardrail are each checked,
+chatqna's per-node latency series are there for every node, and the llm's time to first token,
+inter-token latency, tokens and scheduler gauges have counted the answers.
 
   python3 tests/metrics/promtool_test.py --bin target/debug
 
@@ -45,6 +46,14 @@ def main():
                 print(f"  FAIL  {name}: promtool says\n{findings}", flush=True)
             else:
                 print(f"  ok    {name}: {text.count(b'# TYPE')} metric families, promtool clean", flush=True)
+            if name == "llm":
+                body = text.decode()
+                for family in ("llm_time_to_first_token_seconds_count", "llm_inter_token_latency_seconds_count",
+                               "llm_generation_tokens_total", "llm_requests_running", "llm_requests_waiting"):
+                    line = next((l for l in body.splitlines() if l.startswith(family)), None)
+                    if line is None or (family.endswith(("_count", "_total")) and float(line.split()[-1]) <= 0):
+                        failed += 1
+                        print(f"  FAIL  llm: {family} missing or zero after three answers: {line}", flush=True)
             if name == "chatqna":
                 body = text.decode()
                 for node in ("embedding", "retriever", "rerank", "llm"):

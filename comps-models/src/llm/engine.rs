@@ -119,6 +119,11 @@ impl Engine {
         &self.load
     }
 
+    /// The scheduler's gauges, shared (a metrics collector reads them when scraped).
+    pub fn load_handle(&self) -> Arc<EngineLoad> {
+        self.load.clone()
+    }
+
     /// The engine's health, for the service's `/health`: failing once the scheduler thread has
     /// stopped, or while the model's last steps all panicked.
     pub fn health(&self) -> HealthCheck {

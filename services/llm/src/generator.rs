@@ -1,6 +1,7 @@
 //! What answers chat requests ([`Llm`]): a local model behind the scheduler, answering the typed
 //! request, or a proxy to any OpenAI-compatible server, forwarding the client's body as it came.
 
+use crate::metrics::{LlmMetrics, Metered};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,6 +137,7 @@ pub struct LocalGenerator {
     engine: Engine,
     /// The `model` names a request may use besides none (the first is the model's name).
     names: Vec<String>,
+    metrics: LlmMetrics,
 }
 
 /// A bare prompt for `{context}`-less RAG requests.
@@ -158,7 +160,13 @@ impl LocalGenerator {
         let model = Arc::new(model);
         let engine = Engine::start(model.clone(), cfg)?;
         let names = vec![model.name.clone()];
-        Ok(Self { model, template, engine, names })
+        let metrics = LlmMetrics::new(&model.name, engine.load_handle());
+        Ok(Self { model, template, engine, names, metrics })
+    }
+
+    /// Its metrics (time to first token, inter-token latency, tokens, the scheduler's gauges).
+    pub fn metrics(&self) -> &LlmMetrics {
+        &self.metrics
     }
 
     /// Also answer requests naming one of `aliases` (the served name stays the model's).
@@ -430,7 +438,7 @@ impl LocalGenerator {
     pub async fn chat(&self, req: ChatCompletionRequest) -> ServiceResult<Completion> {
         self.check_model(&req)?;
         let gen_req = self.prepare(&req).await?;
-        let mut events = self.engine.submit(gen_req)?;
+        let mut events = self.metrics.meter(self.engine.submit(gen_req)?);
         let model = req.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.model.name.clone());
         if !req.is_stream() {
             let (text, d) = whole(&mut events).await?;
@@ -484,7 +492,7 @@ impl LocalGenerator {
         refuse_unsupported(&req)?;
         let prompt_ids = self.completion_prompt(prompt).await?;
         let gen_req = self.gen_request(prompt_ids, &req, "prompt")?;
-        let mut events = self.engine.submit(gen_req)?;
+        let mut events = self.metrics.meter(self.engine.submit(gen_req)?);
         let model = req.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.model.name.clone());
         let id = format!("cmpl-{}", comps_core::protocol::new_id());
         let created = unix_now();
@@ -522,7 +530,7 @@ impl LocalGenerator {
 }
 
 /// A whole generation: its text and how it ended.
-async fn whole(events: &mut tokio::sync::mpsc::UnboundedReceiver<GenEvent>) -> ServiceResult<(String, GenDone)> {
+async fn whole(events: &mut Metered) -> ServiceResult<(String, GenDone)> {
     let mut text = String::new();
     while let Some(ev) = events.recv().await {
         match ev {

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod generator;
+pub mod metrics;
 pub mod routes;
 pub mod template;
 
@@ -165,8 +166,12 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
         .datatypes("ChatCompletionRequest", "ChatCompletionResponse")
         .description(format!("LLM service ({})", state.llm.model_name()))
         .version(env!("CARGO_PKG_VERSION"));
+    let server = Server::new(svc, common.server_config());
+    if let Llm::Local(g) = &state.llm {
+        g.metrics().register_into(&server.metrics());
+    }
     use utoipa::OpenApi;
-    Server::new(svc, common.server_config())
+    server
         .health_check_with(health)
         .models(move || llm.models())
         .merge(routes::router(state))
