@@ -154,6 +154,21 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
 }
 
+/// `make()`'s span when spans are exported, else a disabled span (nothing is allocated).
+pub fn span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if enabled() { make() } else { tracing::Span::none() }
+}
+
+/// `f` on tokio's blocking pool inside a `tokenize` span (of `inputs` texts) under the current
+/// span: tokenizing is real CPU work that stays off the async runtime, and a trace shows it.
+pub async fn tokenize_off_runtime<T: Send + 'static>(
+    inputs: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let span = span(|| tracing::info_span!("tokenize", inputs));
+    tokio::task::spawn_blocking(move || span.in_scope(f)).await
+}
+
 /// Export what is buffered (at shutdown).
 pub fn flush() {
     if let Some(p) = PROVIDER.get() {

@@ -8,15 +8,23 @@
 //! happened in (its requests get a 424 through `ModelError::Failed`) and the worker carries on
 //! with the next batch; its health ([`Batcher::health`]) turns a service's `/health` 503 when
 //! the thread has died or the model keeps panicking.
+//!
+//! Each batcher keeps Prometheus metrics under its name ([`BatchMetrics`]: queue wait, batch
+//! size, forward time, queue depth) and, when traces are exported, gives each request a
+//! `queue wait` span (until its batch starts) and a `forward` span per pass its items ran in.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
+use prometheus::{Histogram, HistogramOpts, IntGauge, Opts};
 use tokio::sync::oneshot;
+use tracing::Span;
 
 use comps_core::health::HealthCheck;
+use comps_core::metrics::Metrics;
+use comps_core::telemetry;
 
 use crate::ModelError;
 use crate::worker::{WorkerHealth, spawn_worker};
@@ -103,6 +111,68 @@ pub trait BatchModel: Send + 'static {
 struct Job<I, O> {
     items: Vec<I>,
     reply: oneshot::Sender<Result<Vec<O>, ModelError>>,
+    /// When it was queued.
+    queued: Instant,
+    /// The request's span (the parent of its `forward` spans); disabled unless traces are exported.
+    span: Span,
+    /// Open while it waits; closed when its batch starts.
+    wait: Span,
+}
+
+/// Batch sizes: powers of two up to the largest default batch.
+const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+/// Queue wait and forward time, seconds.
+const TIME_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A batcher's Prometheus metrics, labelled `batcher="<its name>"`; a service puts them on its
+/// `/metrics` with [`BatchMetrics::register_into`].
+#[derive(Clone)]
+pub struct BatchMetrics {
+    /// `comps_batch_queue_wait_seconds`: from a request's arrival to the start of its batch.
+    pub queue_wait: Histogram,
+    /// `comps_batch_size`: items per forward pass.
+    pub size: Histogram,
+    /// `comps_batch_forward_seconds`: time of one forward pass.
+    pub forward: Histogram,
+    /// `comps_batch_queue_depth`: requests queued and not yet taken into a batch.
+    pub depth: IntGauge,
+}
+
+impl std::fmt::Debug for BatchMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchMetrics").field("depth", &self.depth.get()).finish_non_exhaustive()
+    }
+}
+
+impl BatchMetrics {
+    fn new(name: &str) -> Self {
+        let h = |metric: &str, help: &str, buckets: &[f64]| {
+            let opts = HistogramOpts::new(metric, help).const_label("batcher", name).buckets(buckets.to_vec());
+            Histogram::with_opts(opts).expect("fixed options")
+        };
+        Self {
+            queue_wait: h(
+                "comps_batch_queue_wait_seconds",
+                "From a request's arrival at the batcher to the start of its batch",
+                TIME_BUCKETS,
+            ),
+            size: h("comps_batch_size", "Items per forward pass", SIZE_BUCKETS),
+            forward: h("comps_batch_forward_seconds", "Time of one forward pass", TIME_BUCKETS),
+            depth: IntGauge::with_opts(
+                Opts::new("comps_batch_queue_depth", "Requests queued and not yet in a batch")
+                    .const_label("batcher", name),
+            )
+            .expect("fixed options"),
+        }
+    }
+
+    /// Put them on a server's `/metrics`.
+    pub fn register_into(&self, m: &Metrics) {
+        m.register(&self.queue_wait);
+        m.register(&self.size);
+        m.register(&self.forward);
+        m.register(&self.depth);
+    }
 }
 
 /// Counters of a batcher.
@@ -122,12 +192,18 @@ pub struct BatchStats {
 pub struct Batcher<I, O> {
     tx: SyncSender<Job<I, O>>,
     stats: Arc<BatchStats>,
+    metrics: BatchMetrics,
     health: Arc<WorkerHealth>,
 }
 
 impl<I, O> Clone for Batcher<I, O> {
     fn clone(&self) -> Self {
-        Self { tx: self.tx.clone(), stats: self.stats.clone(), health: self.health.clone() }
+        Self {
+            tx: self.tx.clone(),
+            stats: self.stats.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+        }
     }
 }
 
@@ -143,16 +219,23 @@ impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
         let (tx, rx) = sync_channel::<Job<I, O>>(cfg.queue_capacity.max(1));
         let stats = Arc::new(BatchStats::default());
         let worker_stats = stats.clone();
+        let metrics = BatchMetrics::new(name);
+        let worker_metrics = metrics.clone();
         let health = spawn_worker(name, "batcher", move |health| {
-            worker(model, rx, cfg, &Worker { stats: &worker_stats, health })
+            worker(model, rx, cfg, &Worker { stats: &worker_stats, metrics: &worker_metrics, health })
         })
         .expect("start the batcher's worker thread");
-        Self { tx, stats, health }
+        Self { tx, stats, metrics, health }
     }
 
     /// Counters.
     pub fn stats(&self) -> &BatchStats {
         &self.stats
+    }
+
+    /// Its Prometheus metrics.
+    pub fn metrics(&self) -> &BatchMetrics {
+        &self.metrics
     }
 
     /// The worker's health, for the service's `/health`: failing once the worker thread has
@@ -168,7 +251,19 @@ impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
             return Ok(Vec::new());
         }
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { items, reply }) {
+        let (span, wait) = if telemetry::enabled() {
+            let wait = tracing::info_span!("queue wait", batcher = self.health.name(), items = items.len());
+            (Span::current(), wait)
+        } else {
+            (Span::none(), Span::none())
+        };
+        // Counted before it is sent so the worker's decrement never comes first.
+        self.metrics.depth.inc();
+        let sent = self.tx.try_send(Job { items, reply, queued: Instant::now(), span, wait });
+        if sent.is_err() {
+            self.metrics.depth.dec();
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(ModelError::Busy(format!("{} queue is full; retry later", self.health.name())));
@@ -186,6 +281,7 @@ type JobOf<M> = Job<<M as BatchModel>::Input, <M as BatchModel>::Output>;
 /// The worker thread's side of a batcher: what it reports to.
 struct Worker<'a> {
     stats: &'a BatchStats,
+    metrics: &'a BatchMetrics,
     health: &'a WorkerHealth,
 }
 
@@ -195,7 +291,10 @@ fn worker<M: BatchModel>(mut model: M, rx: Receiver<JobOf<M>>, cfg: BatchConfig,
         let first = match carry.take() {
             Some(j) => j,
             None => match rx.recv() {
-                Ok(j) => j,
+                Ok(j) => {
+                    w.metrics.depth.dec();
+                    j
+                }
                 Err(_) => return, // every handle dropped
             },
         };
@@ -224,6 +323,7 @@ fn worker<M: BatchModel>(mut model: M, rx: Receiver<JobOf<M>>, cfg: BatchConfig,
                 }
             };
             let Some(j) = next else { break };
+            w.metrics.depth.dec();
             let l = j.items.iter().map(BatchItem::tokens).max().unwrap_or(0);
             let n = items + j.items.len();
             if n > cfg.max_batch_requests || longest.max(l) * n > cfg.max_batch_tokens {
@@ -248,7 +348,11 @@ fn worker<M: BatchModel>(mut model: M, rx: Receiver<JobOf<M>>, cfg: BatchConfig,
     }
 }
 
-fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig, w: &Worker<'_>) {
+fn run_jobs<M: BatchModel>(model: &mut M, mut jobs: Vec<JobOf<M>>, cfg: &BatchConfig, w: &Worker<'_>) {
+    for job in &mut jobs {
+        w.metrics.queue_wait.observe(job.queued.elapsed().as_secs_f64());
+        job.wait = Span::none(); // closes its `queue wait` span
+    }
     // (job, item) pairs sorted by length so each sub-batch pads little.
     let mut order: Vec<(usize, usize)> =
         jobs.iter().enumerate().flat_map(|(j, job)| (0..job.items.len()).map(move |i| (j, i))).collect();
@@ -270,6 +374,8 @@ fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig
             end += 1;
         }
         let slice: Vec<&M::Input> = order[start..end].iter().map(|&(j, i)| &jobs[j].items[i]).collect();
+        let _spans = forward_spans(&jobs, &order[start..end], w.health.name());
+        let began = Instant::now();
         // A kernel that panics (an input it cannot take, a bug) fails that batch and the
         // worker goes on. The model is only ever used from this thread, and a later batch that
         // finds it broken fails (or panics) the same way.
@@ -281,6 +387,8 @@ fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig
                 }
                 w.stats.batches.fetch_add(1, Ordering::Relaxed);
                 w.stats.items.fetch_add(slice.len() as u64, Ordering::Relaxed);
+                w.metrics.size.observe(slice.len() as f64);
+                w.metrics.forward.observe(began.elapsed().as_secs_f64());
             }
             Ok(Ok(outs)) => failed = Some(format!("model returned {} outputs for {} inputs", outs.len(), slice.len())),
             Ok(Err(e)) => failed = Some(e),
@@ -298,6 +406,22 @@ fn run_jobs<M: BatchModel>(model: &mut M, jobs: Vec<JobOf<M>>, cfg: &BatchConfig
         };
         let _ = job.reply.send(result);
     }
+}
+
+/// A `forward` span under each request with items in this pass (none unless traces are exported).
+fn forward_spans<I: BatchItem, O>(jobs: &[Job<I, O>], pass: &[(usize, usize)], batcher: &str) -> Vec<Span> {
+    if !telemetry::enabled() {
+        return Vec::new();
+    }
+    let tokens = pass.iter().map(|&(j, i)| jobs[j].items[i].tokens()).max().unwrap_or(0) * pass.len();
+    let mut seen: Vec<usize> = pass.iter().map(|&(j, _)| j).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.into_iter()
+        .map(|j| {
+            tracing::info_span!(parent: &jobs[j].span, "forward", batcher, batch_size = pass.len(), padded_tokens = tokens)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -356,6 +480,43 @@ mod tests {
         assert_eq!(third.await.unwrap().unwrap(), vec![2]);
         assert_eq!(b.stats().skipped.load(Ordering::Relaxed), 1);
         assert!(!seen.lock().unwrap().contains(&5), "the gone client's work never ran");
+    }
+
+    /// Echoes lengths.
+    struct Lengths;
+
+    impl BatchModel for Lengths {
+        type Input = Vec<u32>;
+        type Output = usize;
+        fn run(&mut self, items: &[&Vec<u32>]) -> Result<Vec<usize>, String> {
+            Ok(items.iter().map(|i| i.len()).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_count_every_request_and_pass_and_the_queue_empties() {
+        let cfg = BatchConfig { max_batch_requests: 3, ..BatchConfig::default() };
+        let b = Batcher::start("metered", Lengths, cfg);
+        let asks: Vec<_> = (0..4)
+            .map(|n| {
+                let b = b.clone();
+                tokio::spawn(async move { b.submit(vec![vec![1; n + 1], vec![2; 2]]).await })
+            })
+            .collect();
+        for a in asks {
+            assert_eq!(a.await.unwrap().unwrap().len(), 2);
+        }
+        let m = b.metrics();
+        assert_eq!(m.queue_wait.get_sample_count(), 4, "one queue wait per request");
+        assert_eq!(m.size.get_sample_sum() as usize, 8, "every item counted once in a pass");
+        assert!(m.size.get_sample_count() >= 3, "3 items at most per pass: {}", m.size.get_sample_count());
+        assert_eq!(m.forward.get_sample_count(), m.size.get_sample_count());
+        assert_eq!(m.depth.get(), 0, "nothing left queued");
+        let reg = Metrics::new();
+        m.register_into(&reg);
+        let text = reg.render();
+        assert!(text.contains(r#"comps_batch_queue_wait_seconds_count{batcher="metered"} 4"#), "{text}");
+        assert!(text.contains(r#"comps_batch_queue_depth{batcher="metered"} 0"#), "{text}");
     }
 
     /// Echoes lengths, but its "kernel" panics on any item holding `POISON`.

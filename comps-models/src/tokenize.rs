@@ -222,7 +222,7 @@ impl TextTokenizer {
         texts: Vec<String>,
     ) -> Result<Vec<Vec<u32>>, ModelError> {
         let tok = self.clone();
-        tokio::task::spawn_blocking(move || tok.encode_keep_end(&texts))
+        comps_core::telemetry::tokenize_off_runtime(texts.len(), move || tok.encode_keep_end(&texts))
             .await
             .map_err(|e| ModelError::Failed(format!("the tokenizer task failed: {e}")))?
     }
@@ -315,7 +315,7 @@ impl TextTokenizer {
         truncate: bool,
     ) -> Result<Result<Vec<Vec<u32>>, TooLong>, ModelError> {
         let tok = self.clone();
-        tokio::task::spawn_blocking(move || tok.encode(&texts, truncate))
+        comps_core::telemetry::tokenize_off_runtime(texts.len(), move || tok.encode(&texts, truncate))
             .await
             .map_err(|e| ModelError::Failed(format!("the tokenizer task failed: {e}")))?
     }

@@ -4,8 +4,11 @@
 //! `opentelemetry-proto` definitions. The spans of all five services share one trace id and
 //! chain: chatqna's request span → its node span → the call's client span → the service's
 //! request span. A caller's own `traceparent` makes the request part of the caller's trace.
+//! Inside the services: the embedder's and rerank's `tokenize`, `queue wait` and `forward`
+//! spans, the retriever's `search`, and the LLM's GenAI span (`chat <model>` with
+//! `gen_ai.*` attributes) over the engine's `queue wait`, `prefill` and `decode`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +27,17 @@ struct SpanRow {
     trace: String,
     span: String,
     parent: String,
+    attrs: BTreeMap<String, String>,
+}
+
+fn value(v: &AnyValue) -> String {
+    match v {
+        AnyValue::StringValue(s) => s.clone(),
+        AnyValue::IntValue(i) => i.to_string(),
+        AnyValue::DoubleValue(d) => d.to_string(),
+        AnyValue::BoolValue(b) => b.to_string(),
+        other => format!("{other:?}"),
+    }
 }
 
 #[derive(Clone, Default)]
@@ -57,6 +71,11 @@ async fn export(State(r): State<Received>, body: Bytes) -> impl axum::response::
                     trace: hex(&sp.trace_id),
                     span: hex(&sp.span_id),
                     parent: hex(&sp.parent_span_id),
+                    attrs: sp
+                        .attributes
+                        .iter()
+                        .filter_map(|kv| Some((kv.key.clone(), value(kv.value.as_ref()?.value.as_ref()?))))
+                        .collect(),
                 });
             }
         }
@@ -77,12 +96,14 @@ fn model(name: &str) -> String {
     workspace_root().join("models").join(name).to_string_lossy().into_owned()
 }
 
-/// The spans of `trace`, once every service of `want` has sent its own.
+/// The spans of `trace`, once every service of `want` has sent its request span (a span ends,
+/// and is exported, after its children, so theirs have come too).
 async fn trace_of(received: &Received, trace: &str, want: &[&str]) -> Vec<SpanRow> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let spans: Vec<SpanRow> = received.0.lock().unwrap().iter().filter(|s| s.trace == trace).cloned().collect();
-        let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+        let services: BTreeSet<&str> =
+            spans.iter().filter(|s| s.name.starts_with("POST ")).map(|s| s.service.as_str()).collect();
         if want.iter().all(|w| services.contains(w)) {
             return spans;
         }
@@ -170,6 +191,66 @@ async fn one_chatqna_request_is_one_trace_across_every_service() {
     }
     let nodes: BTreeSet<&str> = spans.iter().filter(|s| s.name.starts_with("node ")).map(|s| s.name.as_str()).collect();
     assert_eq!(nodes.len(), 4, "one span per node: {nodes:?}");
+
+    // Inside the services.
+    let find = |service: &str, name: &str| -> &SpanRow {
+        spans
+            .iter()
+            .find(|s| s.service == service && s.name == name)
+            .unwrap_or_else(|| panic!("no {name:?} span from {service}: {spans:#?}"))
+    };
+    // Whether `span` hangs (at any depth) under `ancestor`.
+    let under = |span: &SpanRow, ancestor: &SpanRow| {
+        let mut at = span.parent.clone();
+        while let Some(p) = by_id(&at) {
+            if p.span == ancestor.span {
+                return true;
+            }
+            at = p.parent.clone();
+        }
+        false
+    };
+    let number = |s: &SpanRow, key: &str| -> f64 {
+        s.attrs.get(key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{key} of {s:?}"))
+    };
+    let embed_request = find("comps-embedding", "POST /embed");
+    let named = |service: &str, prefix: &str| -> &SpanRow {
+        spans
+            .iter()
+            .find(|s| s.service == service && s.name.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?}... span from {service}: {spans:#?}"))
+    };
+    let embed = named("comps-embedding", "embeddings ");
+    assert_eq!(embed.name, format!("embeddings {}", embed.attrs["gen_ai.request.model"]));
+    assert!(under(embed, embed_request), "{embed:?}");
+    assert_eq!(embed.attrs["gen_ai.operation.name"], "embeddings");
+    assert!(number(embed, "gen_ai.usage.input_tokens") > 0.0, "{embed:?}");
+    for name in ["tokenize", "queue wait", "forward"] {
+        let s = find("comps-embedding", name);
+        assert!(under(s, embed), "{s:?} under {embed:?}");
+    }
+    assert!(number(find("comps-embedding", "forward"), "batch_size") >= 1.0);
+    let rerank_request = find("comps-rerank", "POST /rerank");
+    for name in ["queue wait", "forward"] {
+        let s = find("comps-rerank", name);
+        assert!(under(s, rerank_request), "{s:?} under {rerank_request:?}");
+    }
+    let search = find("comps-retriever", "search");
+    assert!(under(search, find("comps-retriever", "POST /v1/retrieval")), "{search:?}");
+    let chat = named("comps-llm", "chat ");
+    assert_eq!(chat.name, format!("chat {}", chat.attrs["gen_ai.request.model"]));
+    assert!(under(chat, find("comps-llm", "POST /v1/chat/completions")), "{chat:?}");
+    assert_eq!(chat.attrs["gen_ai.operation.name"], "chat");
+    assert!(number(chat, "gen_ai.usage.input_tokens") > 0.0, "{chat:?}");
+    assert!((1.0..=8.0).contains(&number(chat, "gen_ai.usage.output_tokens")), "{chat:?}");
+    let finish = &chat.attrs["gen_ai.response.finish_reasons"];
+    assert!(finish == r#"["length"]"# || finish == r#"["stop"]"#, "{chat:?}");
+    assert!(number(chat, "time_to_first_token_ms") > 0.0, "{chat:?}");
+    for name in ["queue wait", "prefill", "decode"] {
+        let s = find("comps-llm", name);
+        assert_eq!(s.parent, chat.span, "{s:?} is a child of {chat:?}");
+    }
+    assert_eq!(number(find("comps-llm", "decode"), "generated_tokens"), number(chat, "gen_ai.usage.output_tokens"));
     drop((chatqna, llm, rerank, retriever, embedding));
     let _ = std::fs::remove_dir_all(&data);
 }

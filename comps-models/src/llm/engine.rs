@@ -7,6 +7,10 @@
 //! sequences one after the other (a prompt chunk or one token each, round robin). Requests beyond the
 //! active limit wait in a bounded queue; beyond that they are refused (429). A sequence whose
 //! client went away is dropped before its next step, freeing its slot at once.
+//!
+//! When traces are exported, each generation shows as three spans under the request that
+//! submitted it: `queue wait` (until a slot takes it), `prefill` (its prompt, until the first
+//! token) and `decode` (the rest, with the tokens generated).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -15,7 +19,9 @@ use std::sync::mpsc;
 
 use comps_core::health::HealthCheck;
 use comps_core::protocol::FinishReason;
+use comps_core::telemetry;
 use tokio::sync::mpsc as tmpsc;
+use tracing::Span;
 
 use super::decode::{StopMatcher, StopOutcome, TextStream};
 use super::model::{BatchInput, ChatModel, SequenceModel};
@@ -80,6 +86,10 @@ impl Default for EngineConfig {
 struct Job {
     req: GenRequest,
     events: tmpsc::UnboundedSender<GenEvent>,
+    /// The submitting request's span; disabled unless traces are exported.
+    span: Span,
+    /// Open until a slot takes the job.
+    wait: Span,
 }
 
 /// Gauges of the scheduler.
@@ -93,6 +103,10 @@ pub struct EngineLoad {
     pub batch: AtomicUsize,
     /// The most sequences one batched step has run.
     pub max_batch: AtomicUsize,
+    /// Tokens held in the KV caches of the active sequences (prompt and generated so far).
+    pub kv_tokens: AtomicUsize,
+    /// What the KV caches can hold: active slots × the context length.
+    pub kv_capacity: AtomicUsize,
 }
 
 /// Handle to the scheduler thread.
@@ -108,6 +122,7 @@ impl Engine {
     pub fn start(model: Arc<ChatModel>, cfg: EngineConfig) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let load = Arc::new(EngineLoad::default());
+        load.kv_capacity.store(cfg.max_active.max(1) * model.context_len, Ordering::SeqCst);
         let l = load.clone();
         // A panic outside a model step ends the engine; its health then says so.
         let health = spawn_worker("llm", "engine", move |health| run(&model, cfg, rx, &l, health))?;
@@ -142,7 +157,12 @@ impl Engine {
             )));
         }
         let (tx, rx) = tmpsc::unbounded_channel();
-        if self.jobs.send(Job { req, events: tx }).is_err() {
+        let (span, wait) = if telemetry::enabled() {
+            (Span::current(), tracing::info_span!("queue wait", prompt_tokens = req.prompt_ids.len()))
+        } else {
+            (Span::none(), Span::none())
+        };
+        if self.jobs.send(Job { req, events: tx, span, wait }).is_err() {
             self.load.in_flight.fetch_sub(1, Ordering::SeqCst);
             return Err(ModelError::Stopped("the generation engine has stopped".into()));
         }
@@ -163,6 +183,10 @@ struct Sequence<'m> {
     max_tokens: usize,
     ignore_eos: bool,
     events: tmpsc::UnboundedSender<GenEvent>,
+    /// The submitting request's span.
+    span: Span,
+    /// `prefill` until the first token, then `decode`.
+    phase: Span,
 }
 
 /// What a step did.
@@ -218,6 +242,9 @@ impl Sequence<'_> {
         let id = self.sampler.next(&mut logits);
         self.last = id;
         self.generated += 1;
+        if self.generated == 1 && !self.span.is_none() {
+            self.phase = tracing::info_span!(parent: &self.span, "decode", generated_tokens = tracing::field::Empty);
+        }
         if !self.ignore_eos && stop_ids.contains(&id) {
             return Ok(Step::Finished(FinishReason::Stop));
         }
@@ -247,6 +274,7 @@ impl Sequence<'_> {
                 }
             }
         }
+        self.phase.record("generated_tokens", self.generated);
         let _ = self.events.send(GenEvent::Done(GenDone {
             finish,
             prompt_tokens: self.prompt.len(),
@@ -256,10 +284,16 @@ impl Sequence<'_> {
 }
 
 fn admit<'m>(model: &'m ChatModel, job: Job) -> Option<Sequence<'m>> {
-    let Job { req, events } = job;
+    let Job { req, events, span, wait } = job;
+    drop(wait);
     if events.is_closed() {
         return None;
     }
+    let phase = if span.is_none() {
+        Span::none()
+    } else {
+        tracing::info_span!(parent: &span, "prefill", prompt_tokens = req.prompt_ids.len())
+    };
     match model.sequence() {
         Ok(m) => Some(Sequence {
             model: m,
@@ -273,6 +307,8 @@ fn admit<'m>(model: &'m ChatModel, job: Job) -> Option<Sequence<'m>> {
             max_tokens: req.max_tokens.max(1),
             ignore_eos: req.ignore_eos,
             events,
+            span,
+            phase,
         }),
         Err(e) => {
             let _ = events.send(GenEvent::Failed(format!("could not start a sequence: {e}")));
@@ -319,6 +355,7 @@ fn run(model: &ChatModel, cfg: EngineConfig, jobs: mpsc::Receiver<Job>, load: &E
             one_by_one(model, cfg, &mut active, load, health);
         }
         load.active.store(active.len(), Ordering::SeqCst);
+        load.kv_tokens.store(active.iter().map(|s| s.pos).sum(), Ordering::SeqCst);
     }
 }
 

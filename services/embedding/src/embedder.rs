@@ -98,6 +98,10 @@ pub trait Embedder: Send + Sync {
     fn health(&self) -> HealthCheck {
         HealthCheck::always_healthy()
     }
+    /// The batchers its model runs behind, for `/metrics` (none for a remote backend).
+    fn batchers(&self) -> Vec<comps_models::batcher::BatchMetrics> {
+        Vec::new()
+    }
     /// The model's tokenizer, for TEI's `/tokenize` and `/decode` (a remote embedder's is the
     /// remote's).
     fn tokenizer(&self) -> Option<&Arc<TextTokenizer>> {
@@ -175,15 +179,33 @@ impl Embedder for LocalEmbedder {
         self.batcher.health()
     }
 
+    fn batchers(&self) -> Vec<comps_models::batcher::BatchMetrics> {
+        vec![self.batcher.metrics().clone()]
+    }
+
     async fn embed(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Embedded> {
-        let ids = self.token_ids(input, opts).await?;
-        let prompt_tokens = ids.iter().map(Vec::len).sum();
-        let jobs = ids.into_iter().map(|ids| EmbedJob { ids, all_tokens: false }).collect();
-        let mut vectors = self.batcher.submit(jobs).await?;
-        if opts.normalize {
-            vectors.iter_mut().for_each(|v| normalize(v));
-        }
-        Ok(Embedded { vectors, prompt_tokens })
+        // OpenTelemetry's GenAI span for an embeddings call, when traces are exported.
+        let span = comps_core::telemetry::span(|| {
+            tracing::info_span!(
+                "embed",
+                otel.name = %format!("embeddings {}", self.info.model_id),
+                gen_ai.operation.name = "embeddings",
+                gen_ai.request.model = %self.info.model_id,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+            )
+        });
+        let work = async {
+            let ids = self.token_ids(input, opts).await?;
+            let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
+            tracing::Span::current().record("gen_ai.usage.input_tokens", prompt_tokens);
+            let jobs = ids.into_iter().map(|ids| EmbedJob { ids, all_tokens: false }).collect();
+            let mut vectors = self.batcher.submit(jobs).await?;
+            if opts.normalize {
+                vectors.iter_mut().for_each(|v| normalize(v));
+            }
+            Ok(Embedded { vectors, prompt_tokens })
+        };
+        tracing::Instrument::instrument(work, span).await
     }
 
     async fn embed_tokens(&self, input: EmbedInput, opts: EmbedOptions) -> ServiceResult<Vec<Vec<Vec<f32>>>> {

@@ -114,6 +114,7 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
     let info = state.embedder.info().clone();
     let tei = routes::tei_info(&state, common.max_concurrent_requests);
     let health = state.embedder.health();
+    let batchers = state.embedder.batchers();
     let svc = common
         .apply(MicroService::new("embedding"), default_port)
         .endpoint("/v1/embeddings")
@@ -122,12 +123,14 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
         .description(format!("Embedding service ({})", info.model_id))
         .version(env!("CARGO_PKG_VERSION"));
     use utoipa::OpenApi;
-    Server::new(svc, common.server_config())
+    let server = Server::new(svc, common.server_config())
         .health_check_with(health)
         .models(move || vec![comps_core::protocol::ModelCard::new(&info.model_id, "comps-rs", 0)])
         .info(move || tei.clone())
         .merge(routes::router(state))
-        .openapi(routes::EmbeddingApi::openapi())
+        .openapi(routes::EmbeddingApi::openapi());
+    batchers.iter().for_each(|b| b.register_into(&server.metrics()));
+    server
 }
 
 /// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.

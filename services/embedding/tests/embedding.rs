@@ -661,3 +661,30 @@ async fn tei_embed_all_and_similarity() {
     assert!((floats(&v)[0] - 1.0).abs() < 1e-5, "a text is its own nearest: {v}");
     h.shutdown().await.unwrap();
 }
+
+/// The batcher's metrics are on `/metrics`: a queue wait per request, every input in a pass,
+/// and nothing left queued afterwards.
+#[tokio::test]
+async fn batcher_metrics_count_the_requests() {
+    // Its own model, so other tests' requests do not count here.
+    let own = Arc::new(LocalEmbedder::load(&model_dir(), None, BatchConfig::default()).expect("model loads"));
+    let h = serve(own, 8).await;
+    for n in 1..=3 {
+        let input: Vec<String> = (0..n).map(|i| format!("sentence {i}")).collect();
+        let (status, v) = post(&h, "/v1/embeddings", json!({"input": input})).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let text = client().get(format!("{}/metrics", h.url())).send().await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series}:\n{text}"))
+    };
+    assert_eq!(value(r#"comps_batch_queue_wait_seconds_count{batcher="embedding"}"#), 3.0);
+    assert_eq!(value(r#"comps_batch_size_sum{batcher="embedding"}"#), 6.0, "1 + 2 + 3 inputs");
+    let passes = value(r#"comps_batch_size_count{batcher="embedding"}"#);
+    assert_eq!(value(r#"comps_batch_forward_seconds_count{batcher="embedding"}"#), passes);
+    assert_eq!(value(r#"comps_batch_queue_depth{batcher="embedding"}"#), 0.0);
+    h.shutdown().await.unwrap();
+}

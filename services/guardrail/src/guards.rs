@@ -35,6 +35,10 @@ pub trait Guard: Send + Sync {
     fn health(&self) -> comps_core::health::HealthCheck {
         comps_core::health::HealthCheck::always_healthy()
     }
+    /// The batchers its model runs behind, for `/metrics` (none for a remote backend).
+    fn batchers(&self) -> Vec<comps_models::batcher::BatchMetrics> {
+        Vec::new()
+    }
 }
 
 /// What to do with personal data.
@@ -289,6 +293,10 @@ impl Guard for SimilarityGuard {
         self.batcher.health()
     }
 
+    fn batchers(&self) -> Vec<comps_models::batcher::BatchMetrics> {
+        vec![self.batcher.metrics().clone()]
+    }
+
     fn name(&self) -> &str {
         "prompt_injection_similarity"
     }
@@ -334,6 +342,10 @@ impl ClassifierGuard {
 impl Guard for ClassifierGuard {
     fn health(&self) -> comps_core::health::HealthCheck {
         self.batcher.health()
+    }
+
+    fn batchers(&self) -> Vec<comps_models::batcher::BatchMetrics> {
+        vec![self.batcher.metrics().clone()]
     }
 
     fn name(&self) -> &str {

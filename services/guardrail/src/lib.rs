@@ -288,10 +288,13 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
         .version(env!("CARGO_PKG_VERSION"));
     use utoipa::OpenApi;
     let health = comps_core::health::HealthCheck::all(state.guards.iter().map(|g| g.health()));
-    Server::new(svc, common.server_config())
+    let batchers: Vec<_> = state.guards.iter().flat_map(|g| g.batchers()).collect();
+    let server = Server::new(svc, common.server_config())
         .health_check_with(health)
         .merge(router(state))
-        .openapi(GuardrailApi::openapi())
+        .openapi(GuardrailApi::openapi());
+    batchers.iter().for_each(|b| b.register_into(&server.metrics()));
+    server
 }
 
 /// Build the guards and serve until SIGTERM / ctrl-c.

@@ -1,7 +1,7 @@
 //! What answers chat requests ([`Llm`]): a local model behind the scheduler, answering the typed
 //! request, or a proxy to any OpenAI-compatible server, forwarding the client's body as it came.
 
-use crate::metrics::{LlmMetrics, Metered};
+use crate::metrics::{LlmMetrics, Metered, gen_ai_span};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -324,7 +324,7 @@ impl LocalGenerator {
 
     async fn tokenize_off_runtime(&self, prompt: String, special: bool) -> ServiceResult<Vec<u32>> {
         let model = self.model.clone();
-        tokio::task::spawn_blocking(move || tokenize_with(&model, &prompt, special))
+        comps_core::telemetry::tokenize_off_runtime(1, move || tokenize_with(&model, &prompt, special))
             .await
             .map_err(|e| ServiceError::Internal(format!("tokenizing the prompt: {e}")))?
     }
@@ -438,8 +438,9 @@ impl LocalGenerator {
     pub async fn chat(&self, req: ChatCompletionRequest) -> ServiceResult<Completion> {
         self.check_model(&req)?;
         let gen_req = self.prepare(&req).await?;
-        let mut events = self.metrics.meter(self.engine.submit(gen_req)?);
         let model = req.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.model.name.clone());
+        let span = gen_ai_span("chat", &model, &gen_req);
+        let mut events = self.metrics.meter(span.in_scope(|| self.engine.submit(gen_req))?, span);
         if !req.is_stream() {
             let (text, d) = whole(&mut events).await?;
             let usage = UsageInfo::new(d.prompt_tokens as u32, d.completion_tokens as u32);
@@ -492,8 +493,9 @@ impl LocalGenerator {
         refuse_unsupported(&req)?;
         let prompt_ids = self.completion_prompt(prompt).await?;
         let gen_req = self.gen_request(prompt_ids, &req, "prompt")?;
-        let mut events = self.metrics.meter(self.engine.submit(gen_req)?);
         let model = req.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.model.name.clone());
+        let span = gen_ai_span("text_completion", &model, &gen_req);
+        let mut events = self.metrics.meter(span.in_scope(|| self.engine.submit(gen_req))?, span);
         let id = format!("cmpl-{}", comps_core::protocol::new_id());
         let created = unix_now();
         let json = |c: &CompletionResponse| serde_json::to_string(c).unwrap_or_default();

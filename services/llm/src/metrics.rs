@@ -1,7 +1,11 @@
 //! The LLM's own metrics on `/metrics`, by model, with vLLM's meanings under `llm_` names:
 //! time to first token, inter-token latency, prompt and generated tokens, requests by how they
 //! ended, and the scheduler's gauges (running, waiting, sequences in the last batched step),
-//! read from the engine when scraped.
+//! read from the engine when scraped, with the KV caches' fill.
+//!
+//! When traces are exported, each generation also gets a span following OpenTelemetry's GenAI
+//! conventions (`chat <model>` / `text_completion <model>`, `gen_ai.request.*`,
+//! `gen_ai.usage.*`, `gen_ai.response.finish_reasons`), over the engine's own spans.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,11 +14,12 @@ use std::time::Instant;
 use comps_core::metrics::Metrics;
 use comps_core::protocol::FinishReason;
 use comps_models::llm::GenEvent;
-use comps_models::llm::engine::EngineLoad;
+use comps_models::llm::engine::{EngineLoad, GenRequest};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::Span;
 
 /// Latency buckets (seconds) from a fast token to a long queue.
 const BUCKETS: &[f64] = &[0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5.0, 10.0, 20.0, 40.0];
@@ -76,10 +81,35 @@ impl LlmMetrics {
         m.register(&self.engine);
     }
 
-    /// `events` of one generation, observed as they are read.
-    pub fn meter(&self, events: UnboundedReceiver<GenEvent>) -> Metered {
-        Metered { events, metrics: self.clone(), start: Instant::now(), last: None }
+    /// `events` of one generation, observed as they are read; `span` (from [`gen_ai_span`])
+    /// gets the usage and how it ended, and closes with the generation.
+    pub fn meter(&self, events: UnboundedReceiver<GenEvent>, span: Span) -> Metered {
+        Metered { events, metrics: self.clone(), start: Instant::now(), last: None, span }
     }
+}
+
+/// The GenAI span of one generation (`operation`: `chat` or `text_completion`) of `model`, under
+/// the current span; disabled unless traces are exported. Submit the request inside it so the
+/// engine's spans are its children.
+pub fn gen_ai_span(operation: &'static str, model: &str, req: &GenRequest) -> Span {
+    comps_core::telemetry::span(|| {
+        tracing::info_span!(
+            "generate",
+            otel.name = %format!("{operation} {model}"),
+            gen_ai.operation.name = operation,
+            gen_ai.request.model = %model,
+            gen_ai.response.model = %model,
+            gen_ai.request.max_tokens = req.max_tokens,
+            gen_ai.request.temperature = f64::from(req.sampling.temperature),
+            gen_ai.request.top_p = f64::from(req.sampling.top_p),
+            gen_ai.usage.input_tokens = req.prompt_ids.len(),
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+            time_to_first_token_ms = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_message = tracing::field::Empty,
+        )
+    })
 }
 
 /// One generation's events, timed.
@@ -88,6 +118,7 @@ pub struct Metered {
     metrics: LlmMetrics,
     start: Instant,
     last: Option<Instant>,
+    span: Span,
 }
 
 impl Metered {
@@ -99,7 +130,11 @@ impl Metered {
             Some(GenEvent::Text(_)) => {
                 let now = Instant::now();
                 match self.last {
-                    None => m.ttft.observe((now - self.start).as_secs_f64()),
+                    None => {
+                        let ttft = now - self.start;
+                        m.ttft.observe(ttft.as_secs_f64());
+                        self.span.record("time_to_first_token_ms", ttft.as_secs_f64() * 1e3);
+                    }
                     Some(t) => m.itl.observe((now - t).as_secs_f64()),
                 }
                 self.last = Some(now);
@@ -109,8 +144,14 @@ impl Metered {
                 m.generated_tokens.inc_by(d.completion_tokens as u64);
                 let reason = if d.finish == FinishReason::Length { "length" } else { "stop" };
                 m.requests.with_label_values(&[reason]).inc();
+                self.span.record("gen_ai.usage.output_tokens", d.completion_tokens);
+                self.span.record("gen_ai.response.finish_reasons", format!("[\"{reason}\"]"));
             }
-            Some(GenEvent::Failed(_)) => m.requests.with_label_values(&["failed"]).inc(),
+            Some(GenEvent::Failed(e)) => {
+                m.requests.with_label_values(&["failed"]).inc();
+                self.span.record("otel.status_code", "ERROR");
+                self.span.record("otel.status_message", e.as_str());
+            }
             None => {}
         }
         ev
@@ -124,6 +165,8 @@ struct EngineGauges {
     running: IntGauge,
     waiting: IntGauge,
     batch: IntGauge,
+    kv_tokens: IntGauge,
+    kv_capacity: IntGauge,
 }
 
 impl EngineGauges {
@@ -136,13 +179,19 @@ impl EngineGauges {
             running: gauge("llm_requests_running", "Sequences decoding now"),
             waiting: gauge("llm_requests_waiting", "Requests queued for a decoding slot"),
             batch: gauge("llm_batch_sequences", "Sequences in the last batched step"),
+            kv_tokens: gauge("llm_kv_cache_tokens", "Tokens held in the KV caches of the decoding sequences"),
+            kv_capacity: gauge(
+                "llm_kv_cache_capacity_tokens",
+                "Tokens the KV caches can hold: decoding slots times the context length",
+            ),
         }
     }
 }
 
 impl Collector for EngineGauges {
     fn desc(&self) -> Vec<&Desc> {
-        [self.running.desc(), self.waiting.desc(), self.batch.desc()].concat()
+        [self.running.desc(), self.waiting.desc(), self.batch.desc(), self.kv_tokens.desc(), self.kv_capacity.desc()]
+            .concat()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -151,6 +200,15 @@ impl Collector for EngineGauges {
         self.running.set(active as i64);
         self.waiting.set(in_flight.saturating_sub(active) as i64);
         self.batch.set(self.load.batch.load(Ordering::SeqCst) as i64);
-        [self.running.collect(), self.waiting.collect(), self.batch.collect()].concat()
+        self.kv_tokens.set(self.load.kv_tokens.load(Ordering::SeqCst) as i64);
+        self.kv_capacity.set(self.load.kv_capacity.load(Ordering::SeqCst) as i64);
+        [
+            self.running.collect(),
+            self.waiting.collect(),
+            self.batch.collect(),
+            self.kv_tokens.collect(),
+            self.kv_capacity.collect(),
+        ]
+        .concat()
     }
 }

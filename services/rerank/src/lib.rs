@@ -102,6 +102,7 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
     let info = state.reranker.info().clone();
     let tei = routes::tei_info(&state, common.max_concurrent_requests);
     let health = state.reranker.health();
+    let batchers = state.reranker.batchers();
     let svc = common
         .apply(MicroService::new("reranking"), default_port)
         .endpoint("/v1/reranking")
@@ -110,11 +111,13 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16) -> Server
         .description(format!("Reranking service ({} {})", info.kind, info.model_id))
         .version(env!("CARGO_PKG_VERSION"));
     use utoipa::OpenApi;
-    Server::new(svc, common.server_config())
+    let server = Server::new(svc, common.server_config())
         .health_check_with(health)
         .info(move || tei.clone())
         .merge(routes::router(state))
-        .openapi(routes::RerankApi::openapi())
+        .openapi(routes::RerankApi::openapi());
+    batchers.iter().for_each(|b| b.register_into(&server.metrics()));
+    server
 }
 
 /// Load the model (or connect the proxy) and serve until SIGTERM / ctrl-c.

@@ -46,6 +46,10 @@ pub trait Reranker: Send + Sync {
     fn health(&self) -> HealthCheck {
         HealthCheck::always_healthy()
     }
+    /// The batchers its model runs behind, for `/metrics` (none for a remote backend).
+    fn batchers(&self) -> Vec<comps_models::batcher::BatchMetrics> {
+        Vec::new()
+    }
 }
 
 /// The 422 for an over-long (query, text) pair of a cross-encoder: it names `query` when the
@@ -108,14 +112,19 @@ impl Reranker for CrossEncoder {
         self.batcher.health()
     }
 
+    fn batchers(&self) -> Vec<comps_models::batcher::BatchMetrics> {
+        vec![self.batcher.metrics().clone()]
+    }
+
     async fn score(&self, query: &str, texts: &[String], opts: ScoreOptions) -> ServiceResult<Vec<f32>> {
         let tok = self.tokenizer.clone();
         let (q, t) = (query.to_string(), texts.to_vec());
-        let pairs = tokio::task::spawn_blocking(move || tok.encode_pairs(&q, &t, opts.truncate))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("tokenizer task failed: {e}")))?
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(pair_too_long)?;
+        let pairs =
+            comps_core::telemetry::tokenize_off_runtime(t.len(), move || tok.encode_pairs(&q, &t, opts.truncate))
+                .await
+                .map_err(|e| ServiceError::Internal(format!("tokenizer task failed: {e}")))?
+                .map_err(|e| ServiceError::Internal(e.to_string()))?
+                .map_err(pair_too_long)?;
         let logits = self.batcher.submit(pairs).await?;
         Ok(logits
             .into_iter()
@@ -212,6 +221,13 @@ impl Reranker for BiEncoder {
         match &self.vectors {
             Vectors::Local { batcher, .. } => batcher.health(),
             Vectors::Service(_) => HealthCheck::always_healthy(),
+        }
+    }
+
+    fn batchers(&self) -> Vec<comps_models::batcher::BatchMetrics> {
+        match &self.vectors {
+            Vectors::Local { batcher, .. } => vec![batcher.metrics().clone()],
+            Vectors::Service(_) => Vec::new(),
         }
     }
 

@@ -20,7 +20,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::store::{FileRecord, Hit, NewChunk, StoreError, VectorStore};
+use crate::store::{FileRecord, Hit, NewChunk, StoreError, StoreSize, VectorStore};
 
 /// `(collection, file name)` → file record.
 const FILES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("files");
@@ -668,6 +668,18 @@ async fn blocking<T: Send + 'static>(
 impl VectorStore for EmbeddedStore {
     fn kind(&self) -> &'static str {
         "embedded"
+    }
+
+    async fn size(&self) -> Result<StoreSize, StoreError> {
+        let chunks = self.shared.collections.read().map_err(backend)?.values().map(|ix| ix.len() as u64).sum();
+        let db = self.db.clone();
+        let files = blocking(move || {
+            use redb::ReadableTableMetadata;
+            let r = db.begin_read().map_err(backend)?;
+            r.open_table(FILES).map_err(backend)?.len().map_err(backend)
+        })
+        .await?;
+        Ok(StoreSize { files, chunks })
     }
 
     async fn add_file(&self, collection: &str, file: FileRecord, chunks: Vec<NewChunk>) -> Result<(), StoreError> {

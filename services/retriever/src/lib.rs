@@ -17,6 +17,7 @@ pub mod embed;
 pub mod embedded;
 pub mod html;
 pub mod ingest;
+pub mod metrics;
 pub mod netcheck;
 pub mod pg;
 pub mod routes;
@@ -183,8 +184,10 @@ pub async fn open_store(args: &Args) -> anyhow::Result<Arc<dyn VectorStore>> {
     Ok(Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)).await??))
 }
 
-/// The server (tests use this with port 0).
-pub fn server(state: AppState, common: &CommonArgs, default_port: u16, dataprep: bool) -> Server {
+/// The server (tests use this with port 0); its store's searches and size are on `/metrics`.
+pub fn server(mut state: AppState, common: &CommonArgs, default_port: u16, dataprep: bool) -> Server {
+    let store = metrics::MeteredStore::new(state.store.clone());
+    state.store = store.clone();
     let svc = common
         .apply(MicroService::new("retriever"), default_port)
         .endpoint("/v1/retrieval")
@@ -199,7 +202,9 @@ pub fn server(state: AppState, common: &CommonArgs, default_port: u16, dataprep:
     if dataprep {
         doc.merge(routes::DataprepApi::openapi());
     }
-    Server::new(svc, cfg).merge(routes::router(state, dataprep)).openapi(doc)
+    let server = Server::new(svc, cfg).merge(routes::router(state, dataprep)).openapi(doc);
+    store.register_into(&server.metrics());
+    server
 }
 
 /// Open the store and serve until SIGTERM / ctrl-c.

@@ -7,7 +7,7 @@ use pgvector::Vector;
 use serde_json::{Map, Value};
 use tokio_postgres::{Client, NoTls};
 
-use crate::store::{FileRecord, Hit, NewChunk, StoreError, VectorStore};
+use crate::store::{FileRecord, Hit, NewChunk, StoreError, StoreSize, VectorStore};
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -83,6 +83,16 @@ fn redact(url: &str) -> String {
 impl VectorStore for PgStore {
     fn kind(&self) -> &'static str {
         "pgvector"
+    }
+
+    async fn size(&self) -> Result<StoreSize, StoreError> {
+        let client = self.client.lock().await;
+        let row = client
+            .query_one("SELECT (SELECT count(*) FROM comps_files), (SELECT count(*) FROM comps_chunks)", &[])
+            .await
+            .map_err(backend)?;
+        let count = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+        Ok(StoreSize { files: count(0), chunks: count(1) })
     }
 
     async fn add_file(&self, collection: &str, file: FileRecord, chunks: Vec<NewChunk>) -> Result<(), StoreError> {

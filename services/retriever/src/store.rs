@@ -81,6 +81,17 @@ pub trait VectorStore: Send + Sync {
     async fn delete_all(&self, collection: &str) -> Result<(), StoreError>;
     /// The `k` chunks most similar to `query` (unit length), best first.
     async fn nearest(&self, collection: &str, query: &[f32], k: usize) -> Result<Vec<Hit>, StoreError>;
+    /// Files and chunks stored, over every collection.
+    async fn size(&self) -> Result<StoreSize, StoreError>;
+}
+
+/// How much a store holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreSize {
+    /// Files (documents and links).
+    pub files: u64,
+    /// Chunks, each with its vector.
+    pub chunks: u64,
 }
 
 /// A search as OPEA's retriever parameters describe it.

@@ -48,3 +48,11 @@ async fn pgvector_links_are_fetched_and_chunked() {
     scenarios::links_are_fetched_and_chunked_when_private_addresses_are_allowed(&h.url()).await;
     h.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn pgvector_store_size_and_search_latency_are_on_metrics() {
+    let (pg, dir) = (PgServer::start(), TempDir::new("pg-metrics"));
+    let h = retriever(&pg, &dir, |_| {}).await;
+    scenarios::store_size_and_search_latency_are_on_metrics(&h.url(), "pgvector").await;
+    h.shutdown().await.unwrap();
+}

@@ -97,3 +97,11 @@ async fn default_chunks_fit_the_embedders_window_in_tokens() {
     assert!(chunks.iter().all(|c| c.chars().count() <= 1500));
     h.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn store_size_and_search_latency_are_on_metrics() {
+    let dir = TempDir::new("metrics");
+    let h = serve_with(args(dir.path(), &embedding_url().await)).await;
+    scenarios::store_size_and_search_latency_are_on_metrics(&h.url(), "embedded").await;
+    h.shutdown().await.unwrap();
+}

@@ -224,3 +224,38 @@ pub async fn links_are_fetched_and_chunked_when_private_addresses_are_allowed(h:
     let (_, list) = post(h, "/v1/dataprep/get", json!({})).await;
     assert_eq!(list[0]["name"], link.as_str());
 }
+
+/// The value of the metric line starting with `series` on the retriever's `/metrics`.
+async fn metric(h: &str, series: &str) -> f64 {
+    let text = comps_core::http_client().get(format!("{h}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} on /metrics:\n{text}"))
+}
+
+/// `/metrics` has the store's size (files and chunks, over every collection, kept after each
+/// change) and the searches' latency, labelled with the store's kind.
+pub async fn store_size_and_search_latency_are_on_metrics(h: &str, store: &str) {
+    let files = format!("retriever_store_files{{store=\"{store}\"}}");
+    let chunks = format!("retriever_store_chunks{{store=\"{store}\"}}");
+    let searches = format!("retriever_search_duration_seconds_count{{store=\"{store}\"}}");
+    assert_eq!(metric(h, &files).await, 0.0);
+    assert_eq!(metric(h, &chunks).await, 0.0);
+    let (status, v) = upload(h, &[("lighthouse.txt", fixture("lighthouse.txt"))], &[]).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = upload(h, &[("orchard.md", fixture("orchard.md"))], &[("index_name", "other")]).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(metric(h, &files).await, 2.0, "files of both collections");
+    let stored = metric(h, &chunks).await;
+    assert!(stored >= 2.0, "{stored} chunks");
+    let before = metric(h, &searches).await;
+    for _ in 0..3 {
+        assert!(!top_text(h, "Who keeps the lighthouse?").await.is_empty());
+    }
+    assert_eq!(metric(h, &searches).await, before + 3.0, "each search timed once");
+    let (status, v) = post(h, "/v1/dataprep/delete", json!({"file_path": "lighthouse.txt"})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(metric(h, &files).await, 1.0);
+    assert!(metric(h, &chunks).await < stored);
+}
