@@ -7,11 +7,18 @@
 #   scripts/compose.sh down    stop it and remove its containers, network and data volume
 #   scripts/compose.sh test    start it on free ports, check it end to end (an answer through the
 #                              containers, a stopped llm container -> fast 502 naming the llm
-#                              node, recovery after restarting it), then take it down
+#                              node, recovery after restarting it), then Prometheus (every
+#                              target up, per-node series, a recording rule), then take it down
 #
+# COMPOSE_PROFILES=observability adds Prometheus (the compose profile of that name, config and
+# rules in deploy/observability/) on PROMETHEUS_HOST_PORT (9092). `test` always runs with it, and
+# `down` always names it: Compose v2's `down` leaves the containers of profiles it is not given
+# (docker-compose 1.29 removes them anyway).
 # COMPS_DOCKER_PROFILE=debug packs debug binaries (what the test suite has built already).
 # COMPS_COMPOSE_WAIT_SECS (180): how long `up` waits for a healthy pipeline before it fails,
 # naming the containers that are not healthy, with the end of their logs.
+# COMPS_SKIP_CARGO=1 packs the binaries already in target/<profile>/ without running cargo: when
+# another cargo build holds the machine, or the binaries were built elsewhere (same glibc).
 # COMPS_DOCKER_SOURCE=1 builds the image from source instead (docker/Dockerfile, its cached
 # dependency layer), with a Rust builder image made locally by scripts/docker/builder-image.sh.
 set -euo pipefail
@@ -21,6 +28,8 @@ PROFILE="${COMPS_DOCKER_PROFILE:-release}"
 BINS=(comps-embedding comps-retriever comps-rerank comps-llm comps-guardrail chatqna comps-flow)
 COMPOSE=(docker-compose)
 command -v docker-compose >/dev/null || COMPOSE=(docker compose)
+# Every profile of docker-compose.yaml, for `down`.
+ALL_PROFILES=(--profile observability)
 
 stage() {
     bash scripts/fetch-models.sh
@@ -32,11 +41,19 @@ stage() {
         return
     fi
     local pkgs=(-p comps-embedding -p comps-retriever -p comps-rerank -p comps-llm -p comps-guardrail -p comps-chatqna -p comps-flow)
-    if [ "$PROFILE" = release ]; then
+    if [ "${COMPS_SKIP_CARGO:-0}" = 1 ]; then
+        echo "COMPS_SKIP_CARGO=1: packing target/$PROFILE/ as it is, no cargo build"
+    elif [ "$PROFILE" = release ]; then
         cargo build --release --locked "${pkgs[@]}"
     else
         cargo build --locked "${pkgs[@]}"
     fi
+    for b in "${BINS[@]}"; do
+        [ -x "target/$PROFILE/$b" ] || {
+            echo "no target/$PROFILE/$b to pack: build it (without COMPS_SKIP_CARGO=1)" >&2
+            exit 1
+        }
+    done
     rm -rf docker/bin && mkdir -p docker/bin
     for b in "${BINS[@]}"; do
         objcopy --strip-debug "target/$PROFILE/$b" "docker/bin/$b"
@@ -81,20 +98,29 @@ up)
     "${COMPOSE[@]}" -p "$PROJECT" up -d
     wait_healthy "$PROJECT" "${CHATQNA_HOST_PORT:-8888}" "${COMPS_COMPOSE_WAIT_SECS:-180}" || exit 1
     echo "ChatQnA is up: curl -N localhost:${CHATQNA_HOST_PORT:-8888}/v1/chatqna -H 'content-type: application/json' -d '{\"messages\": \"What colour is the Zephyrine lighthouse?\"}'"
+    case ",${COMPOSE_PROFILES:-}," in
+    *,observability,*)
+        echo "Prometheus: http://localhost:${PROMETHEUS_HOST_PORT:-9092} (Grafana dashboard: deploy/observability/grafana/)"
+        ;;
+    esac
     ;;
 down)
     PROJECT="${COMPOSE_PROJECT_NAME:-comps-rs}"
-    "${COMPOSE[@]}" -p "$PROJECT" down -v --remove-orphans
+    "${COMPOSE[@]}" -p "$PROJECT" "${ALL_PROFILES[@]}" down -v --remove-orphans
     ;;
 test)
     PROJECT="comps-rs-test-$$"
-    for v in CHATQNA EMBEDDING RETRIEVER RERANK LLM GUARDRAIL; do
+    for v in CHATQNA EMBEDDING RETRIEVER RERANK LLM GUARDRAIL PROMETHEUS; do
         export "${v}_HOST_PORT=$(free_port)"
     done
-    trap '"${COMPOSE[@]}" -p "$PROJECT" down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
+    export COMPOSE_PROFILES=observability
+    trap '"${COMPOSE[@]}" -p "$PROJECT" "${ALL_PROFILES[@]}" down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
     stage
     "${COMPOSE[@]}" -p "$PROJECT" up -d
     COMPOSE_CMD="${COMPOSE[*]} -p $PROJECT" python3 scripts/docker/compose_check.py "http://127.0.0.1:$CHATQNA_HOST_PORT"
+    # After compose_check.py: it stops and restarts the llm container, and chatqna answers again.
+    COMPOSE_CMD="${COMPOSE[*]} -p $PROJECT" python3 scripts/docker/prometheus_check.py \
+        "http://127.0.0.1:$PROMETHEUS_HOST_PORT" "http://127.0.0.1:$CHATQNA_HOST_PORT"
     # `up` fails loudly when chatqna never answers: here a port nothing listens on.
     if err=$(wait_healthy "$PROJECT" "$(free_port)" 3 2>&1 >/dev/null); then
         echo "compose test: wait_healthy passed with nothing listening" >&2
@@ -102,7 +128,7 @@ test)
     fi
     grep -q "did not become healthy within 3 s" <<<"$err" || { echo "compose test: no clear failure: $err" >&2; exit 1; }
     echo "compose test: an unhealthy pipeline fails loudly, naming its containers"
-    "${COMPOSE[@]}" -p "$PROJECT" down -v --remove-orphans
+    "${COMPOSE[@]}" -p "$PROJECT" "${ALL_PROFILES[@]}" down -v --remove-orphans
     trap - EXIT
     left="$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")"
     if [ -n "$left" ]; then
