@@ -2,8 +2,8 @@
 //! `comps-rerank` and `comps-llm` binaries (MiniLM, SmolLM2), each exporting its spans over OTLP
 //! (HTTP, protobuf) to a receiver in this test that decodes them with the official
 //! `opentelemetry-proto` definitions. The spans of all five services share one trace id and
-//! chain: chatqna's request span → its node span → the call's client span → the service's
-//! request span. A caller's own `traceparent` makes the request part of the caller's trace.
+//! chain: chatqna's request span → its node span (attempts, status, bytes) → the call's client
+//! span → the service's request span. A caller's own `traceparent` makes the request part of the caller's trace.
 //! Inside the services: the embedder's and rerank's `tokenize`, `queue wait` and `forward`
 //! spans, the retriever's `search`, and the LLM's GenAI span (`chat <model>` with
 //! `gen_ai.*` attributes) over the engine's `queue wait`, `prefill` and `decode`.
@@ -191,6 +191,13 @@ async fn one_chatqna_request_is_one_trace_across_every_service() {
     }
     let nodes: BTreeSet<&str> = spans.iter().filter(|s| s.name.starts_with("node ")).map(|s| s.name.as_str()).collect();
     assert_eq!(nodes.len(), 4, "one span per node: {nodes:?}");
+    for node in spans.iter().filter(|s| s.name.starts_with("node ")) {
+        let attr = |k: &str| node.attrs.get(k).map(String::as_str);
+        assert_eq!((attr("node.attempts"), attr("node.status")), (Some("1"), Some("200")), "{node:?}");
+        for bytes in ["node.request_bytes", "node.response_bytes"] {
+            assert!(attr(bytes).and_then(|b| b.parse::<u64>().ok()).is_some_and(|b| b > 0), "{bytes} of {node:?}");
+        }
+    }
 
     // Inside the services.
     let find = |service: &str, name: &str| -> &SpanRow {

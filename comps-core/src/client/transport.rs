@@ -70,8 +70,18 @@ fn timeout_error(t: &Target<'_>) -> ServiceError {
 async fn send(t: &Target<'_>, body: &Value, stream: bool) -> Result<reqwest::Response, ServiceError> {
     let client = crate::utils::http_client();
     let payload = bytes::Bytes::from(serde_json::to_vec(body).map_err(|e| ServiceError::Internal(e.to_string()))?);
+    // The orchestrator's node span (the current one, when there is one) gets the attempts, the
+    // status and the bytes; other spans have no such fields and ignore them.
+    let node_span = tracing::Span::current();
+    let traced = crate::telemetry::enabled();
+    if traced {
+        node_span.record("node.request_bytes", payload.len());
+    }
     let mut attempt = 0;
     loop {
+        if traced {
+            node_span.record("node.attempts", attempt + 1);
+        }
         let mut req =
             client.post(t.url).header(reqwest::header::CONTENT_TYPE, "application/json").body(payload.clone());
         if stream {
@@ -98,6 +108,9 @@ async fn send(t: &Target<'_>, body: &Value, stream: bool) -> Result<reqwest::Res
         let outcome = tokio::time::timeout(t.policy.timeout, req.send()).instrument(span.clone()).await;
         if let Ok(Ok(resp)) = &outcome {
             span.record("http.response.status_code", resp.status().as_u16());
+            if traced {
+                node_span.record("node.status", resp.status().as_u16());
+            }
         }
         let failure = match outcome {
             Err(_) => return Err(timeout_error(t)),
@@ -187,6 +200,9 @@ pub async fn call_json(t: &Target<'_>, body: &Value) -> Result<Value, ServiceErr
         }
         Ok(Ok(b)) => b,
     };
+    if crate::telemetry::enabled() {
+        tracing::Span::current().record("node.response_bytes", bytes.len());
+    }
     serde_json::from_slice(&bytes).map_err(|e| {
         ServiceError::Upstream(format!(
             "node {} answered with invalid JSON ({e}): {}",

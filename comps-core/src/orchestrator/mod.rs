@@ -502,13 +502,33 @@ impl ServiceOrchestrator {
 }
 
 /// The span of one node's call (its attempts are spans inside it): in a trace, which node took
-/// the time. A streamed node's span ends when its answer starts streaming.
+/// the time, with its attempts, final status and bytes each way (recorded by the transport), and
+/// an error status when the call failed. A streamed node's span ends when its answer starts
+/// streaming.
 fn node_span(node_id: &str) -> tracing::Span {
-    let span = tracing::info_span!("node", otel.name = tracing::field::Empty, node = node_id);
+    let span = tracing::info_span!(
+        "node",
+        otel.name = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        node = node_id,
+        node.attempts = tracing::field::Empty,
+        node.status = tracing::field::Empty,
+        node.request_bytes = tracing::field::Empty,
+        node.response_bytes = tracing::field::Empty,
+    );
     if crate::telemetry::enabled() {
         span.record("otel.name", format!("node {node_id}"));
     }
     span
+}
+
+/// Mark a node's span failed, with the error.
+fn span_failed(span: &tracing::Span, e: &ServiceError) {
+    if crate::telemetry::enabled() {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_message", e.to_string());
+    }
 }
 
 /// What one node's call needs, owned so the call can run as its own future.
@@ -569,10 +589,13 @@ impl Step {
     async fn call_json(&self, node_id: &str, node: &Node, inputs: &Value) -> Result<Value, ServiceError> {
         let url = node.service.endpoint_path();
         let t0 = Instant::now();
-        let answer =
-            self.transport.json(&Self::target(node_id, node, &url), inputs).instrument(node_span(node_id)).await;
+        let span = node_span(node_id);
+        let answer = self.transport.json(&Self::target(node_id, node, &url), inputs).instrument(span.clone()).await;
         self.metrics.node_latency.with_label_values(&[node_id]).observe(t0.elapsed().as_secs_f64());
-        answer.inspect_err(|_| self.metrics.node_errors.with_label_values(&[node_id]).inc())
+        answer.inspect_err(|e| {
+            self.metrics.node_errors.with_label_values(&[node_id]).inc();
+            span_failed(&span, e);
+        })
     }
 
     /// A streaming LLM call: its events go through the output guard (when one follows it) and
@@ -586,12 +609,16 @@ impl Step {
     ) -> Result<(String, NodeOutput), ServiceError> {
         let url = node.service.endpoint_path();
         let t0 = Instant::now();
+        let span = node_span(node_id);
         let events = self
             .transport
             .stream(&Self::target(node_id, node, &url), inputs)
-            .instrument(node_span(node_id))
+            .instrument(span.clone())
             .await
-            .inspect_err(|_| self.metrics.node_errors.with_label_values(&[node_id]).inc())?;
+            .inspect_err(|e| {
+            self.metrics.node_errors.with_label_values(&[node_id]).inc();
+            span_failed(&span, e);
+        })?;
         self.metrics.node_latency.with_label_values(&[node_id]).observe(t0.elapsed().as_secs_f64());
         let downstream = lock(&self.graph).downstream(node_id);
         let (out_node, events) = match downstream.as_slice() {
