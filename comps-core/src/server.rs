@@ -92,6 +92,11 @@ pub struct CommonArgs {
     /// Allowed CORS origins, comma separated; `*` allows any (OPEA's default).
     #[arg(long, env = "COMPS_CORS_ALLOW_ORIGINS", value_delimiter = ',', default_value = "*")]
     pub cors_allow_origins: Vec<String>,
+    /// Export traces over OTLP/HTTP to this collector (its base URL; `/v1/traces` is added).
+    /// Without it, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT or OPEA's
+    /// TELEMETRY_ENDPOINT; with none, nothing is exported.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl CommonArgs {
@@ -107,7 +112,17 @@ impl CommonArgs {
             api_key_file: None,
             log_format: LogFormat::Text,
             cors_allow_origins: vec!["*".into()],
+            otlp_endpoint: None,
         }
+    }
+
+    /// Start logging in `--log-format`, with traces exported to `--otlp-endpoint` (or where the
+    /// OpenTelemetry variables say). Call once, inside the tokio runtime.
+    pub fn init_logging(&self) {
+        if let Some(url) = self.otlp_endpoint.as_deref().filter(|u| !u.trim().is_empty()) {
+            crate::telemetry::set_endpoint(format!("{}/v1/traces", url.trim().trim_end_matches('/')));
+        }
+        init_logging(self.log_format);
     }
 
     /// Fail at once when this binary's port is taken, before a model loads for seconds (the

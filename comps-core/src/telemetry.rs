@@ -24,13 +24,25 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+/// The traces URL from `--otlp-endpoint`, which wins over the environment.
+static FLAG_ENDPOINT: OnceLock<String> = OnceLock::new();
+
+/// Export to `traces_url` whatever the environment says (`--otlp-endpoint`); before logging
+/// starts.
+pub fn set_endpoint(traces_url: String) {
+    let _ = FLAG_ENDPOINT.set(traces_url);
+}
 
 /// How long one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where spans go, if anywhere: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as given,
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`, or OPEA's `TELEMETRY_ENDPOINT` as given.
+/// Where spans go, if anywhere: `--otlp-endpoint` + `/v1/traces`, else
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as given, `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`,
+/// or OPEA's `TELEMETRY_ENDPOINT` as given.
 pub fn endpoint() -> Option<String> {
+    if let Some(url) = FLAG_ENDPOINT.get() {
+        return Some(url.clone());
+    }
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|b| format!("{}/v1/traces", b.trim_end_matches('/'))))

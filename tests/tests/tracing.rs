@@ -134,7 +134,13 @@ async fn one_chatqna_request_is_one_trace_across_every_service() {
         up,
     );
     let rerank = Proc::start("comps-rerank", &["--model", &minilm], &otel, up);
-    let llm = Proc::start("comps-llm", &["--model", &model("SmolLM2-135M-Instruct")], &otel, up);
+    // The flag instead of the environment.
+    let llm = Proc::start(
+        "comps-llm",
+        &["--model", &model("SmolLM2-135M-Instruct"), "--otlp-endpoint", &otlp],
+        &otel[1..],
+        up,
+    );
     let ports = [
         ("EMBEDDING_SERVER_PORT", embedding.addr.port().to_string()),
         ("RETRIEVER_SERVICE_PORT", retriever.addr.port().to_string()),

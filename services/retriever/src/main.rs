@@ -8,6 +8,6 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     // Inside the runtime: the trace exporter (when configured) sends from it.
     let _entered = runtime.enter();
-    comps_core::init_logging(args.common.log_format);
+    args.common.init_logging();
     runtime.block_on(comps_retriever::run(args))
 }
