@@ -56,6 +56,9 @@ bash scripts/dev/ui.sh
 log "promtool check metrics on every service after real traffic (scripts/dev/metrics.sh)"
 bash scripts/dev/metrics.sh
 
+log "Kubernetes manifests: kustomize renders validated against the 1.30 schemas, then their checks (scripts/dev/kubernetes.sh)"
+bash scripts/dev/kubernetes.sh
+
 log "scripts/chatqna.sh smoke run (the README's main command, debug build, free ports)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 smoke_dir=$(mktemp -d /tmp/chatqna-smoke.XXXXXX)
