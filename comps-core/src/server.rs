@@ -18,6 +18,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,11 @@ pub struct CommonArgs {
     /// TELEMETRY_ENDPOINT; with none, nothing is exported.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// On SIGTERM, keep serving this many seconds with /v1/health and /v1/health_check answering
+    /// 503 ("shutting down"), so a load balancer or Kubernetes takes the replica out before it
+    /// stops accepting; then in-flight requests finish. 0 stops accepting at once.
+    #[arg(long, env = "COMPS_SHUTDOWN_DRAIN_SECS", default_value_t = 0)]
+    pub shutdown_drain_secs: u64,
 }
 
 impl CommonArgs {
@@ -113,6 +119,7 @@ impl CommonArgs {
             log_format: LogFormat::Text,
             cors_allow_origins: vec!["*".into()],
             otlp_endpoint: None,
+            shutdown_drain_secs: 0,
         }
     }
 
@@ -163,6 +170,7 @@ impl CommonArgs {
             max_concurrent_requests: self.max_concurrent_requests.max(1),
             api_key: self.api_key(),
             cors_allow_origins: self.cors_allow_origins.clone(),
+            shutdown_drain: Duration::from_secs(self.shutdown_drain_secs),
         }
     }
 
@@ -226,6 +234,9 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// CORS origins (`*` = any).
     pub cors_allow_origins: Vec<String>,
+    /// After the shutdown signal: how long the server keeps serving with its health answering
+    /// 503, so load balancers stop sending before it stops accepting.
+    pub shutdown_drain: Duration,
 }
 
 impl Default for ServerConfig {
@@ -236,6 +247,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: 1024,
             api_key: None,
             cors_allow_origins: vec!["*".into()],
+            shutdown_drain: Duration::ZERO,
         }
     }
 }
@@ -275,6 +287,8 @@ struct Shared {
     health: Option<crate::health::HealthCheck>,
     /// This service's routes that, like [`OPEN_PATHS`], need no API key.
     open: Arc<Vec<String>>,
+    /// Set when the shutdown signal came: health answers 503 while requests are still served.
+    draining: Arc<AtomicBool>,
 }
 
 /// A service being assembled: its descriptor, its routes and the built-in ones.
@@ -298,16 +312,19 @@ impl Server {
         let stats = StatisticsRegistry::new();
         stats.register(&service.name);
         let api_key = config.api_key.clone().or_else(|| service.api_key.clone()).map(|k| Arc::from(k.as_bytes()));
+        let metrics = Metrics::new();
+        metrics.register(&replica_info(&service));
         let shared = Shared {
             service: Arc::new(service),
             stats,
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(metrics),
             limit: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             max_concurrent: config.max_concurrent_requests,
             api_key,
             timeout: config.request_timeout,
             health: None,
             open: Arc::default(),
+            draining: Arc::default(),
         };
         Self { shared, config, router: Router::new(), openapi: None }
     }
@@ -466,8 +483,31 @@ impl Server {
             addr: addr.clone(),
             source,
         })?;
-        Ok(BoundServer { listener, router: self.into_router(), local_addr, name: svc.name.clone() })
+        let (drain, draining) = (self.config.shutdown_drain, self.shared.draining.clone());
+        Ok(BoundServer { listener, router: self.into_router(), local_addr, name: svc.name.clone(), drain, draining })
     }
+}
+
+/// Which replica this is: `COMPS_REPLICA`, else the host name (a pod's or a container's name),
+/// on `comps_replica_info{service, version, replica} 1`, so that the replicas of one service
+/// tell themselves apart on their `/metrics` whoever scrapes them.
+pub fn replica_name() -> String {
+    let var = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    var("COMPS_REPLICA")
+        .or_else(|| var("HOSTNAME"))
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn replica_info(service: &MicroService) -> prometheus::IntGauge {
+    let opts = prometheus::Opts::new("comps_replica_info", "This replica: its service, version and name (always 1)")
+        .const_label("service", &service.name)
+        .const_label("version", &service.version)
+        .const_label("replica", replica_name());
+    let g = prometheus::IntGauge::with_opts(opts).expect("fixed options");
+    g.set(1);
+    g
 }
 
 fn bind_error(service: &str, addr: &str, source: std::io::Error) -> StartupError {
@@ -484,6 +524,8 @@ pub struct BoundServer {
     router: Router,
     local_addr: SocketAddr,
     name: String,
+    drain: Duration,
+    draining: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for BoundServer {
@@ -510,6 +552,17 @@ impl BoundServer {
             // Without it an SSE stream stalls ~40 ms per event (Nagle + delayed ACK).
             let _ = tcp.set_nodelay(true);
         });
+        // After the signal: health says 503 for the drain time while requests are still served,
+        // then the listener closes and in-flight requests finish.
+        let (drain, draining, name) = (self.drain, self.draining, self.name.clone());
+        let signal = async move {
+            signal.await;
+            if !drain.is_zero() {
+                draining.store(true, Ordering::SeqCst);
+                tracing::info!(service = %name, secs = drain.as_secs_f64(), "draining: health answers 503, requests are still served");
+                tokio::time::sleep(drain).await;
+            }
+        };
         let served = axum::serve(listener, self.router).with_graceful_shutdown(signal).await;
         crate::telemetry::flush();
         served
@@ -598,6 +651,9 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
 
 /// The health probe's verdict: `Err` is a 503 with the reason.
 fn probe_health(s: &Shared) -> Result<(), ServiceError> {
+    if s.draining.load(Ordering::SeqCst) {
+        return Err(ServiceError::NotReady(format!("{} is shutting down", s.service.name)));
+    }
     match &s.health {
         Some(check) => {
             check.check().map_err(|why| ServiceError::NotReady(format!("{} is unhealthy: {why}", s.service.name)))

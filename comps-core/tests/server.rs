@@ -281,3 +281,47 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     assert_eq!(inflight.await.unwrap(), "done");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
 }
+
+/// With a drain time, the shutdown signal first turns health 503 ("shutting down") while
+/// requests are still served, and a request in flight finishes; then the port closes.
+#[tokio::test]
+async fn draining_answers_health_503_keeps_serving_then_closes() {
+    let config = ServerConfig { shutdown_drain: Duration::from_millis(800), ..ServerConfig::default() };
+    let bound = Server::new(service(), config).route("/v1/slow", get(slow)).bind().await.unwrap();
+    let url = format!("http://{}", bound.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(bound.serve_until(async move {
+        let _ = stopped.await;
+    }));
+    assert_eq!(client().get(format!("{url}/v1/health")).send().await.unwrap().status(), 200);
+    let in_flight = tokio::spawn({
+        let url = url.clone();
+        async move { client().get(format!("{url}/v1/slow")).send().await.unwrap().text().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for path in ["/v1/health", "/v1/health_check"] {
+        let r = client().get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 503, "{path} while draining");
+        assert!(error_of(r).await.error.message.contains("shutting down"));
+    }
+    // A new request during the drain is still served.
+    let r = client().post(format!("{url}/v1/health_check")).send().await.unwrap();
+    assert_eq!(r.status(), 405, "routes still answer while draining");
+    assert_eq!(in_flight.await.unwrap(), "done", "the request in flight finished");
+    served.await.unwrap().unwrap();
+    let fresh = reqwest::Client::new();
+    assert!(fresh.get(format!("{url}/v1/health")).send().await.is_err(), "the port is closed after the drain");
+}
+
+/// Every server says which replica it is on /metrics.
+#[tokio::test]
+async fn metrics_name_the_replica() {
+    let h = start(ServerConfig::default()).await;
+    let text = client().get(format!("{}/metrics", h.url())).send().await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with("comps_replica_info{")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(r#"service="echo""#) && line.ends_with(" 1"), "{line}");
+    assert!(line.contains(&format!(r#"replica="{}""#, comps_core::server::replica_name())), "{line}");
+    h.shutdown().await.unwrap();
+}
