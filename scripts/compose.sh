@@ -9,6 +9,12 @@
 #                              containers, a stopped llm container -> fast 502 naming the llm
 #                              node, recovery after restarting it), then Prometheus (every
 #                              target up, per-node series, a recording rule), then take it down
+#   scripts/compose.sh swarm-up    the Swarm stack (deploy/swarm/stack.yml: two replicas each
+#                                  behind HAProxy; `docker swarm init` when in no swarm)
+#   scripts/compose.sh swarm-down  remove it (and leave a swarm that swarm-up created)
+#   scripts/compose.sh swarm-test  the stack on a free port, small models: an llm replica killed
+#                                  and chatqna updated under load (scripts/docker/swarm_check.py),
+#                                  then removed, the engine's swarm state left as found
 #
 # COMPOSE_PROFILES=observability adds Prometheus (the compose profile of that name, config and
 # rules in deploy/observability/) on PROMETHEUS_HOST_PORT (9092). `test` always runs with it, and
@@ -91,6 +97,58 @@ wait_healthy() {
     return 1
 }
 
+# Swarm: join (init) only when this engine is in no swarm, and remember it, so that leaving
+# restores the engine as it was (docker_gwbridge, which `swarm init` creates, goes too).
+SWARM_MARK="${XDG_RUNTIME_DIR:-/tmp}/comps-rs-swarm-created"
+SWARM_CREATED=0
+GWBRIDGE_BEFORE=0
+swarm_join() {
+    docker network inspect docker_gwbridge >/dev/null 2>&1 && GWBRIDGE_BEFORE=1
+    if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
+        echo "docker swarm init (this engine was in no swarm; it leaves again afterwards)"
+        docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+        SWARM_CREATED=1
+        echo "$GWBRIDGE_BEFORE" >"$SWARM_MARK"
+    fi
+}
+
+# Remove a stack and wait until its containers are gone; then its volumes.
+swarm_remove() {
+    local stack=$1
+    docker stack rm "$stack" >/dev/null 2>&1 || true
+    for _ in $(seq 1 120); do
+        [ -z "$(docker ps -aq --filter "label=com.docker.stack.namespace=$stack")" ] && break
+        sleep 1
+    done
+    for _ in $(seq 1 30); do
+        docker network ls -q --filter "label=com.docker.stack.namespace=$stack" | grep -q . || break
+        sleep 1
+    done
+    docker volume ls -q --filter "label=com.docker.stack.namespace=$stack" | xargs -r docker volume rm >/dev/null
+}
+
+swarm_restore() {
+    [ "$SWARM_CREATED" = 1 ] || return 0
+    [ -f "$SWARM_MARK" ] && GWBRIDGE_BEFORE="$(cat "$SWARM_MARK")"
+    docker swarm leave --force >/dev/null
+    if [ "$GWBRIDGE_BEFORE" = 0 ]; then
+        docker network rm docker_gwbridge >/dev/null 2>&1 || true
+    fi
+    rm -f "$SWARM_MARK"
+    echo "left the swarm this script created"
+}
+
+# Wait until the stack's entry point answers a health check, at most SECS seconds.
+wait_entry() {
+    local port=$1 secs=$2
+    for _ in $(seq 1 "$secs"); do
+        curl -fsS "localhost:$port/v1/health_check" >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    echo "the stack's entry point on port $port did not answer within $secs s: docker service ls; docker service logs NAME" >&2
+    return 1
+}
+
 case "${1:-up}" in
 up)
     PROJECT="${COMPOSE_PROJECT_NAME:-comps-rs}"
@@ -141,8 +199,52 @@ test)
     fi
     echo "compose test: passed (nothing left running)"
     ;;
+swarm-up | swarm-test)
+    # The Swarm stack of deploy/swarm/stack.yml on this node. `swarm-test` deploys it on a free
+    # port with the small models, runs scripts/docker/swarm_check.py (an llm replica killed under
+    # load, a rolling update of chatqna under load, the llm replicas' shares), then removes the
+    # stack and leaves the engine's swarm state as it found it.
+    if [ "$1" = swarm-test ]; then
+        STACK="comps-swarm-test-$$"
+        export CHATQNA_HOST_PORT="$(free_port)"
+        # Small models: eleven tasks share this machine's cores.
+        export EMBEDDING_MODEL=/models/all-MiniLM-L6-v2 LLM_MODEL_PATH=/models/SmolLM2-135M-Instruct
+        export EMBEDDING_PASSAGE_PROMPT_NAME="" EMBEDDING_QUERY_PROMPT_NAME=""
+    else
+        STACK="${COMPS_STACK_NAME:-comps-rs}"
+    fi
+    PROJECT="$STACK"
+    export COMPS_MODELS_DIR="${COMPS_MODELS_DIR:-$PWD/models}"
+    case "$COMPS_MODELS_DIR" in /*) ;; *) COMPS_MODELS_DIR="$PWD/$COMPS_MODELS_DIR" ;; esac
+    stage
+    docker build -q -f docker/Dockerfile.haproxy --build-arg BASE_IMAGE="$BASE" -t comps-rs/haproxy:latest . >/dev/null
+    swarm_join
+    if [ "$1" = swarm-test ]; then
+        trap 'swarm_remove "$STACK"; swarm_restore' EXIT
+    fi
+    docker stack deploy -c deploy/swarm/stack.yml "$STACK"
+    if [ "$1" = swarm-up ]; then
+        wait_entry "${CHATQNA_HOST_PORT:-8888}" 420
+        echo "ChatQnA on Swarm: http://localhost:${CHATQNA_HOST_PORT:-8888} (scripts/compose.sh swarm-down removes it)"
+        exit 0
+    fi
+    python3 scripts/docker/swarm_check.py "$STACK" "http://127.0.0.1:$CHATQNA_HOST_PORT"
+    swarm_remove "$STACK"
+    swarm_restore
+    trap - EXIT
+    echo "swarm test: passed (stack removed, swarm state as found)"
+    ;;
+swarm-down)
+    STACK="${COMPS_STACK_NAME:-comps-rs}"
+    swarm_remove "$STACK"
+    # A swarm that `swarm-up` created is left; one that was there before stays.
+    if [ -f "$SWARM_MARK" ]; then
+        SWARM_CREATED=1 swarm_restore
+        rm -f "$SWARM_MARK"
+    fi
+    ;;
 *)
-    echo "usage: $0 up|down|test" >&2
+    echo "usage: $0 up|down|test|swarm-up|swarm-down|swarm-test" >&2
     exit 2
     ;;
 esac

@@ -70,6 +70,8 @@ rm -rf "$smoke_dir"
 log "docker compose: the full pipeline in containers (scripts/compose.sh test)"
 if docker info >/dev/null 2>&1; then
   COMPS_DOCKER_PROFILE=debug bash scripts/compose.sh test
+  log "docker swarm: the stack with two replicas each, an llm replica killed and chatqna updated under load (scripts/compose.sh swarm-test)"
+  COMPS_DOCKER_PROFILE=debug bash scripts/compose.sh swarm-test
 else
   echo "compose test SKIPPED: no Docker engine answers on this machine"
 fi
