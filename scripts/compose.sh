@@ -15,6 +15,9 @@
 #   scripts/compose.sh swarm-test  the stack on a free port, small models: an llm replica killed
 #                                  and chatqna updated under load (scripts/docker/swarm_check.py),
 #                                  then removed, the engine's swarm state left as found
+#   scripts/compose.sh swarm-bench the stack with the default models (release binaries):
+#                                  throughput with 1 and 2 llm replicas, chatqna's own time
+#                                  per request at c=64 (scripts/bench/swarm.py)
 #
 # COMPOSE_PROFILES=observability adds Prometheus (the compose profile of that name, config and
 # rules in deploy/observability/) on PROMETHEUS_HOST_PORT (9092). `test` always runs with it, and
@@ -199,12 +202,15 @@ test)
     fi
     echo "compose test: passed (nothing left running)"
     ;;
-swarm-up | swarm-test)
+swarm-up | swarm-test | swarm-bench)
     # The Swarm stack of deploy/swarm/stack.yml on this node. `swarm-test` deploys it on a free
     # port with the small models, runs scripts/docker/swarm_check.py (an llm replica killed under
     # load, a rolling update of chatqna under load, the llm replicas' shares), then removes the
     # stack and leaves the engine's swarm state as it found it.
-    if [ "$1" = swarm-test ]; then
+    if [ "$1" = swarm-bench ]; then
+        STACK="comps-swarm-bench-$$"
+        export CHATQNA_HOST_PORT="$(free_port)"
+    elif [ "$1" = swarm-test ]; then
         STACK="comps-swarm-test-$$"
         export CHATQNA_HOST_PORT="$(free_port)"
         # Small models: eleven tasks share this machine's cores.
@@ -219,7 +225,7 @@ swarm-up | swarm-test)
     stage
     docker build -q -f docker/Dockerfile.haproxy --build-arg BASE_IMAGE="$BASE" -t comps-rs/haproxy:latest . >/dev/null
     swarm_join
-    if [ "$1" = swarm-test ]; then
+    if [ "$1" != swarm-up ]; then
         trap 'swarm_remove "$STACK"; swarm_restore' EXIT
     fi
     docker stack deploy -c deploy/swarm/stack.yml "$STACK"
@@ -228,11 +234,17 @@ swarm-up | swarm-test)
         echo "ChatQnA on Swarm: http://localhost:${CHATQNA_HOST_PORT:-8888} (scripts/compose.sh swarm-down removes it)"
         exit 0
     fi
-    python3 scripts/docker/swarm_check.py "$STACK" "http://127.0.0.1:$CHATQNA_HOST_PORT"
+    if [ "$1" = swarm-bench ]; then
+        mkdir -p bench-results
+        python3 scripts/bench/swarm.py "$STACK" "http://127.0.0.1:$CHATQNA_HOST_PORT" \
+            --out "bench-results/swarm-$(date +%Y%m%d-%H%M%S).json"
+    else
+        python3 scripts/docker/swarm_check.py "$STACK" "http://127.0.0.1:$CHATQNA_HOST_PORT"
+    fi
     swarm_remove "$STACK"
     swarm_restore
     trap - EXIT
-    echo "swarm test: passed (stack removed, swarm state as found)"
+    echo "$1: done (stack removed, swarm state as found)"
     ;;
 swarm-down)
     STACK="${COMPS_STACK_NAME:-comps-rs}"
@@ -244,7 +256,7 @@ swarm-down)
     fi
     ;;
 *)
-    echo "usage: $0 up|down|test|swarm-up|swarm-down|swarm-test" >&2
+    echo "usage: $0 up|down|test|swarm-up|swarm-down|swarm-test|swarm-bench" >&2
     exit 2
     ;;
 esac
