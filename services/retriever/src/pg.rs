@@ -1,6 +1,7 @@
 //! The pgvector store: Postgres with the `vector` extension. The schema is created on start;
 //! chunks carry a `vector(dim)` column with an HNSW index over cosine distance, and a file is
-//! stored in one transaction (acknowledged after Postgres committed it).
+//! stored in one transaction (acknowledged after Postgres committed it). A connection that
+//! ended (Postgres restarted, a network cut) is opened again by the next request.
 
 use async_trait::async_trait;
 use pgvector::Vector;
@@ -19,20 +20,27 @@ const EF_SEARCH: usize = 100;
 /// A pgvector-backed store.
 pub struct PgStore {
     client: tokio::sync::Mutex<Client>,
+    url: String,
     dim: usize,
+}
+
+/// A new connection to `url`, its driver task spawned.
+async fn open(url: &str) -> Result<Client, String> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to Postgres at {}: {e}", redact(url)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::error!(error = %e, "Postgres connection ended");
+        }
+    });
+    Ok(client)
 }
 
 impl PgStore {
     /// Connect, create the extension, tables and index when missing.
     pub async fn connect(url: &str, dim: usize) -> anyhow::Result<Self> {
-        let (client, conn) = tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to Postgres at {}: {e}", redact(url)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::error!(error = %e, "Postgres connection ended");
-            }
-        });
+        let client = open(url).await.map_err(anyhow::Error::msg)?;
         let schema = format!(
             "CREATE EXTENSION IF NOT EXISTS vector;
              CREATE TABLE IF NOT EXISTS comps_files (
@@ -57,7 +65,17 @@ impl PgStore {
         if existing > 0 && existing as usize != dim {
             anyhow::bail!("comps_chunks holds {existing}-dimensional vectors, and --pg-dim is {dim}");
         }
-        Ok(Self { client: tokio::sync::Mutex::new(client), dim })
+        Ok(Self { client: tokio::sync::Mutex::new(client), url: url.to_string(), dim })
+    }
+
+    /// The connection, opened again first when it has ended.
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, StoreError> {
+        let mut client = self.client.lock().await;
+        if client.is_closed() {
+            tracing::warn!(url = %redact(&self.url), "the Postgres connection had ended; connecting again");
+            *client = open(&self.url).await.map_err(StoreError::Backend)?;
+        }
+        Ok(client)
     }
 
     fn check_dim(&self, got: usize) -> Result<(), StoreError> {
@@ -86,7 +104,7 @@ impl VectorStore for PgStore {
     }
 
     async fn size(&self) -> Result<StoreSize, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.client().await?;
         let row = client
             .query_one("SELECT (SELECT count(*) FROM comps_files), (SELECT count(*) FROM comps_chunks)", &[])
             .await
@@ -99,7 +117,7 @@ impl VectorStore for PgStore {
         for c in &chunks {
             self.check_dim(c.vector.len())?;
         }
-        let mut client = self.client.lock().await;
+        let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         let record = serde_json::to_value(&file).map_err(backend)?;
         let name: &str = &file.name;
@@ -127,7 +145,7 @@ impl VectorStore for PgStore {
     }
 
     async fn has_file(&self, collection: &str, name: &str) -> Result<bool, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.client().await?;
         let row = client
             .query_opt("SELECT 1 FROM comps_files WHERE collection = $1 AND name = $2", &[&collection, &name])
             .await
@@ -136,7 +154,7 @@ impl VectorStore for PgStore {
     }
 
     async fn list_files(&self, collection: &str) -> Result<Vec<FileRecord>, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.client().await?;
         let rows = client
             .query("SELECT record FROM comps_files WHERE collection = $1 ORDER BY name", &[&collection])
             .await
@@ -145,7 +163,7 @@ impl VectorStore for PgStore {
     }
 
     async fn delete_file(&self, collection: &str, name: &str) -> Result<bool, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.client().await?;
         let n = client
             .execute("DELETE FROM comps_files WHERE collection = $1 AND name = $2", &[&collection, &name])
             .await
@@ -154,14 +172,14 @@ impl VectorStore for PgStore {
     }
 
     async fn delete_all(&self, collection: &str) -> Result<(), StoreError> {
-        let client = self.client.lock().await;
+        let client = self.client().await?;
         client.execute("DELETE FROM comps_files WHERE collection = $1", &[&collection]).await.map_err(backend)?;
         Ok(())
     }
 
     async fn nearest(&self, collection: &str, query: &[f32], k: usize) -> Result<Vec<Hit>, StoreError> {
         self.check_dim(query.len())?;
-        let mut client = self.client.lock().await;
+        let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         // Candidates for the graph, and keep scanning when the collection filter drops some.
         tx.batch_execute(&format!(

@@ -56,3 +56,22 @@ async fn pgvector_store_size_and_search_latency_are_on_metrics() {
     scenarios::store_size_and_search_latency_are_on_metrics(&h.url(), "pgvector").await;
     h.shutdown().await.unwrap();
 }
+
+/// After Postgres restarts (every client connection ends), the retriever connects again on its
+/// next request and finds what was stored.
+#[tokio::test]
+async fn pgvector_reconnects_after_postgres_restarts() {
+    use common::{fixture, post, upload};
+    let (pg, dir) = (PgServer::start(), TempDir::new("pg-restart"));
+    let h = retriever(&pg, &dir, |_| {}).await;
+    let (status, v) = upload(&h.url(), &[("lighthouse.txt", fixture("lighthouse.txt"))], &[]).await;
+    assert_eq!(status, 200, "{v}");
+    pg.restart();
+    // The connection's end reaches the driver task as Postgres shuts down.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, v) =
+        post(&h.url(), "/v1/retrieval", serde_json::json!({"text": "Who keeps the lighthouse?", "k": 1})).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["retrieved_docs"][0]["text"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
+    h.shutdown().await.unwrap();
+}

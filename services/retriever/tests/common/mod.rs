@@ -94,6 +94,13 @@ impl PgServer {
         assert!(url.starts_with("postgres://"), "no URL from pgvector-server.sh: {url:?}");
         Self { dir, url }
     }
+
+    /// Stop and start it again (same port, same data): its clients' connections end.
+    pub fn restart(&self) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/dev/pgvector-server.sh");
+        let out = std::process::Command::new("bash").arg(&script).arg("restart").arg(self.dir.path()).output().unwrap();
+        assert!(out.status.success(), "pgvector-server.sh restart failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 impl Drop for PgServer {
