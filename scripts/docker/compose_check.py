@@ -12,8 +12,8 @@ import shlex
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
+from checklib import post_json
 
 BASE = sys.argv[1]
 COMPOSE = shlex.split(os.environ["COMPOSE_CMD"])
@@ -22,13 +22,7 @@ QUESTION = {"messages": "What colour did Odalys Brenner paint the Zephyrine ligh
 
 
 def post(path, body, timeout=120):
-    req = urllib.request.Request(BASE + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return post_json(BASE + path, body, timeout)
 
 
 def wait_healthy(deadline_s):

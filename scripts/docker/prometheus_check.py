@@ -15,10 +15,10 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from checklib import poll
 
 PROM, CHATQNA = sys.argv[1], sys.argv[2]
 COMPOSE = shlex.split(os.environ.get("COMPOSE_CMD", ""))
@@ -49,21 +49,8 @@ def fail(what):
     sys.exit(f"prometheus check FAILED: {what}")
 
 
-def poll(what, probe):
-    """Call `probe` until it returns (True, detail) or the deadline passes; fail with its last
-    detail then."""
-    t = time.time()
-    while True:
-        try:
-            ok, detail = probe()
-        except (OSError, RuntimeError, ValueError) as e:
-            ok, detail = False, f"{type(e).__name__}: {e}"
-        if ok:
-            print(f"ok: {what} after {time.time() - t:.0f} s: {detail}", flush=True)
-            return
-        if time.time() - t > DEADLINE_S:
-            fail(f"{what} within {DEADLINE_S} s; last: {detail}")
-        time.sleep(1)
+def wait(what, probe):
+    poll(what, probe, DEADLINE_S, fail)
 
 
 def ready():
@@ -110,13 +97,13 @@ def ask():
 
 
 def main():
-    poll("Prometheus ready", ready)
-    poll("every service scraped and up", targets_up)
+    wait("Prometheus ready", ready)
+    wait("every service scraped and up", targets_up)
     status = ask()
     if status != 200:
         fail(f"a question to chatqna for fresh samples answered {status}")
-    poll("per-node latency series in Prometheus", node_series)
-    poll("recording rules evaluated to values", recorded)
+    wait("per-node latency series in Prometheus", node_series)
+    wait("recording rules evaluated to values", recorded)
 
 
 main()

@@ -17,8 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+from checklib import poll, post_json
 
 STACK, BASE = sys.argv[1], sys.argv[2]
 QUESTION = {"messages": "What colour did Odalys Brenner paint the Zephyrine lighthouse?", "max_tokens": 12,
@@ -45,15 +44,7 @@ def check(cond, what):
 
 
 def post(path, body, timeout=180):
-    req = urllib.request.Request(BASE + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return 0, f"{type(e).__name__}: {e}"
+    return post_json(BASE + path, body, timeout)
 
 
 def containers(service):
@@ -74,15 +65,7 @@ def running():
 
 
 def wait_for(what, probe, deadline_s):
-    t = time.time()
-    while True:
-        ok, detail = probe()
-        if ok:
-            print(f"ok: {what} after {time.time() - t:.0f} s ({detail})", flush=True)
-            return
-        if time.time() - t > deadline_s:
-            fail(f"{what} within {deadline_s} s; last: {detail}")
-        time.sleep(2)
+    poll(what, probe, deadline_s, fail, every=2)
 
 
 def all_running():
