@@ -50,6 +50,16 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// The logistic function `1 / (1 + e^−x)` through [`exp_nonpositive`] of `−|x|`, so that it
+/// never overflows and loops over it vectorise (the LLM's SiLU gates). Below e^−87 it stays at
+/// e^−87, so it does not order inputs under −87 (rerank keeps `f32::exp` for its scores).
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    let e = exp_nonpositive(-x.abs());
+    let r = 1.0 / (1.0 + e);
+    if x >= 0.0 { r } else { e * r }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +92,19 @@ mod tests {
         assert_eq!(exp_nonpositive(0.0), 1.0);
         assert_eq!(exp_nonpositive(-1000.0), (-87.0f64).exp() as f32);
         assert!(exp_nonpositive(f32::NEG_INFINITY) >= 0.0);
+    }
+
+    #[test]
+    fn sigmoid_matches_the_formula_on_both_sides() {
+        let mut x = -100.0f32;
+        while x <= 100.0 {
+            let want = 1.0 / (1.0 + (-(x as f64)).exp());
+            let got = sigmoid(x) as f64;
+            assert!((got - want).abs() <= 1e-6 * want.max(1e-30) + 1e-37, "sigmoid({x}) = {got}, not {want}");
+            x += 0.01;
+        }
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert_eq!(sigmoid(f32::INFINITY), 1.0);
+        assert!(sigmoid(f32::NEG_INFINITY) >= 0.0 && sigmoid(f32::NEG_INFINITY) < 1e-37);
     }
 }

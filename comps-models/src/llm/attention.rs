@@ -1,11 +1,14 @@
 //! Causal attention over one sequence's KV cache for the native forward pass.
 //!
-//! Keys are kept in blocks of [`KB`] positions, each block laid out `[kv_head][dim][position]`,
-//! so the scores of one query against a block come out of `head_dim` multiply-adds of
-//! [`KB`]-wide vectors with no horizontal sum per key (the per-key dot product it replaces
-//! spent most of its time reducing lanes). Values stay `[position][kv_head * head_dim]`: a
-//! query's output accumulates whole value rows, in registers for head widths that are
-//! multiples of 16. The softmax uses a vectorisable `exp`.
+//! Each KV head has its own keys and values, each contiguous, so that a head's attention
+//! reads two sequential streams (the caches of a batch come from memory every step: with the
+//! heads interleaved, the reads hopped between pages and the attention of four decoding
+//! sequences spent most of its time waiting on them). Keys are kept in blocks of [`KB`]
+//! positions laid out `[dim][position]`, so the scores of one query against a block come out
+//! of `head_dim` multiply-adds of [`KB`]-wide vectors with no horizontal sum per key (the
+//! per-key dot product it replaces spent most of its time reducing lanes). Values are
+//! `[position][dim]`: a query's output accumulates whole value rows, in registers for head
+//! widths that are multiples of 16. The softmax uses a vectorisable `exp`.
 
 use comps_core::vector::exp_nonpositive;
 use rayon::prelude::*;
@@ -16,10 +19,10 @@ pub const KB: usize = 16;
 /// One layer's keys and values of one sequence.
 #[derive(Debug, Clone, Default)]
 pub struct LayerKv {
-    /// `[block][kv_head][dim][KB]`; lanes past `len` are zero.
-    k: Vec<f32>,
-    /// `[position][kv_head * head_dim]`.
-    v: Vec<f32>,
+    /// Per KV head: `[block][dim][KB]`; lanes past `len` are zero.
+    k: Vec<Vec<f32>>,
+    /// Per KV head: `[position][dim]`.
+    v: Vec<Vec<f32>>,
     len: usize,
 }
 
@@ -34,19 +37,27 @@ impl LayerKv {
         self.len == 0
     }
 
-    /// Append one position's keys and values (`k.len() == v.len()`: every KV head's).
-    pub fn push(&mut self, k: &[f32], v: &[f32]) {
-        debug_assert_eq!(k.len(), v.len());
-        let width = k.len();
+    /// Append one position's keys and values: `k` and `v` hold `heads` KV heads side by side
+    /// (the same number at every position).
+    pub fn push(&mut self, heads: usize, k: &[f32], v: &[f32]) {
+        assert!(heads > 0 && k.len() == v.len() && k.len().is_multiple_of(heads), "LayerKv::push: shapes");
+        if self.k.is_empty() {
+            self.k = vec![Vec::new(); heads];
+            self.v = vec![Vec::new(); heads];
+        }
+        assert_eq!(self.k.len(), heads, "LayerKv::push: KV heads");
+        let hd = k.len() / heads;
         let lane = self.len % KB;
-        if lane == 0 {
-            self.k.resize(self.k.len() + width * KB, 0.0);
+        for ((kh, vh), (kx, vx)) in self.k.iter_mut().zip(&mut self.v).zip(k.chunks_exact(hd).zip(v.chunks_exact(hd))) {
+            if lane == 0 {
+                kh.resize(kh.len() + hd * KB, 0.0);
+            }
+            let block = &mut kh[self.len / KB * hd * KB..][..hd * KB];
+            for (j, &x) in kx.iter().enumerate() {
+                block[j * KB + lane] = x;
+            }
+            vh.extend_from_slice(vx);
         }
-        let block = &mut self.k[self.len / KB * width * KB..][..width * KB];
-        for (j, &x) in k.iter().enumerate() {
-            block[j * KB + lane] = x;
-        }
-        self.v.extend_from_slice(v);
         self.len += 1;
     }
 }
@@ -62,54 +73,96 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
-/// Causal attention of `q.len() / (n_head * head_dim)` new queries, the last rows of `kv`
-/// (whose keys and values are already in it), over everything before and including each of
-/// them. `out` is laid out as `q`: `[row][head][dim]`. Query heads run in parallel.
-pub fn attend(h: Heads, q: &[f32], kv: &LayerKv, out: &mut [f32]) {
+/// Causal attention for a batch of sequences in one parallel loop: `parts` are, in order, each
+/// sequence's KV cache and how many new query rows it has. Those rows are the last ones of its
+/// cache (their keys and values are already in it), and each attends over everything before and
+/// including itself. `q` and `out` are laid out `[row][head][dim]`, the sequences' rows one
+/// after the other. A task is one row's query heads that share a KV head, so a step of four
+/// decoding sequences costs one fork-join, not four, and each key block and value row is read
+/// from memory once per group, not once per query head.
+pub fn attend(h: Heads, q: &[f32], parts: &[(&LayerKv, usize)], out: &mut [f32]) {
     let (hd, qd) = (h.head_dim, h.n_head * h.head_dim);
-    let rows = q.len() / qd;
-    assert!(q.len() == rows * qd && out.len() == q.len() && rows <= kv.len, "attend: shapes");
-    let first = kv.len - rows;
+    let rows: usize = parts.iter().map(|p| p.1).sum();
+    assert!(q.len() == rows * qd && out.len() == q.len(), "attend: shapes");
+    assert!(parts.iter().all(|(kv, n)| *n <= kv.len), "attend: more rows than cached positions");
+    assert!(h.n_kv_head > 0 && h.n_head.is_multiple_of(h.n_kv_head), "attend: query heads per KV head");
+    // Per row: its cache and its length at that row (the row itself included).
+    let mut row_kv = Vec::with_capacity(rows);
+    for &(kv, n) in parts {
+        row_kv.extend((0..n).map(|i| (kv, kv.len - n + i + 1)));
+    }
     let group = h.n_head / h.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd).enumerate().with_min_len(4).for_each_init(Vec::new, |scores, (idx, o)| {
-        let (i, head) = (idx / h.n_head, idx % h.n_head);
-        let qh: Vec<f32> = q[i * qd + head * hd..][..hd].iter().map(|x| x * scale).collect();
-        one_head(&qh, kv, head / group, h.n_kv_head * hd, first + i + 1, scores, o);
-    });
+    out.par_chunks_mut(group * hd).enumerate().for_each_init(
+        || (Vec::new(), vec![0f32; group * hd]),
+        |(scores, qs), (idx, o)| {
+            let (i, g) = (idx / h.n_kv_head, idx % h.n_kv_head);
+            let qg = &q[i * qd + g * group * hd..][..group * hd];
+            qs.iter_mut().zip(qg).for_each(|(s, x)| *s = x * scale);
+            let (kv, n) = row_kv[i];
+            one_group(qs, hd, kv, g, n, scores, o);
+        },
+    );
 }
 
-/// One query head (`q`, already scaled) over the first `n` positions of KV head `g`.
-fn one_head(q: &[f32], kv: &LayerKv, g: usize, width: usize, n: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
-    let hd = q.len();
+/// Positions of values summed per pass over a group's heads: 32 rows of a 64-wide head are
+/// 8 KiB, read from memory by the first head and from L1 by the others.
+const VCHUNK: usize = 32;
+
+/// The query heads `q` (`[head][dim]`, already scaled) that share KV head `g`, over its first
+/// `n` positions.
+fn one_group(q: &[f32], hd: usize, kv: &LayerKv, g: usize, n: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let heads = q.len() / hd;
     let blocks = n.div_ceil(KB);
+    let span = blocks * KB;
     scores.clear();
-    scores.resize(blocks * KB, 0.0);
-    for (b, s) in scores.chunks_exact_mut(KB).enumerate() {
-        let kb = &kv.k[(b * width + g * hd) * KB..][..hd * KB];
-        s.copy_from_slice(&block_scores(q, kb));
+    scores.resize(heads * span, 0.0);
+    // Block by block, every head of the group against it while it is in L1.
+    let keys = &kv.k[g];
+    for b in 0..blocks {
+        let kb = &keys[b * hd * KB..][..hd * KB];
+        for (qh, s) in q.chunks_exact(hd).zip(scores.chunks_exact_mut(span)) {
+            s[b * KB..(b + 1) * KB].copy_from_slice(&block_scores(qh, kb));
+        }
     }
-    let scores = &mut scores[..n];
-    let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s - m));
-    let total: f32 = scores.iter().sum();
-    let values = &kv.v[g * hd..];
-    let mut at = 0;
-    // Widths of 64, then of 16, then what is left, each accumulated in registers.
-    while hd - at >= 64 {
-        weighted_sum::<64>(scores, values, width, at, &mut out[at..at + 64]);
-        at += 64;
+    let mut totals = [0f32; 16];
+    let mut totals_rest = Vec::new();
+    for (head, s) in scores.chunks_exact_mut(span).enumerate() {
+        let s = &mut s[..n];
+        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        s.iter_mut().for_each(|v| *v = exp_nonpositive(*v - m));
+        let total: f32 = s.iter().sum();
+        if head < totals.len() { totals[head] = total } else { totals_rest.push(total) }
     }
-    while hd - at >= 16 {
-        weighted_sum::<16>(scores, values, width, at, &mut out[at..at + 16]);
-        at += 16;
+    let values = &kv.v[g];
+    out.fill(0.0);
+    // A chunk of positions at a time, every head of the group over it while it is in L1.
+    for c0 in (0..n).step_by(VCHUNK) {
+        let c1 = (c0 + VCHUNK).min(n);
+        for (s, o) in scores.chunks_exact(span).zip(out.chunks_exact_mut(hd)) {
+            let p = &s[c0..c1];
+            let rows = &values[c0 * hd..];
+            let mut at = 0;
+            // Widths of 64, then of 16, then what is left, each accumulated in registers.
+            while hd - at >= 64 {
+                weighted_sum::<64>(p, rows, hd, at, &mut o[at..at + 64]);
+                at += 64;
+            }
+            while hd - at >= 16 {
+                weighted_sum::<16>(p, rows, hd, at, &mut o[at..at + 16]);
+                at += 16;
+            }
+            while at < hd {
+                weighted_sum::<1>(p, rows, hd, at, &mut o[at..at + 1]);
+                at += 1;
+            }
+        }
     }
-    while at < hd {
-        weighted_sum::<1>(scores, values, width, at, &mut out[at..at + 1]);
-        at += 1;
+    for (head, o) in out.chunks_exact_mut(hd).enumerate() {
+        let total = if head < totals.len() { totals[head] } else { totals_rest[head - totals.len()] };
+        let inv = 1.0 / total;
+        o.iter_mut().for_each(|x| *x *= inv);
     }
-    let inv = 1.0 / total;
-    out.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// `q · k` for the [`KB`] positions of one key block (`kb`: `[dim][KB]`), over four
@@ -142,10 +195,10 @@ fn axpy<const W: usize>(acc: &mut [f32; W], a: f32, x: &[f32; W]) {
     }
 }
 
-/// `out[d] = Σ_j p[j] · rows[j * stride + at + d]` for `d < W`, the sum held in registers.
+/// `out[d] += Σ_j p[j] · rows[j * stride + at + d]` for `d < W`, the sum held in registers.
 #[inline(always)]
 fn weighted_sum<const W: usize>(p: &[f32], rows: &[f32], stride: usize, at: usize, out: &mut [f32]) {
-    let mut acc = [0f32; W];
+    let mut acc: [f32; W] = out[..W].try_into().expect("W values");
     for (j, &w) in p.iter().enumerate() {
         let row: &[f32; W] = rows[j * stride + at..][..W].try_into().expect("W values");
         axpy(&mut acc, w, row);
@@ -209,16 +262,49 @@ mod tests {
                 let q = values(rows * n_head * hd, 3);
                 let mut kv = LayerKv::default();
                 for j in 0..len {
-                    kv.push(&k[j * kvw..][..kvw], &v[j * kvw..][..kvw]);
+                    kv.push(n_kv_head, &k[j * kvw..][..kvw], &v[j * kvw..][..kvw]);
                 }
                 assert_eq!(kv.len(), len);
                 let mut out = vec![0f32; q.len()];
-                attend(h, &q, &kv, &mut out);
+                attend(h, &q, &[(&kv, rows)], &mut out);
                 let want = reference(h, &q, &k, &v, len);
                 for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                     assert!((a - b).abs() <= 2e-5, "hd {hd}, len {len}, rows {rows}: [{i}] {a} vs {b}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_batch_of_sequences_equals_each_alone() {
+        // Decode rows and prompt chunks of caches of different lengths in one call.
+        let h = Heads { n_head: 4, n_kv_head: 2, head_dim: 64 };
+        let kvw = h.n_kv_head * h.head_dim;
+        let qd = h.n_head * h.head_dim;
+        let shapes = [(1, 1), (37, 1), (20, 20), (50, 9)];
+        let caches: Vec<LayerKv> = shapes
+            .iter()
+            .enumerate()
+            .map(|(s, &(len, _))| {
+                let (k, v) = (values(len * kvw, 10 + s as u64), values(len * kvw, 20 + s as u64));
+                let mut kv = LayerKv::default();
+                for j in 0..len {
+                    kv.push(h.n_kv_head, &k[j * kvw..][..kvw], &v[j * kvw..][..kvw]);
+                }
+                kv
+            })
+            .collect();
+        let rows: usize = shapes.iter().map(|s| s.1).sum();
+        let q = values(rows * qd, 30);
+        let parts: Vec<(&LayerKv, usize)> = caches.iter().zip(&shapes).map(|(kv, s)| (kv, s.1)).collect();
+        let mut together = vec![0f32; q.len()];
+        attend(h, &q, &parts, &mut together);
+        let mut at = 0;
+        for (kv, n) in parts {
+            let mut alone = vec![0f32; n * qd];
+            attend(h, &q[at * qd..(at + n) * qd], &[(kv, n)], &mut alone);
+            assert_eq!(&together[at * qd..(at + n) * qd], &alone[..], "a sequence of {} positions", kv.len());
+            at += n;
         }
     }
 }

@@ -13,6 +13,7 @@ use std::io::{Read, Seek};
 use crate::quant::{QActs, QKind, QMatrix, qgemm};
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, gguf_file};
+use comps_core::vector::sigmoid;
 use rayon::prelude::*;
 
 use super::attention::{Heads, LayerKv, attend};
@@ -318,11 +319,12 @@ impl NativeLlama {
                         rope(c.rope, &mut head[..c.rope_dim], cs, sn);
                     }
                     q[i * qd..(i + 1) * qd].copy_from_slice(qr);
-                    cache.push(kr, vr);
+                    cache.push(c.n_kv_head, kr, vr);
                 }
-                let (a, b) = (offsets[si], offsets[si + 1]);
-                attend(heads, &q[a * qd..b * qd], cache, &mut attn[a * qd..b * qd]);
             }
+            let parts: Vec<(&LayerKv, usize)> =
+                steps.iter().enumerate().map(|(si, s)| (&s.cache.kv[l], offsets[si + 1] - offsets[si])).collect();
+            attend(heads, &q, &parts, &mut attn);
             acts.quantize(&attn, t, qd);
             qgemm(&layer.wo, &acts, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
@@ -334,8 +336,8 @@ impl NativeLlama {
             gu.par_chunks_exact(2 * c.n_ff).zip(act.par_chunks_exact_mut(c.n_ff)).with_min_len(8).for_each(
                 |(row, out)| {
                     let (gate, up) = row.split_at(c.n_ff);
-                    for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
-                        *o = g / (1.0 + (-g).exp()) * u;
+                    for ((o, &g), u) in out.iter_mut().zip(gate).zip(up) {
+                        *o = g * sigmoid(g) * u;
                     }
                 },
             );
