@@ -35,10 +35,14 @@ fn bench() -> anyhow::Result<()> {
     if quants.is_empty() {
         quants = vec!["none".into(), "q4_0".into(), "q8_0".into()];
     }
-    // A natural-language prompt of exactly PROMPT_TOKENS tokens.
-    let text = "The history of the city begins with a small settlement on the river, where traders met to exchange grain, salt and cloth. ".repeat(20);
+    // For profiling: LLM_BENCH_NATIVE_ONLY=1 skips candle, LLM_BENCH_DECODE_TOKENS=0 prefills only,
+    // LLM_BENCH_PROMPT_TOKENS=N decodes after a longer prompt (a RAG prompt's context).
+    let prompt_tokens: usize =
+        std::env::var("LLM_BENCH_PROMPT_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(PROMPT_TOKENS);
+    // A natural-language prompt of exactly `prompt_tokens` tokens.
+    let sentence = "The history of the city begins with a small settlement on the river, where traders met to exchange grain, salt and cloth. ";
+    let text = sentence.repeat(prompt_tokens.div_ceil(16));
     let mut auto_ran_candle = false;
-    // For profiling: LLM_BENCH_NATIVE_ONLY=1 skips candle, LLM_BENCH_DECODE_TOKENS=0 prefills only.
     let native_only = std::env::var("LLM_BENCH_NATIVE_ONLY").is_ok_and(|v| v == "1");
     let decode_tokens: usize =
         std::env::var("LLM_BENCH_DECODE_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(DECODE_TOKENS);
@@ -50,7 +54,7 @@ fn bench() -> anyhow::Result<()> {
         let quantize = Quantize::parse(q).ok_or_else(|| anyhow::anyhow!("unknown quantization {q}"))?;
         let model = ChatModel::load_with(&path, quantize, backend)?;
         auto_ran_candle = backend == Backend::Auto && model.backend() == "candle";
-        let ids = model.tokenizer.encode(text.as_str(), false).map_err(anyhow::Error::msg)?.get_ids()[..PROMPT_TOKENS]
+        let ids = model.tokenizer.encode(text.as_str(), false).map_err(anyhow::Error::msg)?.get_ids()[..prompt_tokens]
             .to_vec();
         let label = match quantize {
             Quantize::None | Quantize::Auto => {
@@ -70,12 +74,12 @@ fn bench() -> anyhow::Result<()> {
             let mut next = argmax(&logits);
             let t = Instant::now();
             for i in 0..decode_tokens {
-                let logits = seq.forward(&[next], PROMPT_TOKENS + i)?;
+                let logits = seq.forward(&[next], prompt_tokens + i)?;
                 next = argmax(&logits);
             }
             let d = t.elapsed().as_secs_f64();
             if run > 0 {
-                prefill.push(PROMPT_TOKENS as f64 / p);
+                prefill.push(prompt_tokens as f64 / p);
                 decode.push(decode_tokens as f64 / d);
             }
         }

@@ -1,9 +1,11 @@
 //! Causal attention over one sequence's KV cache for the native forward pass.
 //!
-//! Each KV head has its own keys and values, each contiguous, so that a head's attention
-//! reads two sequential streams (the caches of a batch come from memory every step: with the
-//! heads interleaved, the reads hopped between pages and the attention of four decoding
-//! sequences spent most of its time waiting on them). Keys are kept in blocks of [`KB`]
+//! Keys and values are stored as f16, as llama.cpp stores them by default: the caches of a
+//! batch come from memory every step, and half the bytes is half that wait. Each KV head has
+//! its own keys and values, each contiguous, so that a head's attention reads two sequential
+//! streams (with the heads interleaved, the reads hopped between pages). A task converts a
+//! key block or a chunk of value rows to f32 once, in L1, for all the query heads that share
+//! the KV head. Keys are kept in blocks of [`KB`]
 //! positions laid out `[dim][position]`, so the scores of one query against a block come out
 //! of `head_dim` multiply-adds of [`KB`]-wide vectors with no horizontal sum per key (the
 //! per-key dot product it replaces spent most of its time reducing lanes). Values are
@@ -11,6 +13,8 @@
 //! widths that are multiples of 16. The softmax uses a vectorisable `exp`.
 
 use comps_core::vector::exp_nonpositive;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// Positions per key block (one 512-bit vector of f32).
@@ -20,9 +24,9 @@ pub const KB: usize = 16;
 #[derive(Debug, Clone, Default)]
 pub struct LayerKv {
     /// Per KV head: `[block][dim][KB]`; lanes past `len` are zero.
-    k: Vec<Vec<f32>>,
+    k: Vec<Vec<f16>>,
     /// Per KV head: `[position][dim]`.
-    v: Vec<Vec<f32>>,
+    v: Vec<Vec<f16>>,
     len: usize,
 }
 
@@ -50,13 +54,15 @@ impl LayerKv {
         let lane = self.len % KB;
         for ((kh, vh), (kx, vx)) in self.k.iter_mut().zip(&mut self.v).zip(k.chunks_exact(hd).zip(v.chunks_exact(hd))) {
             if lane == 0 {
-                kh.resize(kh.len() + hd * KB, 0.0);
+                kh.resize(kh.len() + hd * KB, f16::ZERO);
             }
             let block = &mut kh[self.len / KB * hd * KB..][..hd * KB];
             for (j, &x) in kx.iter().enumerate() {
-                block[j * KB + lane] = x;
+                block[j * KB + lane] = f16::from_f32(x);
             }
-            vh.extend_from_slice(vx);
+            let at = vh.len();
+            vh.resize(at + hd, f16::ZERO);
+            vh[at..].convert_from_f32_slice(vx);
         }
         self.len += 1;
     }
@@ -94,54 +100,69 @@ pub fn attend(h: Heads, q: &[f32], parts: &[(&LayerKv, usize)], out: &mut [f32])
     let group = h.n_head / h.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
     out.par_chunks_mut(group * hd).enumerate().for_each_init(
-        || (Vec::new(), vec![0f32; group * hd]),
-        |(scores, qs), (idx, o)| {
+        || Scratch {
+            q: vec![0.0; group * hd],
+            scores: Vec::new(),
+            totals: vec![0.0; group],
+            keys: vec![0.0; hd * KB],
+            values: vec![0.0; VCHUNK * hd],
+        },
+        |scratch, (idx, o)| {
             let (i, g) = (idx / h.n_kv_head, idx % h.n_kv_head);
             let qg = &q[i * qd + g * group * hd..][..group * hd];
-            qs.iter_mut().zip(qg).for_each(|(s, x)| *s = x * scale);
+            scratch.q.iter_mut().zip(qg).for_each(|(s, x)| *s = x * scale);
             let (kv, n) = row_kv[i];
-            one_group(qs, hd, kv, g, n, scores, o);
+            one_group(hd, kv, g, n, scratch, o);
         },
     );
 }
 
-/// Positions of values summed per pass over a group's heads: 32 rows of a 64-wide head are
-/// 8 KiB, read from memory by the first head and from L1 by the others.
+/// A task's buffers.
+struct Scratch {
+    /// The group's query heads, scaled, `[head][dim]`.
+    q: Vec<f32>,
+    /// `[head][position]`, each head's row rounded up to whole key blocks.
+    scores: Vec<f32>,
+    /// Each head's softmax denominator.
+    totals: Vec<f32>,
+    /// One key block as f32.
+    keys: Vec<f32>,
+    /// [`VCHUNK`] value rows as f32.
+    values: Vec<f32>,
+}
+
+/// Value rows converted and summed per pass over a group's heads (32 rows of a 64-wide head
+/// are 8 KiB of f32, in L1).
 const VCHUNK: usize = 32;
 
-/// The query heads `q` (`[head][dim]`, already scaled) that share KV head `g`, over its first
-/// `n` positions.
-fn one_group(q: &[f32], hd: usize, kv: &LayerKv, g: usize, n: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
-    let heads = q.len() / hd;
+/// The query heads in `scratch.q` that share KV head `g`, over its first `n` positions.
+fn one_group(hd: usize, kv: &LayerKv, g: usize, n: usize, scratch: &mut Scratch, out: &mut [f32]) {
+    let Scratch { q, scores, totals, keys, values } = scratch;
     let blocks = n.div_ceil(KB);
     let span = blocks * KB;
     scores.clear();
-    scores.resize(heads * span, 0.0);
-    // Block by block, every head of the group against it while it is in L1.
-    let keys = &kv.k[g];
-    for b in 0..blocks {
-        let kb = &keys[b * hd * KB..][..hd * KB];
+    scores.resize(totals.len() * span, 0.0);
+    // Block by block, converted once and every head of the group against it.
+    for (b, kb) in kv.k[g].chunks_exact(hd * KB).take(blocks).enumerate() {
+        kb.convert_to_f32_slice(keys);
         for (qh, s) in q.chunks_exact(hd).zip(scores.chunks_exact_mut(span)) {
-            s[b * KB..(b + 1) * KB].copy_from_slice(&block_scores(qh, kb));
+            s[b * KB..(b + 1) * KB].copy_from_slice(&block_scores(qh, keys));
         }
     }
-    let mut totals = [0f32; 16];
-    let mut totals_rest = Vec::new();
-    for (head, s) in scores.chunks_exact_mut(span).enumerate() {
+    for (s, total) in scores.chunks_exact_mut(span).zip(totals.iter_mut()) {
         let s = &mut s[..n];
         let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         s.iter_mut().for_each(|v| *v = exp_nonpositive(*v - m));
-        let total: f32 = s.iter().sum();
-        if head < totals.len() { totals[head] = total } else { totals_rest.push(total) }
+        *total = s.iter().sum();
     }
-    let values = &kv.v[g];
     out.fill(0.0);
-    // A chunk of positions at a time, every head of the group over it while it is in L1.
+    // A chunk of value rows at a time, converted once and summed into every head of the group.
     for c0 in (0..n).step_by(VCHUNK) {
         let c1 = (c0 + VCHUNK).min(n);
+        let rows = &mut values[..(c1 - c0) * hd];
+        kv.v[g][c0 * hd..c1 * hd].convert_to_f32_slice(rows);
         for (s, o) in scores.chunks_exact(span).zip(out.chunks_exact_mut(hd)) {
             let p = &s[c0..c1];
-            let rows = &values[c0 * hd..];
             let mut at = 0;
             // Widths of 64, then of 16, then what is left, each accumulated in registers.
             while hd - at >= 64 {
@@ -158,8 +179,7 @@ fn one_group(q: &[f32], hd: usize, kv: &LayerKv, g: usize, n: usize, scores: &mu
             }
         }
     }
-    for (head, o) in out.chunks_exact_mut(hd).enumerate() {
-        let total = if head < totals.len() { totals[head] } else { totals_rest[head - totals.len()] };
+    for (o, total) in out.chunks_exact_mut(hd).zip(totals.iter()) {
         let inv = 1.0 / total;
         o.iter_mut().for_each(|x| *x *= inv);
     }
@@ -267,7 +287,9 @@ mod tests {
                 assert_eq!(kv.len(), len);
                 let mut out = vec![0f32; q.len()];
                 attend(h, &q, &[(&kv, rows)], &mut out);
-                let want = reference(h, &q, &k, &v, len);
+                // The cache holds keys and values as f16: the formula gets them rounded so.
+                let f16_round = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x).to_f32()).collect::<Vec<_>>();
+                let want = reference(h, &q, &f16_round(&k), &f16_round(&v), len);
                 for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                     assert!((a - b).abs() <= 2e-5, "hd {hd}, len {len}, rows {rows}: [{i}] {a} vs {b}");
                 }

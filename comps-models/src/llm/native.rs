@@ -6,7 +6,8 @@
 //! qwen family) with the base from the metadata, tied or separate output, and a KV cache that
 //! grows in place (candle's quantized models concatenate their whole cache every step, so
 //! their decode slows down as the context grows). Numerics follow llama.cpp: activations are
-//! quantized to Q8_0 before each product, everything else is f32.
+//! quantized to Q8_0 before each product, keys and values are cached as f16
+//! (llama.cpp's default cache type), everything else is f32.
 
 use std::io::{Read, Seek};
 
@@ -44,8 +45,9 @@ pub struct Config {
     vocab: usize,
 }
 
-/// Matrices applied to the same input: stacked into one when their formats agree, else run
-/// one after the other into the same output rows.
+/// Matrices applied to the same input: neighbours whose formats agree stacked into one, the
+/// rest run one after the other into the same output rows (Qwen2.5's Q4_K_M file has Q and K
+/// in Q5_0 and V in Q8_0 in half of its layers: two products there, not three).
 enum Proj {
     One(QMatrix),
     Split(Vec<QMatrix>),
@@ -53,11 +55,15 @@ enum Proj {
 
 impl Proj {
     fn new(parts: Vec<QMatrix>) -> Self {
-        let refs: Vec<&QMatrix> = parts.iter().collect();
-        match QMatrix::stack(&refs) {
-            Ok(m) => Self::One(m),
-            Err(_) => Self::Split(parts),
+        let mut merged: Vec<QMatrix> = Vec::with_capacity(parts.len());
+        for part in parts {
+            let stacked = merged.last().and_then(|last| QMatrix::stack(&[last, &part]).ok());
+            match (stacked, merged.last_mut()) {
+                (Some(m), Some(last)) => *last = m,
+                _ => merged.push(part),
+            }
         }
+        if merged.len() == 1 { Self::One(merged.remove(0)) } else { Self::Split(merged) }
     }
 
     fn rows(&self) -> usize {
