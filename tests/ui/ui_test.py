@@ -292,6 +292,10 @@ def main():
     ap.add_argument("--shots", default=str(ROOT / "target" / "ui-screenshots"), help="where screenshots go")
     args = ap.parse_args()
     os.makedirs(args.shots, exist_ok=True)
+    # Screenshots of an earlier run go, so that the directory shows this run only (only the
+    # files this test names: NN-name.png).
+    for old in Path(args.shots).glob("[0-9][0-9]-*.png"):
+        old.unlink()
     models = Path(os.environ.get("MODELS_DIR", ROOT / "models"))
     up = ["--embedding-model", models / "all-MiniLM-L6-v2", "--llm-model", models / "SmolLM2-135M-Instruct",
           "--no-guardrail", "--no-ingest"]

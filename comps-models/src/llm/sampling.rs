@@ -194,15 +194,28 @@ fn typical(order: Vec<u32>, probs: Vec<f32>, mass: f32) -> (Vec<u32>, Vec<f32>) 
     (kept.iter().map(|&i| order[i]).collect(), kept.iter().map(|&i| probs[i]).collect())
 }
 
-/// The index of the largest logit (the first one on ties, as `argmax` everywhere).
+/// The index of the largest logit (the first one on ties, as `argmax` everywhere; NaNs are
+/// skipped, and 0 is the answer when there is nothing else). Two passes written to vectorise,
+/// the maximum over sixteen lanes and then the first block holding it, since a vocabulary of
+/// 150k logits per sequence per token made the one-compare-at-a-time loop show in a batched
+/// step.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
+    const W: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; W];
+    let (blocks, rest) = logits.as_chunks::<W>();
+    for b in blocks {
+        for (m, &l) in lanes.iter_mut().zip(b) {
+            *m = m.max(l);
         }
     }
-    best as u32
+    let max = lanes.iter().chain(rest).copied().fold(f32::NEG_INFINITY, f32::max);
+    const SPAN: usize = 256;
+    logits
+        .chunks(SPAN)
+        .enumerate()
+        .find(|(_, c)| c.iter().fold(false, |hit, &l| hit | (l == max)))
+        .and_then(|(i, c)| c.iter().position(|&l| l == max).map(|j| i * SPAN + j))
+        .unwrap_or(0) as u32
 }
 
 #[cfg(test)]
@@ -256,5 +269,27 @@ mod tests {
         // logit_bias forces a token.
         let params = SamplingParams { logit_bias: vec![(3, 100.0)], ..Default::default() };
         assert_eq!(Sampler::new(params, &[]).next(&mut logits()), 3);
+    }
+
+    #[test]
+    fn argmax_takes_the_first_maximum_anywhere() {
+        assert_eq!(argmax(&logits()), 1);
+        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+        assert_eq!(argmax(&[f32::NAN, -3.0, -1.0, f32::NAN]), 2);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 5]), 0);
+        // Every length around the lane and search widths, the maximum (twice, the first must
+        // win) at every kind of place: a lane block, the remainder, a later search span.
+        for len in [1, 15, 16, 17, 255, 256, 257, 1000, 151_936] {
+            for at in [0, len / 3, len - 1] {
+                let mut v: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+                v[at] = 5.0;
+                if at + 1 < len {
+                    v[len - 1] = 5.0;
+                }
+                let want = v.iter().enumerate().fold(0, |b, (i, &l)| if l > v[b] { i } else { b });
+                assert_eq!(argmax(&v), want as u32, "len {len}, maximum at {at}");
+            }
+        }
     }
 }
