@@ -1,5 +1,6 @@
 //! Utilities shared by services and megaservices: OPEA's `handle_message` prompt rendering,
-//! image loading, port checks, the internal IP and the process-wide HTTP client.
+//! image loading, port checks, the internal IP, the process-wide HTTP client and files'
+//! SHA-256.
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::sync::OnceLock;
@@ -168,6 +169,24 @@ pub fn get_internal_ip() -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
+/// The SHA-256 of a file's content in lowercase hex (as the Hugging Face Hub names LFS
+/// blobs), read 1 MiB at a time. Blocking: call it off the async runtime for big files.
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The process-wide pooled HTTP client (rustls on the ring provider). Per-call timeouts are set
 /// on each request; this only bounds connecting.
 pub fn http_client() -> &'static reqwest::Client {
@@ -182,4 +201,23 @@ pub fn http_client() -> &'static reqwest::Client {
             .build()
             .expect("HTTP client builds with the ring provider")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_a_file_matches_known_digests() {
+        let dir = std::env::temp_dir().join(format!("comps-sha256-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (abc, big) = (dir.join("abc"), dir.join("big"));
+        std::fs::write(&abc, b"abc").unwrap();
+        // Three read buffers' worth (the digest from Python's hashlib).
+        std::fs::write(&big, vec![b'a'; 3_000_000]).unwrap();
+        assert_eq!(sha256_file(&abc).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(sha256_file(&big).unwrap(), "2a152c894398719c0570f83fac34ac03a0f6e8e474b995c2403aa5434f7b9dd4");
+        assert!(sha256_file(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hf_hub::api::tokio::{Api, ApiBuilder, ApiError, ApiRepo, Progress};
-use sha2::{Digest, Sha256};
 
 use super::ModelError;
 use crate::encoder::{SHARD_INDEX, safetensors_files, shard_names};
@@ -369,23 +368,10 @@ async fn verify(pointer: &Path, file: &str) -> Result<(), ModelError> {
         return Ok(()); // a git-stored (small) file: its ETag is not a SHA-256
     }
     let path = blob.clone();
-    let actual = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        use std::io::Read;
-        let mut f = std::fs::File::open(&path)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
-    })
-    .await
-    .map_err(|e| ModelError::Load(e.to_string()))?
-    .map_err(|e| ModelError::Load(format!("{}: {e}", blob.display())))?;
+    let actual = tokio::task::spawn_blocking(move || comps_core::utils::sha256_file(&path))
+        .await
+        .map_err(|e| ModelError::Load(e.to_string()))?
+        .map_err(|e| ModelError::Load(format!("{}: {e}", blob.display())))?;
     if actual != expected {
         let _ = tokio::fs::remove_file(pointer).await;
         let _ = tokio::fs::remove_file(&blob).await;

@@ -17,7 +17,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 /// Files at least this large are "LFS" files: their ETag is their SHA-256.
 const LFS_FROM: u64 = 1 << 20;
@@ -85,7 +84,7 @@ impl FakeHub {
         let mut repo = Repo { sha: sha.to_string(), files: Vec::new() };
         for (name, path) in files {
             let len = std::fs::metadata(path)?.len();
-            let digest = sha256_file(path)?;
+            let digest = comps_core::utils::sha256_file(path)?;
             let etag = if len >= LFS_FROM { digest } else { digest[..40].to_string() };
             repo.files.push((name.to_string(), HubFile { path: path.clone(), len, etag }));
         }
@@ -133,20 +132,6 @@ impl FakeHub {
         }
         s.log.requests.push(path);
     }
-}
-
-fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 async fn listing(
