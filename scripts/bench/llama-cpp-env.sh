@@ -21,6 +21,8 @@ PYTHON="${PYTHON:-python3}"
 LLAMA_CPP_PYTHON_VERSION="0.3.36"
 # Build helpers from PyPI (the machine has no system cmake/ninja).
 BUILD_TOOLS=("cmake>=3.21,<5" "ninja")
+# Explicit -mno flags win over -march=native in GCC and Clang, whatever their order.
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 log() { echo "==> $*" >&2; }
 die() {
@@ -57,13 +59,15 @@ main() {
       die "pip install of build tools failed (is PyPI reachable?)"
 
     # The venv's bin/ first on PATH so the build (scikit-build-core) finds its cmake and ninja.
-    # GGML_NATIVE=ON: -march=native. CMAKE_BUILD_PARALLEL_LEVEL: one compile job per core.
+    # GGML_NATIVE=ON: -march=native, less AMX: on a Sapphire Rapids VM, ggml's AMX path
+    # crashed in llama_decode (segfault, llama-cpp-python 0.3.36), and our kernels are AVX-512
+    # VNNI, the class of the anchor without it. CMAKE_BUILD_PARALLEL_LEVEL: one job per core.
     local jobs start
     jobs="$(nproc 2>/dev/null || echo 2)"
     log "building llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION from source with $jobs jobs (takes minutes)"
     start=$SECONDS
     PATH="$VENV/bin:$PATH" \
-      CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release}" \
+      CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX'}" \
       CMAKE_BUILD_PARALLEL_LEVEL="$jobs" \
       "$VENV/bin/python" -m pip install --no-cache-dir --no-binary llama-cpp-python \
       "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" >&2 ||

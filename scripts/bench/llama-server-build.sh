@@ -47,7 +47,10 @@ fi
 jobs="$(nproc 2>/dev/null || echo 2)"
 log "building llama-server with $jobs jobs (takes minutes)"
 start=$SECONDS
+# Without AMX, as scripts/bench/llama-cpp-env.sh builds the library (ggml's AMX path crashed here).
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 PATH="$VENV/bin:$PATH" cmake -S src -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+  -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF >&2 || die "cmake configure failed"
 PATH="$VENV/bin:$PATH" cmake --build build --target llama-server -j "$jobs" >&2 ||
