@@ -270,6 +270,11 @@ impl OrchestratorMetrics {
         m.register(&self.node_latency);
         m.register(&self.node_errors);
     }
+
+    /// Count a failed call to `node` under the status its error gives the client.
+    fn node_failed(&self, node: &str, e: &ServiceError) {
+        self.node_errors.with_label_values(&[node, e.status().as_str()]).inc();
+    }
 }
 
 /// Decrements the pending gauge when the request's last piece of work is gone, however it ends.
@@ -594,7 +599,7 @@ impl Step {
         let answer = self.transport.json(&Self::target(node_id, node, &url), inputs).instrument(span.clone()).await;
         self.metrics.node_latency.with_label_values(&[node_id]).observe(t0.elapsed().as_secs_f64());
         answer.inspect_err(|e| {
-            self.metrics.node_errors.with_label_values(&[node_id, e.status().as_str()]).inc();
+            self.metrics.node_failed(node_id, e);
             span_failed(&span, e);
         })
     }
@@ -617,7 +622,7 @@ impl Step {
             .instrument(span.clone())
             .await
             .inspect_err(|e| {
-            self.metrics.node_errors.with_label_values(&[node_id, e.status().as_str()]).inc();
+            self.metrics.node_failed(node_id, e);
             span_failed(&span, e);
         })?;
         self.metrics.node_latency.with_label_values(&[node_id]).observe(t0.elapsed().as_secs_f64());
@@ -864,7 +869,7 @@ fn guard_stream(
                 let answer = match answer {
                     Ok(a) => a,
                     Err(e) => {
-                        metrics.node_errors.with_label_values(&[guard_id.as_str(), e.status().as_str()]).inc();
+                        metrics.node_failed(&guard_id, &e);
                         yield Err(e);
                         return;
                     }

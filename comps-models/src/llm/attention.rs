@@ -1,16 +1,16 @@
-//! Causal attention over one sequence's KV cache for the native forward pass.
+//! Causal attention over the KV caches of a batch of sequences, for the native forward pass.
 //!
 //! Keys and values are stored as f16, as llama.cpp stores them by default: the caches of a
 //! batch come from memory every step, and half the bytes is half that wait. Each KV head has
 //! its own keys and values, each contiguous, so that a head's attention reads two sequential
-//! streams (with the heads interleaved, the reads hopped between pages). A task converts a
-//! key block or a chunk of value rows to f32 once, in L1, for all the query heads that share
-//! the KV head. Keys are kept in blocks of [`KB`]
-//! positions laid out `[dim][position]`, so the scores of one query against a block come out
-//! of `head_dim` multiply-adds of [`KB`]-wide vectors with no horizontal sum per key (the
-//! per-key dot product it replaces spent most of its time reducing lanes). Values are
-//! `[position][dim]`: a query's output accumulates whole value rows, in registers for head
-//! widths that are multiples of 16. The softmax uses a vectorisable `exp`.
+//! streams. A task converts a key block or a chunk of value rows to f32 once, in L1, for all
+//! the query heads that share the KV head.
+//!
+//! Keys are kept in blocks of [`KB`] positions laid out `[dim][position]`, so the scores of one
+//! query against a block come out of `head_dim` multiply-adds of [`KB`]-wide vectors with no
+//! horizontal sum per key (the per-key dot product it replaces spent most of its time reducing
+//! lanes). Values are `[position][dim]`: a query's output accumulates whole value rows, in
+//! registers for head widths that are multiples of 16. The softmax uses a vectorisable `exp`.
 
 use comps_core::vector::exp_nonpositive;
 use half::f16;
