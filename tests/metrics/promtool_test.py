@@ -33,7 +33,8 @@ from benchlib import ChatQnA, post  # noqa: E402
 MUST_HAVE = {
     "llm": [("llm_time_to_first_token_seconds_count", True), ("llm_inter_token_latency_seconds_count", True),
             ("llm_generation_tokens_total", True), ("llm_requests_running", False), ("llm_requests_waiting", False),
-            ("llm_kv_cache_tokens", False), ("llm_kv_cache_capacity_tokens", True)],
+            ("llm_kv_cache_tokens", False), ("llm_kv_cache_capacity_tokens", True),
+            ("llm_prefix_cache_hit_tokens_total", False), ("llm_prefix_cache_bytes", False)],
     "embedding": [('comps_batch_queue_wait_seconds_count{batcher="embedding"}', True),
                   ('comps_batch_size_count{batcher="embedding"}', True),
                   ('comps_batch_forward_seconds_count{batcher="embedding"}', True),

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 pub const KB: usize = 16;
 
 /// One layer's keys and values of one sequence.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LayerKv {
     /// Per KV head: `[block][dim][KB]`; lanes past `len` are zero.
     k: Vec<Vec<f16>>,
@@ -65,6 +65,36 @@ impl LayerKv {
             vh[at..].convert_from_f32_slice(vx);
         }
         self.len += 1;
+    }
+
+    /// A copy of the first `len` positions (at most those held): what pushing them alone
+    /// would have built.
+    pub fn prefix(&self, len: usize) -> LayerKv {
+        let len = len.min(self.len);
+        if len == 0 {
+            return LayerKv::default();
+        }
+        let hd = self.v[0].len() / self.len;
+        let k = self
+            .k
+            .iter()
+            .map(|kh| {
+                let mut kh = kh[..len.div_ceil(KB) * hd * KB].to_vec();
+                // The lanes past `len` in its last block are zero, as `push` leaves them.
+                if !len.is_multiple_of(KB) {
+                    let block = kh.len() - hd * KB;
+                    kh[block..].chunks_exact_mut(KB).for_each(|lanes| lanes[len % KB..].fill(f16::ZERO));
+                }
+                kh
+            })
+            .collect();
+        let v = self.v.iter().map(|vh| vh[..len * hd].to_vec()).collect();
+        LayerKv { k, v, len }
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|h| h.len() * size_of::<f16>()).sum()
     }
 }
 
@@ -295,6 +325,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_prefix_equals_pushing_its_positions_alone() {
+        let (heads, hd) = (2, 24);
+        let kvw = heads * hd;
+        let (k, v) = (values(40 * kvw, 4), values(40 * kvw, 5));
+        let built = |n: usize| {
+            let mut kv = LayerKv::default();
+            for j in 0..n {
+                kv.push(heads, &k[j * kvw..][..kvw], &v[j * kvw..][..kvw]);
+            }
+            kv
+        };
+        let full = built(40);
+        // Inside the first key block, on a block's edge, past it, all, and more than held.
+        for n in [0, 1, 15, 16, 17, 33, 40] {
+            let p = full.prefix(n);
+            assert_eq!(p, built(n), "prefix of {n}");
+            assert_eq!(p.bytes(), heads * (n.div_ceil(KB) * KB + n) * hd * 2, "bytes of {n}");
+        }
+        assert_eq!(full.prefix(99), full);
+        // A prefix goes on growing as the cache it was cut from did.
+        let mut p = full.prefix(17);
+        for j in 17..40 {
+            p.push(heads, &k[j * kvw..][..kvw], &v[j * kvw..][..kvw]);
+        }
+        assert_eq!(p, full);
     }
 
     #[test]

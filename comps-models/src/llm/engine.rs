@@ -8,6 +8,9 @@
 //! active limit wait in a bounded queue; beyond that they are refused (429). A sequence whose
 //! client went away is dropped before its next step, freeing its slot at once.
 //!
+//! Prompts whose tokens begin as a recent prompt's did start from a copy of its keys and
+//! values (see [`super::prefix`]) where the backend allows it (the native one).
+//!
 //! When traces are exported, each generation shows as three spans under the request that
 //! submitted it: `queue wait` (until a slot takes it), `prefill` (its prompt, until the first
 //! token) and `decode` (the rest, with the tokens generated).
@@ -25,6 +28,7 @@ use tracing::Span;
 
 use super::decode::{StopMatcher, StopOutcome, TextStream};
 use super::model::{BatchInput, ChatModel, SequenceModel};
+use super::prefix::PrefixCache;
 use super::sampling::{Sampler, SamplingParams};
 use crate::ModelError;
 use crate::worker::{WorkerHealth, spawn_worker};
@@ -75,11 +79,14 @@ pub struct EngineConfig {
     pub max_queued: usize,
     /// Prompt tokens fed per step, where the architecture allows chunks.
     pub prefill_chunk: usize,
+    /// Bytes of finished prompts' keys and values kept for later prompts that begin with the
+    /// same tokens (0: none).
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { max_active: 4, max_queued: 64, prefill_chunk: 128 }
+        Self { max_active: 4, max_queued: 64, prefill_chunk: 128, prefix_cache_bytes: 64 << 20 }
     }
 }
 
@@ -107,6 +114,10 @@ pub struct EngineLoad {
     pub kv_tokens: AtomicUsize,
     /// What the KV caches can hold: active slots × the context length.
     pub kv_capacity: AtomicUsize,
+    /// Prompt tokens that started from the prefix cache instead of running (a running total).
+    pub prefix_hit_tokens: AtomicUsize,
+    /// Bytes of keys and values the prefix cache keeps.
+    pub prefix_cache_bytes: AtomicUsize,
 }
 
 /// Handle to the scheduler thread.
@@ -182,6 +193,8 @@ struct Sequence<'m> {
     stop: StopMatcher,
     max_tokens: usize,
     ignore_eos: bool,
+    /// Whether its prompt was offered to the prefix cache.
+    offered: bool,
     events: tmpsc::UnboundedSender<GenEvent>,
     /// The submitting request's span.
     span: Span,
@@ -283,7 +296,7 @@ impl Sequence<'_> {
     }
 }
 
-fn admit<'m>(model: &'m ChatModel, job: Job) -> Option<Sequence<'m>> {
+fn admit<'m>(model: &'m ChatModel, job: Job, prefixes: &mut PrefixCache, load: &EngineLoad) -> Option<Sequence<'m>> {
     let Job { req, events, span, wait } = job;
     drop(wait);
     if events.is_closed() {
@@ -295,17 +308,25 @@ fn admit<'m>(model: &'m ChatModel, job: Job) -> Option<Sequence<'m>> {
         tracing::info_span!(parent: &span, "prefill", prompt_tokens = req.prompt_ids.len())
     };
     match model.sequence() {
-        Ok(m) => Some(Sequence {
+        Ok(mut m) => Some(Sequence {
+            pos: match prefixes.lookup(&req.prompt_ids) {
+                Some((n, state)) => {
+                    let took = m.start_from(state, n);
+                    load.prefix_hit_tokens.fetch_add(took, Ordering::SeqCst);
+                    took
+                }
+                None => 0,
+            },
             model: m,
             sampler: Sampler::new(req.sampling, &req.prompt_ids),
             prompt: req.prompt_ids,
-            pos: 0,
             generated: 0,
             last: 0,
             text: TextStream::new(&model.tokenizer),
             stop: StopMatcher::new(req.stop),
             max_tokens: req.max_tokens.max(1),
             ignore_eos: req.ignore_eos,
+            offered: false,
             events,
             span,
             phase,
@@ -321,6 +342,7 @@ fn run(model: &ChatModel, cfg: EngineConfig, jobs: mpsc::Receiver<Job>, load: &E
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut active: Vec<Sequence<'_>> = Vec::new();
     let max_active = cfg.max_active.max(1);
+    let mut prefixes = PrefixCache::new(cfg.prefix_cache_bytes);
     loop {
         // Take new jobs: block only when there is nothing to do.
         if active.is_empty() && waiting.is_empty() {
@@ -340,7 +362,7 @@ fn run(model: &ChatModel, cfg: EngineConfig, jobs: mpsc::Receiver<Job>, load: &E
         });
         while active.len() < max_active {
             let Some(job) = waiting.pop_front() else { break };
-            match admit(model, job) {
+            match admit(model, job, &mut prefixes, load) {
                 Some(seq) => active.push(seq),
                 None => {
                     load.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -350,12 +372,32 @@ fn run(model: &ChatModel, cfg: EngineConfig, jobs: mpsc::Receiver<Job>, load: &E
         load.active.store(active.len(), Ordering::SeqCst);
 
         if model.batched() {
-            batched_step(model, cfg, &mut active, load, health);
+            batched_step(model, cfg, &mut active, &mut prefixes, load, health);
         } else {
-            one_by_one(model, cfg, &mut active, load, health);
+            one_by_one(model, cfg, &mut active, &mut prefixes, load, health);
         }
         load.active.store(active.len(), Ordering::SeqCst);
         load.kv_tokens.store(active.iter().map(|s| s.pos).sum(), Ordering::SeqCst);
+    }
+}
+
+/// Offer a sequence's prompt to the prefix cache once it has run, after a step that went well
+/// (a failed step leaves its cache in an unknown state).
+fn offer_prompt<T>(
+    seq: &mut Sequence<'_>,
+    stepped: &Result<anyhow::Result<T>, String>,
+    prefixes: &mut PrefixCache,
+    load: &EngineLoad,
+) {
+    if seq.offered || seq.pos < seq.prompt.len() || !matches!(stepped, Ok(Ok(_))) {
+        return;
+    }
+    seq.offered = true;
+    if prefixes.wants(&seq.prompt)
+        && let Some(state) = seq.model.prefix_state(seq.prompt.len())
+    {
+        prefixes.insert(seq.prompt.clone(), state);
+        load.prefix_cache_bytes.store(prefixes.bytes(), Ordering::SeqCst);
     }
 }
 
@@ -405,6 +447,7 @@ fn one_by_one(
     model: &ChatModel,
     cfg: EngineConfig,
     active: &mut Vec<Sequence<'_>>,
+    prefixes: &mut PrefixCache,
     load: &EngineLoad,
     health: &WorkerHealth,
 ) {
@@ -415,6 +458,7 @@ fn one_by_one(
             let stepped = health.guard("a sequence's step", || {
                 seq.step(model.chunked_prefill, cfg.prefill_chunk, &model.stop_ids, model.context_len)
             });
+            offer_prompt(seq, &stepped, prefixes, load);
             settle(seq, stepped)
         })
         .collect();
@@ -427,6 +471,7 @@ fn batched_step(
     model: &ChatModel,
     cfg: EngineConfig,
     active: &mut Vec<Sequence<'_>>,
+    prefixes: &mut PrefixCache,
     load: &EngineLoad,
     health: &WorkerHealth,
 ) {
@@ -493,6 +538,7 @@ fn batched_step(
             }
             let logits = outputs.next().flatten();
             let stepped = health.guard("sampling", || seq.accept(n, logits, &model.stop_ids, model.context_len));
+            offer_prompt(seq, &stepped, prefixes, load);
             settle(seq, stepped)
         })
         .collect();

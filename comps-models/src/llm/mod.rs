@@ -8,8 +8,9 @@ pub mod decode;
 pub mod engine;
 pub mod model;
 pub mod native;
+pub mod prefix;
 pub mod sampling;
 pub mod tokenizer;
 
 pub use engine::{Engine, EngineConfig, GenDone, GenEvent, GenRequest};
-pub use model::{Backend, BatchInput, ChatModel, Quantize};
+pub use model::{Backend, BatchInput, ChatModel, PrefixState, Quantize};

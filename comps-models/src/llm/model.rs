@@ -168,6 +168,48 @@ impl SequenceModel {
     }
 }
 
+/// The keys and values of a sequence's first positions, kept to start later sequences whose
+/// prompts begin with the same tokens (see [`SequenceModel::prefix_state`]).
+pub struct PrefixState(pub(crate) native::Cache);
+
+impl PrefixState {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> usize {
+        self.0.bytes()
+    }
+}
+
+impl SequenceModel {
+    /// A copy of the keys and values of this sequence's first `len` positions, where the
+    /// backend can hand them over (the native one; `None` for candle's).
+    pub fn prefix_state(&self, len: usize) -> Option<PrefixState> {
+        self.native_cache.as_ref().map(|c| PrefixState(c.prefix(len)))
+    }
+
+    /// Start this sequence, which must not have run a token yet, from the first `len`
+    /// positions of `state` (at most those held): its next tokens run at the positions after
+    /// them. Returns the positions taken, 0 where the backend cannot take them over.
+    pub fn start_from(&mut self, state: &PrefixState, len: usize) -> usize {
+        match &mut self.native_cache {
+            Some(cache) if cache.is_empty() => {
+                *cache = state.0.prefix(len);
+                cache.len()
+            }
+            _ => 0,
+        }
+    }
+}
+
 /// One sequence's part of [`ChatModel::forward_batch`].
 pub struct BatchInput<'a> {
     /// The sequence.

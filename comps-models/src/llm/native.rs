@@ -135,6 +135,43 @@ pub struct Cache {
     scratch: Vec<f32>,
 }
 
+impl Cache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A cache holding a copy of the first `len` positions of this one (at most those held),
+    /// as running their tokens alone would have left it: the keys and values of a position
+    /// depend on the tokens up to it only.
+    pub fn prefix(&self, len: usize) -> Cache {
+        let len = len.min(self.len);
+        Cache { kv: self.kv.iter().map(|l| l.prefix(len)).collect(), len, ..Cache::default() }
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> usize {
+        self.kv.iter().map(LayerKv::bytes).sum()
+    }
+
+    /// A cache of `layers` layers holding `len` positions of one 16-wide KV head (tests).
+    #[cfg(test)]
+    pub(crate) fn filled(layers: usize, len: usize) -> Cache {
+        let mut kv = vec![LayerKv::default(); layers];
+        for l in &mut kv {
+            for j in 0..len {
+                l.push(1, &[j as f32; 16], &[j as f32; 16]);
+            }
+        }
+        Cache { kv, len, ..Cache::default() }
+    }
+}
+
 fn md_u32(md: &std::collections::HashMap<String, gguf_file::Value>, key: &str) -> Option<usize> {
     md.get(key).and_then(|v| v.to_u32().ok()).map(|v| v as usize)
 }

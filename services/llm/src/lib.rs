@@ -74,6 +74,11 @@ pub struct Args {
     /// sequence (smaller: fairer to running requests; larger: faster first tokens).
     #[arg(long, env = "LLM_PREFILL_CHUNK", default_value_t = 128)]
     pub prefill_chunk: usize,
+    /// MiB of finished prompts' keys and values kept, so that a prompt beginning with the same
+    /// tokens as a recent one (its chat template and system prompt, a RAG prompt's
+    /// instructions) runs only the rest; 0 turns the prefix cache off. Native backend only.
+    #[arg(long, env = "LLM_PREFIX_CACHE_MIB", default_value_t = 64)]
+    pub prefix_cache_mib: usize,
     /// Proxy to this OpenAI-compatible server instead of running a model.
     #[arg(long, env = "LLM_REMOTE_URL")]
     pub remote_url: Option<String>,
@@ -150,6 +155,7 @@ pub async fn build_llm(args: &Args) -> anyhow::Result<Llm> {
         max_active: args.max_active_sequences.max(1),
         max_queued: args.max_queued_requests,
         prefill_chunk: args.prefill_chunk.max(1),
+        prefix_cache_bytes: args.prefix_cache_mib.saturating_mul(1 << 20),
     };
     Ok(Llm::Local(Arc::new(LocalGenerator::new(model, template, cfg)?.with_aliases(aliases))))
 }

@@ -1,7 +1,8 @@
 //! The LLM's own metrics on `/metrics`, by model, with vLLM's meanings under `llm_` names:
 //! time to first token, inter-token latency, prompt and generated tokens, requests by how they
 //! ended, and the scheduler's gauges (running, waiting, sequences in the last batched step),
-//! read from the engine when scraped, with the KV caches' fill.
+//! read from the engine when scraped, with the KV caches' fill and the prefix cache's bytes and
+//! the prompt tokens it saved (vLLM's prefix cache hits, in tokens).
 //!
 //! When traces are exported, each generation also gets a span following OpenTelemetry's GenAI
 //! conventions (`chat <model>` / `text_completion <model>`, `gen_ai.request.*`,
@@ -167,6 +168,8 @@ struct EngineGauges {
     batch: IntGauge,
     kv_tokens: IntGauge,
     kv_capacity: IntGauge,
+    prefix_hits: IntCounter,
+    prefix_bytes: IntGauge,
 }
 
 impl EngineGauges {
@@ -184,14 +187,31 @@ impl EngineGauges {
                 "llm_kv_cache_capacity_tokens",
                 "Tokens the KV caches can hold: decoding slots times the context length",
             ),
+            prefix_hits: IntCounter::with_opts(
+                Opts::new(
+                    "llm_prefix_cache_hit_tokens_total",
+                    "Prompt tokens whose keys and values were copied from the prefix cache instead of computed",
+                )
+                .const_label("model", model),
+            )
+            .expect("fixed options"),
+            prefix_bytes: gauge("llm_prefix_cache_bytes", "Bytes of prompt keys and values the prefix cache keeps"),
         }
     }
 }
 
 impl Collector for EngineGauges {
     fn desc(&self) -> Vec<&Desc> {
-        [self.running.desc(), self.waiting.desc(), self.batch.desc(), self.kv_tokens.desc(), self.kv_capacity.desc()]
-            .concat()
+        [
+            self.running.desc(),
+            self.waiting.desc(),
+            self.batch.desc(),
+            self.kv_tokens.desc(),
+            self.kv_capacity.desc(),
+            self.prefix_hits.desc(),
+            self.prefix_bytes.desc(),
+        ]
+        .concat()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -202,12 +222,18 @@ impl Collector for EngineGauges {
         self.batch.set(self.load.batch.load(Ordering::SeqCst) as i64);
         self.kv_tokens.set(self.load.kv_tokens.load(Ordering::SeqCst) as i64);
         self.kv_capacity.set(self.load.kv_capacity.load(Ordering::SeqCst) as i64);
+        // The engine keeps the running total; the counter catches up with it.
+        let hits = self.load.prefix_hit_tokens.load(Ordering::SeqCst) as u64;
+        self.prefix_hits.inc_by(hits.saturating_sub(self.prefix_hits.get()));
+        self.prefix_bytes.set(self.load.prefix_cache_bytes.load(Ordering::SeqCst) as i64);
         [
             self.running.collect(),
             self.waiting.collect(),
             self.batch.collect(),
             self.kv_tokens.collect(),
             self.kv_capacity.collect(),
+            self.prefix_hits.collect(),
+            self.prefix_bytes.collect(),
         ]
         .concat()
     }

@@ -433,7 +433,11 @@ fn batched_sequences_answer_as_they_do_alone() {
         })
         .collect();
     let run = |max_active: usize| {
-        let engine = Engine::start(m.clone(), EngineConfig { max_active, max_queued: 8, prefill_chunk: 8 }).unwrap();
+        let engine = Engine::start(
+            m.clone(),
+            EngineConfig { max_active, max_queued: 8, prefill_chunk: 8, ..EngineConfig::default() },
+        )
+        .unwrap();
         let mut streams: Vec<_> = prompts
             .iter()
             .map(|p| {
@@ -470,6 +474,70 @@ fn batched_sequences_answer_as_they_do_alone() {
     assert_eq!((one, three), (1, 3), "steps ran one sequence, then all three");
     assert_eq!(together, alone);
     assert!(alone.iter().all(|t| !t.is_empty()));
+}
+
+/// The prefix cache: prompts sent one after another that share a long start (a RAG prompt's
+/// instructions) run only the rest, counted in the engine's gauge, and get token for token the
+/// answers they get with the cache off; the same prompt again runs its last token only.
+#[test]
+fn prompts_sharing_a_start_reuse_it_and_answer_as_without() {
+    use comps_llm::{Engine, GenEvent, GenRequest};
+    use std::sync::atomic::Ordering;
+    let m = Arc::new(model());
+    let instructions = "You are a helpful, respectful and honest assistant. Answer the question from the \
+        search results below; if they do not hold the answer, say that you do not know.";
+    let prompts: Vec<Vec<u32>> = ["What is 2+2?", "Name three rivers of Europe.", "What is 2+2?"]
+        .iter()
+        .map(|q| {
+            let text = format!(
+                "<|im_start|>system\n{instructions}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+            );
+            m.tokenizer.encode(text, false).unwrap().get_ids().to_vec()
+        })
+        .collect();
+    let shared = prompts[0].iter().zip(&prompts[1]).take_while(|(a, b)| a == b).count();
+    assert!(shared > 30, "the prompts share their instructions ({shared} tokens)");
+    let run = |bytes: usize| {
+        let cfg = EngineConfig { prefill_chunk: 16, prefix_cache_bytes: bytes, ..EngineConfig::default() };
+        let engine = Engine::start(m.clone(), cfg).unwrap();
+        let mut hits = Vec::new();
+        let texts: Vec<String> = prompts
+            .iter()
+            .map(|p| {
+                let req = GenRequest {
+                    prompt_ids: p.clone(),
+                    max_tokens: 16,
+                    sampling: Default::default(),
+                    stop: Vec::new(),
+                    ignore_eos: true,
+                };
+                let mut rx = engine.submit(req).unwrap();
+                let mut text = String::new();
+                loop {
+                    match rx.blocking_recv().expect("the engine answers") {
+                        GenEvent::Text(t) => text.push_str(&t),
+                        GenEvent::Done(d) => {
+                            assert_eq!((d.prompt_tokens, d.completion_tokens), (p.len(), 16));
+                            break;
+                        }
+                        GenEvent::Failed(e) => panic!("generation failed: {e}"),
+                    }
+                }
+                hits.push(engine.load().prefix_hit_tokens.load(Ordering::SeqCst));
+                text
+            })
+            .collect();
+        (texts, hits, engine.load().prefix_cache_bytes.load(Ordering::SeqCst))
+    };
+    let (without, no_hits, no_bytes) = run(0);
+    assert_eq!((no_hits, no_bytes), (vec![0, 0, 0], 0));
+    let (with, hits, bytes) = run(EngineConfig::default().prefix_cache_bytes);
+    assert_eq!(with, without);
+    assert!(without.iter().all(|t| !t.is_empty()));
+    // The first prompt runs whole; the second takes the shared start; the third is the first
+    // again and takes all of it but its last token.
+    assert_eq!(hits, vec![0, shared, shared + prompts[2].len() - 1]);
+    assert!(bytes > 0 && bytes <= EngineConfig::default().prefix_cache_bytes);
 }
 
 async fn post_to(h: &ServerHandle, path: &str, body: Value) -> (u16, String) {

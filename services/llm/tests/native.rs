@@ -232,6 +232,22 @@ mod tiny_gguf {
         }
         // The third sequence's cache holds its 7 positions: it continues at 7.
         assert!(native.forward(&mut c, &prompt[7..], 7).is_ok());
+        // A sequence started from a copy of another's first positions (the prefix cache)
+        // computes exactly what it computes alone, then and in the steps after.
+        let mut donor = native.cache();
+        native.forward(&mut donor, &prompt, 0).unwrap();
+        let other: Vec<u32> = prompt[..5].iter().chain(&[7, 90, 4]).copied().collect();
+        let mut fresh = native.cache();
+        let mut started = donor.prefix(5);
+        assert_eq!((started.len(), donor.len(), donor.prefix(99).len()), (5, prompt.len(), prompt.len()));
+        let mut want = native.forward(&mut fresh, &other, 0).unwrap();
+        let mut got = native.forward(&mut started, &other[5..], 5).unwrap();
+        for pos in other.len()..other.len() + 3 {
+            assert_eq!(got, want, "{arch} started from a prefix, at {pos}");
+            let next = argmax(&want);
+            want = native.forward(&mut fresh, &[next], pos).unwrap();
+            got = native.forward(&mut started, &[next], pos).unwrap();
+        }
         // A refused input changes no cache.
         assert!(native.forward_batch(&mut [Step { cache: &mut a, ids: &[VOCAB as u32], logits: true }]).is_err());
         assert!(native.forward(&mut a, &[1], prompt.len() + 1).is_ok());
