@@ -6,7 +6,8 @@
 2. The real pipeline as scripts/chatqna.sh runs it (multilingual-e5-small embedding and
    bi-encoder rerank, embedded store with token chunks, the 3 best chunks, Qwen2.5-Coder-0.5B-
    Instruct): end-to-end time to first token and decode tokens/s of /v1/chatqna streams at c=1
-   and c=4 after ingesting samples/, with the LLM on the native backend (continuous batching)
+   and c=4 after ingesting samples/, the same question every time and then distinct questions
+   (see QUESTIONS), with the LLM on the native backend (continuous batching)
    and on candle's (one sequence at a time) in the same run. `--llm-before PATH` adds a run of
    the native backend with another comps-llm binary (an earlier build), for a before/after
    figure from the same run; `--native-only` skips the candle runs. COMPS_BIN_DIR=DIR takes every
@@ -28,6 +29,23 @@ from benchlib import HEADER, RELEASE, ROOT, ChatQnA, Procs, free_port, post, row
 
 SECONDS = next((int(a) for a in sys.argv[1:] if a.isdigit()), 5)
 QUESTION = "What colour did Odalys Brenner paint the Zephyrine lighthouse, and when was it built?"
+# One per request of the pipeline's "distinct questions" rows (3 at c=1, 8 at c=4), none asked twice
+# in a run: with the same question every time, the LLM's prefix cache holds all of a repeated
+# prompt, the best case; distinct questions share only what their prompts share.
+QUESTIONS = [
+    "When does the ferry to Korvath Island leave Velmouth?",
+    "How long does the crossing to Korvath Island take?",
+    "Who can cancel the evening ferry crossing?",
+    "Where are ferry cancellations posted?",
+    "What stone was the Zephyrine lighthouse built from?",
+    "When was the lamp of the Zephyrine lighthouse automated?",
+    "How far away can the lighthouse lamp be seen?",
+    "Where do visiting boats moor at Korvath?",
+    "How much does a night's mooring cost for a 12-metre boat?",
+    "What does electricity cost at the moorings?",
+    "Which port does the comps-rs reranker listen on?",
+    "Which port does the ChatQnA megaservice listen on?",
+]
 
 
 def overhead():
@@ -66,10 +84,10 @@ def overhead():
         os.unlink(f.name)
 
 
-def stream_once(url, max_tokens):
+def stream_once(url, max_tokens, question=QUESTION):
     """One streamed /v1/chatqna request: (seconds to the first token, tokens, seconds from the
     first to the last token)."""
-    body = json.dumps({"messages": QUESTION, "max_tokens": max_tokens, "temperature": 0}).encode()
+    body = json.dumps({"messages": question, "max_tokens": max_tokens, "temperature": 0}).encode()
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
     first = last = None
@@ -95,17 +113,20 @@ def pipeline(backend, llm=None, label=None):
         url = f"{base}/v1/chatqna"
         stream_once(url, 8)  # warm-up
         print(f"{'run':<28} {'TTFT p50 ms':>12} {'TTFT max ms':>12} {'decode tok/s/stream':>20} {'total tok/s':>12}")
-        for c, rounds in ((1, 3), (4, 2)):
+        distinct = iter(QUESTIONS)
+        for questions, c, rounds in (("same", 1, 3), ("same", 4, 2), ("distinct", 1, 3), ("distinct", 4, 2)):
+            asked = [next(distinct) if questions == "distinct" else QUESTION for _ in range(c * rounds)]
             results = []
             t0 = time.perf_counter()
             with concurrent.futures.ThreadPoolExecutor(c) as pool:
-                for _ in range(rounds):
-                    results += list(pool.map(lambda _: stream_once(url, 64), range(c)))
+                for r in range(rounds):
+                    results += list(pool.map(lambda q: stream_once(url, 64, q), asked[r * c:(r + 1) * c]))
             wall = time.perf_counter() - t0
             ttft = [r[0] * 1000 for r in results]
             per_stream = [(r[1] - 1) / r[2] for r in results if r[1] > 1 and r[2] > 0]
             total = sum(r[1] for r in results) / wall
-            print(f"{label + ' streamed c=' + str(c):<28} {statistics.median(ttft):>12.0f} {max(ttft):>12.0f} "
+            name = f"{label} {questions} q. c={c}"
+            print(f"{name:<28} {statistics.median(ttft):>12.0f} {max(ttft):>12.0f} "
                   f"{statistics.median(per_stream):>20.1f} {total:>12.1f}", flush=True)
 
 

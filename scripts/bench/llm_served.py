@@ -2,8 +2,10 @@
 (built by scripts/bench/llama-server-build.sh from the same llama.cpp the kernel benchmark uses) on the
 same GGUF file, one after the other in one run, at c=1, 4 and 16 streamed clients.
 
-Every request is the same chat prompt behind its own first line (so no server answers a prompt from
-a cache of an earlier request's), greedy, `ignore_eos` with `max_tokens` tokens, so both
+Every request is the same chat prompt behind its own first line, so that no server answers a whole
+prompt from a cache of an earlier request's: what both may reuse is the chat template's start and
+system prompt, which every chat request shares (llama-server's per-slot prompt cache, comps-llm's
+prefix cache). Greedy, `ignore_eos` with `max_tokens` tokens, so both
 servers generate exactly the same number of tokens; `usage` (stream_options.include_usage)
 gives the count. Printed per server and concurrency: time to first token (p50, max), decode
 tokens/s per stream (p50) and total generated tokens/s over the wall time.
