@@ -78,7 +78,7 @@ def stream_once(url, model, max_tokens):
 def measure(name, url, model, max_tokens):
     stream_once(url, model, 8)  # warm-up
     for c in CONCURRENCY:
-        rounds = 2 if c < 16 else 1
+        rounds = 4 if c < 16 else 1
         results = []
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(c) as pool:
