@@ -169,6 +169,9 @@ struct EngineGauges {
     kv_tokens: IntGauge,
     kv_capacity: IntGauge,
     prefix_hits: IntCounter,
+    /// Held while the counter catches up with the engine's total, so that two scrapes at once
+    /// do not both add the same difference.
+    catching_up: Arc<std::sync::Mutex<()>>,
     prefix_bytes: IntGauge,
 }
 
@@ -195,6 +198,7 @@ impl EngineGauges {
                 .const_label("model", model),
             )
             .expect("fixed options"),
+            catching_up: Arc::default(),
             prefix_bytes: gauge("llm_prefix_cache_bytes", "Bytes of prompt keys and values the prefix cache keeps"),
         }
     }
@@ -223,8 +227,11 @@ impl Collector for EngineGauges {
         self.kv_tokens.set(self.load.kv_tokens.load(Ordering::SeqCst) as i64);
         self.kv_capacity.set(self.load.kv_capacity.load(Ordering::SeqCst) as i64);
         // The engine keeps the running total; the counter catches up with it.
-        let hits = self.load.prefix_hit_tokens.load(Ordering::SeqCst) as u64;
-        self.prefix_hits.inc_by(hits.saturating_sub(self.prefix_hits.get()));
+        {
+            let _one_at_a_time = self.catching_up.lock().unwrap_or_else(|e| e.into_inner());
+            let hits = self.load.prefix_hit_tokens.load(Ordering::SeqCst) as u64;
+            self.prefix_hits.inc_by(hits.saturating_sub(self.prefix_hits.get()));
+        }
         self.prefix_bytes.set(self.load.prefix_cache_bytes.load(Ordering::SeqCst) as i64);
         [
             self.running.collect(),
